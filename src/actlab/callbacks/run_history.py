@@ -1,0 +1,42 @@
+"""Per-epoch history of a run: epoch wall times and the logged epoch metrics."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+
+import lightning as L
+
+
+class RunHistory(L.Callback):
+    """Records each epoch's wall time and every epoch-level ``train/*`` and ``val/*`` metric.
+
+    The epoch time runs from the start of the training epoch to the end of its epoch-end
+    hooks: training steps, validation, and any diagnostics callback placed before this one
+    (the trainer builder puts this callback last so that their cost is counted).
+    ``history[key]`` is a list over epochs: what the run record and the sweep summary's
+    learning curves are made of.
+    """
+
+    def __init__(self) -> None:
+        self.epoch_times: list[float] = []
+        self.history: dict[str, list[float]] = defaultdict(list)
+        self._epoch_start = 0.0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module) -> None:
+        self._epoch_start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
+        self.epoch_times.append(time.perf_counter() - self._epoch_start)
+        for key, value in sorted(trainer.callback_metrics.items()):
+            if key.startswith(("train/", "val/")):
+                value = float(value)
+                self.history[key].append(value if math.isfinite(value) else float("nan"))
+
+    def state_dict(self) -> dict:
+        return {"epoch_times": self.epoch_times, "history": dict(self.history)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.epoch_times = list(state_dict.get("epoch_times", []))
+        self.history = defaultdict(list, state_dict.get("history", {}))

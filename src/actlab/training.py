@@ -1,0 +1,142 @@
+"""One training run, from a composed config to its record. Importable without Hydra's CLI."""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from actlab.callbacks import DivergedError, DivergenceMonitor, InterruptionCheckpoint, RunHistory
+from actlab.classifier import Classifier
+from actlab.record import read_record, write_record
+
+log = logging.getLogger(__name__)
+CHECKPOINT_DIR = "checkpoints"
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work, caught before any training starts."""
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Reject values that would only fail (or silently mislead) later in the run."""
+    lr = cfg.optimizer.get("lr")
+    if lr is None or not float(lr) > 0:
+        raise ConfigError(f"optimizer.lr must be > 0, got {lr}")
+    max_epochs = cfg.trainer.get("max_epochs")
+    if max_epochs is not None and max_epochs != -1 and max_epochs < 1:
+        raise ConfigError(f"trainer.max_epochs must be >= 1 (or -1 for no limit), got {max_epochs}")
+
+
+def _instantiate_group(group: DictConfig | None) -> list[Any]:
+    """Instantiate every entry of a name -> config mapping (callbacks, loggers); None entries are off."""
+    if not group:
+        return []
+    return [instantiate(entry) for entry in group.values() if entry is not None and "_target_" in entry]
+
+
+def build_run(cfg: DictConfig) -> tuple[L.LightningDataModule, Classifier]:
+    """Data and model from the config (no trainer): the part tests and benchmarks share."""
+    validate_config(cfg)
+    datamodule = instantiate(cfg.data)
+    activation = instantiate(cfg.activation)
+    net = instantiate(cfg.model, activation=activation)
+    module = Classifier(
+        net=net,
+        optimizer=instantiate(cfg.optimizer),
+        num_classes=datamodule.num_classes,
+        compile=cfg.get("compile", False),
+    )
+    return datamodule, module
+
+
+def run(cfg: DictConfig, output_dir: str | Path, activation: str | None = None,
+        overrides: list[str] | None = None) -> dict[str, Any]:
+    """Train, test and record one run described by ``cfg`` into ``output_dir``.
+
+    Returns the run record (also written to ``output_dir/metrics.json``). Re-raises errors
+    after recording them as ``status: failed``; a diverging loss is recorded as
+    ``diverged`` and an interruption as ``interrupted``, without raising.
+    """
+    output_dir = Path(output_dir)
+    previous = read_record(output_dir)
+    if cfg.get("resume") and previous and previous.get("status") == "completed":
+        log.info("resume: %s already completed, skipping", output_dir)
+        return previous
+    last_ckpt = output_dir / CHECKPOINT_DIR / "last.ckpt"
+    resume_from = str(last_ckpt) if cfg.get("resume") and last_ckpt.is_file() else None
+
+    record: dict[str, Any] = {
+        "status": "running",
+        "activation": activation,
+        "overrides": list(overrides or []),
+        "seed": cfg.get("seed"),
+        "output_dir": str(output_dir),
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "resumed_from": resume_from,
+    }
+    write_record(output_dir, record)
+    history = RunHistory()
+    interruption = InterruptionCheckpoint(output_dir / CHECKPOINT_DIR)
+    trainer = None
+    fit_start = time.perf_counter()
+    try:
+        torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        datamodule, module = build_run(cfg)
+        record.update(
+            depth=module.net.depth,
+            hidden_shape=module.net.hidden_shape,
+            num_parameters=sum(p.numel() for p in module.parameters()),
+        )
+        callbacks = _instantiate_group(cfg.get("callbacks"))
+        callbacks += [DivergenceMonitor(), interruption, history]  # history last: times the rest
+        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=_instantiate_group(cfg.get("logger")))
+        record["accelerator"] = type(trainer.accelerator).__name__.replace("Accelerator", "").lower()
+        fit_start = time.perf_counter()
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+        record["fit_time_s"] = time.perf_counter() - fit_start
+        if cfg.get("test_after_fit", True):
+            (results,) = trainer.test(module, datamodule=datamodule, verbose=False)
+            record.update({k: v for k, v in results.items() if k.startswith("test/")})
+        record["status"] = "completed"
+    except DivergedError as err:
+        log.warning("run diverged: %s", err)
+        record.update(status="diverged", error=str(err))
+    except BaseException as err:
+        if interruption.interrupted or isinstance(err, KeyboardInterrupt):
+            record.update(status="interrupted", error=f"{type(err).__name__}: {err}")
+            raise
+        record.update(status="failed", error=f"{type(err).__name__}: {err}",
+                      traceback=traceback.format_exc())
+        raise
+    finally:
+        record.setdefault("fit_time_s", time.perf_counter() - fit_start)
+        _finalise_record(record, trainer, history)
+        write_record(output_dir, record)
+    return record
+
+
+def _finalise_record(record: dict[str, Any], trainer: L.Trainer | None, history: RunHistory) -> None:
+    record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    record["epoch_times_s"] = history.epoch_times
+    record["epoch_time_s"] = statistics.median(history.epoch_times) if history.epoch_times else None
+    record["history"] = dict(history.history)
+    record["epochs_completed"] = trainer.fit_loop.epoch_progress.current.completed if trainer else 0
+    val_acc = history.history.get("val/acc", [])
+    record["val/acc_last"] = val_acc[-1] if val_acc else None
+    record["val/acc_best"] = max(val_acc) if val_acc else None
+    if trainer is not None:
+        for callback in trainer.callbacks:
+            if hasattr(callback, "record_metrics"):
+                record.update(callback.record_metrics())
