@@ -17,10 +17,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from actlab.callbacks import DivergedError, DivergenceMonitor, InterruptionCheckpoint, RunHistory
 from actlab.classifier import Classifier
+from actlab.hparams import run_hparams, write_hparams
 from actlab.record import read_record, write_record
 
 log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
+HPARAM_METRICS = ("test/acc", "test/loss", "val/acc", "dead/overall", "near_dead/overall")
 
 
 class ConfigError(ValueError):
@@ -59,8 +61,9 @@ def build_run(cfg: DictConfig) -> tuple[L.LightningDataModule, Classifier]:
     return datamodule, module
 
 
-def run(cfg: DictConfig, output_dir: str | Path, activation: str | None = None,
-        overrides: list[str] | None = None) -> dict[str, Any]:
+def run(
+    cfg: DictConfig, output_dir: str | Path, activation: str | None = None, overrides: list[str] | None = None
+) -> dict[str, Any]:
     """Train, test and record one run described by ``cfg`` into ``output_dir``.
 
     Returns the run record (also written to ``output_dir/metrics.json``). Re-raises errors
@@ -110,6 +113,8 @@ def run(cfg: DictConfig, output_dir: str | Path, activation: str | None = None,
             (results,) = trainer.test(module, datamodule=datamodule, verbose=False)
             record.update({k: v for k, v in results.items() if k.startswith("test/")})
         record["status"] = "completed"
+        _finalise_record(record, trainer, history)
+        write_hparams(trainer.loggers, run_hparams(cfg, activation), HPARAM_METRICS)
     except DivergedError as err:
         log.warning("run diverged: %s", err)
         record.update(status="diverged", error=str(err))
@@ -117,8 +122,7 @@ def run(cfg: DictConfig, output_dir: str | Path, activation: str | None = None,
         if interruption.interrupted or isinstance(err, KeyboardInterrupt):
             record.update(status="interrupted", error=f"{type(err).__name__}: {err}")
             raise
-        record.update(status="failed", error=f"{type(err).__name__}: {err}",
-                      traceback=traceback.format_exc())
+        record.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
         raise
     finally:
         record.setdefault("fit_time_s", time.perf_counter() - fit_start)

@@ -114,4 +114,6 @@ class SimpleNetwork(nn.Module):
         return outputs
 
     def extra_repr(self) -> str:
-        return f"hidden_shape={self.hidden_shape}, share_activation={self.share_activation}, init={self.init!r}"
+        return (
+            f"hidden_shape={self.hidden_shape}, share_activation={self.share_activation}, init={self.init!r}"
+        )

@@ -1,0 +1,22 @@
+"""The activation's shape and derivative as a TensorBoard image at the start of training."""
+
+from __future__ import annotations
+
+import lightning as L
+
+from actlab.callbacks.diagnostic import TB_LOGGER
+
+
+class ActivationPlot(L.Callback):
+    """Adds the figure ``activation/shape`` (first hidden layer's activation and its
+    derivative on [-5, 5]) to TensorBoard before training starts."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.global_step:
+            return
+        from actlab.plotting import activation_figure
+
+        figure = activation_figure(pl_module.net.activations[0])
+        for logger in trainer.loggers:
+            if type(logger).__name__ == TB_LOGGER:
+                logger.experiment.add_figure("activation/shape", figure, 0)

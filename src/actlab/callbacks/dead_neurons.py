@@ -1,0 +1,120 @@
+"""Dead-neuron ratio: neurons whose output is exactly zero for every probe sample."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from actlab.callbacks.diagnostic import Diagnostic, probe_inputs
+
+
+class DeadNeuronCounter:
+    """Accumulates, over batches of one layer's outputs ``(batch, neurons)``, which neurons
+    ever fire (output != 0) and how many samples leave each one near zero (|out| <= tol)."""
+
+    def __init__(self, near_dead_tol: float = 1e-6) -> None:
+        self.near_dead_tol = near_dead_tol
+        self.fired: torch.Tensor | None = None
+        self.near_zero_count: torch.Tensor | None = None
+        self.samples = 0
+
+    def update(self, outputs: torch.Tensor) -> None:
+        fired = (outputs != 0).any(dim=0)
+        near_zero = (outputs.abs() <= self.near_dead_tol).sum(dim=0)
+        if self.fired is None:
+            self.fired, self.near_zero_count = fired, near_zero
+        else:
+            self.fired |= fired
+            self.near_zero_count += near_zero
+        self.samples += outputs.shape[0]
+
+    def dead(self) -> torch.Tensor:
+        """Boolean mask of neurons that were exactly 0 for every sample seen."""
+        return ~self.fired
+
+    def near_dead(self, fraction: float = 0.99) -> torch.Tensor:
+        """Neurons within the tolerance of zero on at least ``fraction`` of the samples."""
+        return self.near_zero_count >= fraction * self.samples
+
+
+def dead_neuron_ratios(layer_batches: Iterable[Sequence[torch.Tensor]]) -> list[float]:
+    """Per-layer fraction of dead neurons, given per-batch lists of each layer's outputs."""
+    counters: list[DeadNeuronCounter] = []
+    for outputs in layer_batches:
+        if not counters:
+            counters = [DeadNeuronCounter() for _ in outputs]
+        for counter, out in zip(counters, outputs):
+            counter.update(out)
+    return [float(c.dead().float().mean()) for c in counters]
+
+
+class DeadNeuronMonitor(Diagnostic):
+    """Logs ``dead/layer_i``, ``dead/overall``, ``near_dead/layer_i`` and ``near_dead/overall``.
+
+    A neuron is dead when its post-activation output is exactly 0 for every sample of the
+    probe set: by default the whole training set, evaluated in eval mode under
+    ``torch.inference_mode`` in large batches straight from the in-memory tensors. Since
+    smooth activations are never exactly 0, a near-dead variant counts neurons with
+    ``|out| <= near_dead_tol`` on at least ``near_dead_fraction`` of the samples.
+    The final values go into the run record.
+
+    Args:
+        probe_size: samples of the training set to probe (None = all of them).
+        batch_size: samples per forward pass of the probe.
+    """
+
+    def __init__(
+        self,
+        probe_size: int | None = None,
+        batch_size: int = 8192,
+        near_dead_tol: float = 1e-6,
+        near_dead_fraction: float = 0.99,
+        every_n_epochs: int = 1,
+        figures_dir: str | None = None,
+    ) -> None:
+        super().__init__(every_n_epochs, figures_dir)
+        self.probe_size, self.batch_size = probe_size, batch_size
+        self.near_dead_tol, self.near_dead_fraction = near_dead_tol, near_dead_fraction
+        self.history: list[tuple[int, list[float], list[float]]] = []  # (step, dead, near-dead)
+
+    @torch.inference_mode()
+    def measure(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
+        net = pl_module.net
+        inputs = probe_inputs(trainer, self.probe_size)
+        counters = [DeadNeuronCounter(self.near_dead_tol) for _ in net.linears]
+        for start in range(0, len(inputs), self.batch_size):
+            for counter, out in zip(counters, net.forward_hidden(inputs[start : start + self.batch_size])):
+                counter.update(out)
+        dead = [c.dead() for c in counters]
+        near = [c.near_dead(self.near_dead_fraction) for c in counters]
+        dead_ratios = [float(d.float().mean()) for d in dead]
+        near_ratios = [float(n.float().mean()) for n in near]
+        total = sum(len(d) for d in dead)
+        metrics = {f"dead/layer_{i}": r for i, r in enumerate(dead_ratios)}
+        metrics["dead/overall"] = float(sum(int(d.sum()) for d in dead) / total)
+        metrics.update({f"near_dead/layer_{i}": r for i, r in enumerate(near_ratios)})
+        metrics["near_dead/overall"] = float(sum(int(n.sum()) for n in near) / total)
+        self.history.append((step, dead_ratios, near_ratios))
+        self.latest = metrics
+        self.log_scalars(trainer, metrics, step)
+
+    def record_metrics(self) -> dict[str, float]:
+        """The last measurement, for the run record."""
+        if not self.history:
+            return {}
+        out = dict(self.latest)
+        out["dead/at_init"] = self.history[0][1]
+        return out
+
+    def save_figure(self, directory: Path) -> None:
+        if not self.history:
+            return
+        from actlab.plotting import plot_dead_ratios
+
+        series = {"at init": self.history[0][1]}
+        if len(self.history) > 1:
+            series["final"] = self.history[-1][1]
+        plot_dead_ratios(series, directory / "dead_neurons.png")

@@ -1,0 +1,91 @@
+"""Shared machinery of the diagnostics: when they run, the probe data, how they log."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+
+TB_LOGGER = "TensorBoardLogger"
+
+
+def probe_inputs(trainer: L.Trainer, size: int | None) -> torch.Tensor:
+    """The first ``size`` training inputs (all of them for None), on the training device.
+
+    Uses the in-memory tensors of actlab's DataModules; falls back to gathering batches
+    from the training dataloader for any other DataModule.
+    """
+    datamodule = trainer.datamodule
+    images = getattr(datamodule, "train_x", None)
+    if images is None:
+        batches, total = [], 0
+        for x, _ in trainer.train_dataloader:
+            batches.append(x)
+            total += len(x)
+            if size is not None and total >= size:
+                break
+        images = torch.cat(batches)
+    return images if size is None else images[:size]
+
+
+def probe_batch(trainer: L.Trainer, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    datamodule = trainer.datamodule
+    return datamodule.train_x[:size], datamodule.train_y[:size]
+
+
+class Diagnostic(L.Callback):
+    """Runs ``measure`` once before the first training step and after every n-th epoch.
+
+    The network is measured in eval mode (deterministic: no RReLU noise) and restored to
+    its mode afterwards; nothing a diagnostic does touches the optimiser's gradients.
+    Subclasses implement ``measure`` and may implement ``save_figure``.
+    """
+
+    def __init__(self, every_n_epochs: int = 1, figures_dir: str | None = None) -> None:
+        if every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
+        self.every_n_epochs = every_n_epochs
+        self.figures_dir = Path(figures_dir) if figures_dir else None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.global_step == 0:  # not again when resuming
+            self._measure(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self._measure(trainer, pl_module)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.figures_dir is not None and trainer.is_global_zero:
+            self.figures_dir.mkdir(parents=True, exist_ok=True)
+            self.save_figure(self.figures_dir)
+
+    def _measure(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            self.measure(trainer, pl_module, trainer.global_step)
+        finally:
+            pl_module.train(was_training)
+
+    def measure(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
+        raise NotImplementedError
+
+    def save_figure(self, directory: Path) -> None:
+        """Write this diagnostic's static PNG(s) into ``directory`` (optional)."""
+
+    @staticmethod
+    def log_scalars(trainer: L.Trainer, metrics: dict[str, float], step: int) -> None:
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)
+
+    @staticmethod
+    def log_histogram(trainer: L.Trainer, tag: str, values: torch.Tensor, step: int) -> None:
+        for logger in trainer.loggers:
+            if type(logger).__name__ == TB_LOGGER:
+                logger.experiment.add_histogram(tag, values.detach().float().cpu(), step)
+
+
+def layer_name(index: int, linear: torch.nn.Linear) -> str:
+    return f"layer_{index}_{linear.in_features}x{linear.out_features}"
