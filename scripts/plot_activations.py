@@ -1,6 +1,6 @@
 """Plot activations: shapes + derivatives grid and the 3-D gradient views.
 
-python scripts/plot_activations.py                      # every activation -> docs/activations/
+python scripts/plot_activations.py                      # every activation -> outputs/plots/
 python scripts/plot_activations.py relu telu staf --out plots/
 """
 
@@ -18,7 +18,7 @@ def main() -> None:
     parser.add_argument(
         "names", nargs="*", help=f"activations (default: all of {', '.join(group_options('activation'))})"
     )
-    parser.add_argument("--out", type=Path, default=Path("docs/activations"), help="output folder")
+    parser.add_argument("--out", type=Path, default=Path("outputs/plots"), help="output folder")
     parser.add_argument("--no-surfaces", action="store_true", help="skip the per-activation 3-D views")
     args = parser.parse_args()
     for path in plot_activations(args.names or None, args.out, surfaces=not args.no_surfaces):

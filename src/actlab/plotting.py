@@ -97,10 +97,17 @@ def plot_layer_histograms(
     n = len(layer_names)
     fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 2.8), squeeze=False)
     for i, (ax, name) in enumerate(zip(axes.flat, layer_names)):
-        for label, values in series.items():
-            ax.hist(values[i].numpy(), bins=60, alpha=0.55, label=label, log=True)
+        values = [v[i].float() for v in series.values()]
+        low = min(float(v.min()) for v in values)
+        high = max(float(v.max()) for v in values)
+        high = high if high > low else low + 1e-12
+        edges = torch.linspace(low, high, 61)
+        for label, v in zip(series, values):
+            counts = torch.histc(v, bins=60, min=low, max=high)
+            ax.stairs(counts.numpy(), edges.numpy(), label=label, fill=True, alpha=0.5)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel(xlabel, fontsize=8)
+        ax.ticklabel_format(axis="x", style="sci", scilimits=(-2, 3))
     axes.flat[0].legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, path)

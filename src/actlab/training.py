@@ -12,6 +12,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -46,15 +47,26 @@ def _instantiate_group(group: DictConfig | None) -> list[Any]:
     return [instantiate(entry) for entry in group.values() if entry is not None and "_target_" in entry]
 
 
+def _build(cfg: DictConfig, **kwargs: Any) -> Any:
+    """``instantiate`` that lets a constructor's own ValueError (our clear messages) through,
+    instead of Hydra's InstantiationException wrapper around it."""
+    try:
+        return instantiate(cfg, **kwargs)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, ValueError):
+            raise err.__cause__ from None
+        raise
+
+
 def build_run(cfg: DictConfig) -> tuple[L.LightningDataModule, Classifier]:
     """Data and model from the config (no trainer): the part tests and benchmarks share."""
     validate_config(cfg)
-    datamodule = instantiate(cfg.data)
-    activation = instantiate(cfg.activation)
-    net = instantiate(cfg.model, activation=activation)
+    datamodule = _build(cfg.data)
+    activation = _build(cfg.activation)
+    net = _build(cfg.model, activation=activation)
     module = Classifier(
         net=net,
-        optimizer=instantiate(cfg.optimizer),
+        optimizer=_build(cfg.optimizer),
         num_classes=datamodule.num_classes,
         compile=cfg.get("compile", False),
     )
@@ -102,8 +114,8 @@ def run(
             hidden_shape=module.net.hidden_shape,
             num_parameters=sum(p.numel() for p in module.parameters()),
         )
-        callbacks = _instantiate_group(cfg.get("callbacks"))
-        callbacks += [DivergenceMonitor(), interruption, history]  # history last: times the rest
+        # divergence first (stop before diagnostics see NaNs); history last (it times the rest)
+        callbacks = [DivergenceMonitor(), *_instantiate_group(cfg.get("callbacks")), interruption, history]
         trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=_instantiate_group(cfg.get("logger")))
         record["accelerator"] = type(trainer.accelerator).__name__.replace("Accelerator", "").lower()
         fit_start = time.perf_counter()

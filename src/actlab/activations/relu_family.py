@@ -3,6 +3,8 @@ PReLU is PyTorch's with a switch between one shared slope and one slope per neur
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -21,3 +23,7 @@ class PReLU(nn.PReLU):
     def __init__(self, num_features: int = 1, per_channel: bool = False, init: float = 0.25) -> None:
         super().__init__(num_parameters=num_features if per_channel else 1, init=init)
         self.per_channel = per_channel
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # like every actlab activation: parameters follow the input's dtype (bf16 inputs work)
+        return F.prelu(x, self.weight.to(x.dtype))

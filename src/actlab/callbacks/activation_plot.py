@@ -12,11 +12,12 @@ class ActivationPlot(L.Callback):
     derivative on [-5, 5]) to TensorBoard before training starts."""
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.global_step:
+        tensorboards = [logger for logger in trainer.loggers if type(logger).__name__ == TB_LOGGER]
+        if trainer.global_step or not tensorboards:
             return
         from actlab.plotting import activation_figure
 
-        figure = activation_figure(pl_module.net.activations[0])
-        for logger in trainer.loggers:
-            if type(logger).__name__ == TB_LOGGER:
-                logger.experiment.add_figure("activation/shape", figure, 0)
+        for logger in tensorboards:  # add_figure closes the figure
+            logger.experiment.add_figure(
+                "activation/shape", activation_figure(pl_module.net.activations[0]), 0
+            )

@@ -57,7 +57,7 @@ class Diagnostic(L.Callback):
             self._measure(trainer, pl_module)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.figures_dir is not None and trainer.is_global_zero:
+        if self.figures_dir is not None and trainer.is_global_zero and not trainer.fast_dev_run:
             self.figures_dir.mkdir(parents=True, exist_ok=True)
             self.save_figure(self.figures_dir)
 
@@ -82,9 +82,13 @@ class Diagnostic(L.Callback):
 
     @staticmethod
     def log_histogram(trainer: L.Trainer, tag: str, values: torch.Tensor, step: int) -> None:
+        values = values.detach().float().flatten()
+        values = values[torch.isfinite(values)]  # a diverging run must not crash its diagnostics
+        if values.numel() == 0:
+            return
         for logger in trainer.loggers:
             if type(logger).__name__ == TB_LOGGER:
-                logger.experiment.add_histogram(tag, values.detach().float().cpu(), step)
+                logger.experiment.add_histogram(tag, values.cpu(), step)
 
 
 def layer_name(index: int, linear: torch.nn.Linear) -> str:

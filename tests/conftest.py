@@ -1,0 +1,70 @@
+"""Shared fixtures: small generated FashionMNIST-format data and config composition."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from actlab.config import CONFIG_DIR
+from actlab.data import write_idx
+from actlab.data.fashion_mnist import FILES, SYSTEM_DIR
+
+REPO = CONFIG_DIR.parent
+HAS_REAL_DATA = all((Path(SYSTEM_DIR) / f"{stem}.gz").is_file() for stem in FILES.values())
+requires_real_data = pytest.mark.skipif(
+    not HAS_REAL_DATA, reason=f"needs `apt-get install dataset-fashion-mnist` ({SYSTEM_DIR})"
+)
+
+
+def make_fake_fashion_mnist(directory: Path, n_train: int = 512, n_test: int = 128, seed: int = 0) -> Path:
+    """Write the four IDX .gz files of a tiny learnable 10-class image set into ``directory``.
+
+    Each class lights up its own horizontal band of the image, plus noise.
+    """
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        images = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
+        for i, label in enumerate(labels):
+            images[i, 2 + 2 * label : 4 + 2 * label, :] = 250
+        write_idx(directory / f"{split}-images-idx3-ubyte.gz", images)
+        write_idx(directory / f"{split}-labels-idx1-ubyte.gz", labels)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def fake_data_dir(tmp_path_factory) -> Path:
+    return make_fake_fashion_mnist(tmp_path_factory.mktemp("fashion_mnist"))
+
+
+def data_overrides(data_dir: Path) -> list[str]:
+    """Point the data config at generated files and nowhere else (no system copy, no download)."""
+    return [f"data.data_dir={data_dir}", "data.system_dir=null", "data.download=false", "data.val_size=128"]
+
+
+def compose_train(overrides: list[str], output_dir: Path | None = None) -> DictConfig:
+    """Compose conf/train.yaml like `python train.py <overrides>` would, outside Hydra's CLI."""
+    extra = [f"paths.output_dir={output_dir}"] if output_dir is not None else []
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("train", overrides=[*overrides, *extra])
+
+
+def run_train_cli(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run the real `python train.py ...` in ``cwd`` (outputs land under cwd/outputs)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -1,0 +1,21 @@
+"""The repository keeps its promises to a new user."""
+
+import re
+
+from conftest import REPO
+
+TEST_COMMAND = "bash scripts/setup.sh test && .venv/bin/python -m pytest"
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (REPO / "README.md").read_text()
+    quick_start = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    commands = re.findall(r"^(bash scripts/setup\.sh.*)$", quick_start, flags=re.M)
+    assert len(commands) == 2 and commands[1] == TEST_COMMAND
+    assert TEST_COMMAND in (REPO / ".ci" / "run").read_text()
+
+
+def test_generated_outputs_are_ignored():
+    ignored = (REPO / ".gitignore").read_text().split()
+    for path in ("outputs/", ".venv/", "data/", "*.ckpt"):
+        assert path in ignored
