@@ -17,5 +17,5 @@ def test_ci_runs_the_readme_test_command():
 
 def test_generated_outputs_are_ignored():
     ignored = (REPO / ".gitignore").read_text().split()
-    for path in ("outputs/", ".venv/", "data/", "*.ckpt"):
+    for path in ("/outputs/", ".venv/", "/data/", "*.ckpt"):
         assert path in ignored

@@ -1,0 +1,235 @@
+"""Training-loop speed, measured in one process: the textbook's loop, a minimal hand-written
+loop, and actlab's own Lightning training (diagnostics on and off), on the same data,
+model, optimiser and device. Library side of ``scripts/benchmark.py``."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from actlab.config import CONFIG_DIR, load_activation
+from actlab.data.fashion_mnist import FILES, locate_fashion_mnist, normalise
+from actlab.data.idx import read_idx
+from actlab.models import SimpleNetwork
+
+
+@dataclass
+class Timing:
+    name: str
+    epoch_times: list[float]
+
+    @property
+    def epoch_s(self) -> float:
+        return statistics.median(self.epoch_times)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _network(activation: str, device: torch.device) -> SimpleNetwork:
+    torch.manual_seed(0)
+    return SimpleNetwork(lambda: load_activation(activation)).to(device)
+
+
+def _sgd(net: torch.nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
+
+
+def _time_epochs(run_epoch: Callable[[], None], epochs: int, device: torch.device) -> list[float]:
+    run_epoch()  # warm-up: allocator, kernels, caches
+    times = []
+    for _ in range(epochs):
+        _sync(device)
+        start = time.perf_counter()
+        run_epoch()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def reference_loop(files: dict[str, Path], activation: str, device: torch.device, epochs: int,
+                   steps: int | None, batch_size: int = 128) -> Timing:  # fmt: skip
+    """The textbook's loop: torchvision FashionMNIST with per-sample ToTensor + Normalize, a
+    shuffling DataLoader, and a plain loop that also evaluates the test set every epoch."""
+    from torchvision import datasets, transforms
+
+    root = Path(tempfile.mkdtemp(prefix="actlab-bench-"))
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for key, stem in FILES.items():  # torchvision reads the decompressed files from root/raw
+        source = files[key]
+        opener = gzip.open if source.suffix == ".gz" else open
+        with opener(source, "rb") as src, open(raw / stem, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    try:
+        transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
+        train = datasets.FashionMNIST(str(root), train=True, transform=transform, download=False)
+        test = datasets.FashionMNIST(str(root), train=False, transform=transform, download=False)
+        train_loader = torch.utils.data.DataLoader(train, batch_size=batch_size, shuffle=True)
+        test_loader = torch.utils.data.DataLoader(test, batch_size=batch_size)
+        net = _network(activation, device)
+        optimizer = _sgd(net)
+
+        def epoch() -> None:
+            net.train()
+            for i, (x, y) in enumerate(train_loader):
+                if steps is not None and i >= steps:
+                    break
+                x, y = x.to(device), y.to(device)
+                optimizer.zero_grad()
+                loss = F.cross_entropy(net(x), y)
+                loss.backward()
+                optimizer.step()
+            net.eval()
+            correct = 0
+            with torch.no_grad():
+                for i, (x, y) in enumerate(test_loader):
+                    if steps is not None and i >= max(1, steps // 10):
+                        break
+                    x, y = x.to(device), y.to(device)
+                    correct += (net(x).argmax(1) == y).sum().item()
+
+        return Timing("reference (textbook: torchvision + DataLoader)", _time_epochs(epoch, epochs, device))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def hand_loop(files: dict[str, Path], activation: str, device: torch.device, epochs: int,
+              steps: int | None, batch_size: int = 128, val_size: int = 5000) -> Timing:  # fmt: skip
+    """The floor for eager PyTorch: in-memory tensors on the device, batches by indexing,
+    no framework; the same train/validation split sizes as actlab's default run."""
+    images = normalise(read_idx(files["train_images"])).to(device)
+    labels = read_idx(files["train_labels"]).long().to(device)
+    train_x, train_y = images[val_size:], labels[val_size:]
+    val_x, val_y = images[:val_size], labels[:val_size]
+    net = _network(activation, device)
+    optimizer = _sgd(net)
+    n = len(train_y) if steps is None else min(len(train_y), steps * batch_size)
+
+    def epoch() -> None:
+        net.train()
+        order = torch.randperm(len(train_y), device=device)
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            loss = F.cross_entropy(net(train_x[idx]), train_y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        net.eval()
+        with torch.inference_mode():
+            correct = torch.zeros((), device=device, dtype=torch.long)
+            for start in range(0, len(val_y), 1024):
+                logits = net(val_x[start : start + 1024])
+                correct += (logits.argmax(1) == val_y[start : start + 1024]).sum()
+            correct.item()
+
+    return Timing("hand loop (in-memory tensors, plain PyTorch)", _time_epochs(epoch, epochs, device))
+
+
+def actlab_epochs(data_dir: str | None, system_dir: str | None, activation: str, device: torch.device,
+                  epochs: int, steps: int | None, callbacks: bool) -> Timing:  # fmt: skip
+    """actlab's training exactly as ``train.py`` runs it (composed config, ``run``), timed by
+    the run record's own per-epoch times (training steps + validation + diagnostics)."""
+    from hydra import compose, initialize_config_dir
+
+    from actlab.training import run
+
+    output_dir = Path(tempfile.mkdtemp(prefix="actlab-bench-run-"))
+    overrides = [
+        f"activation={activation}",
+        f"trainer={'gpu' if device.type == 'cuda' else 'cpu'}",
+        f"trainer.max_epochs={epochs + 1}",
+        f"callbacks={'default' if callbacks else 'none'}",
+        f"data.data_dir={data_dir}" if data_dir else "data.data_dir=null",
+        "data.download=false",
+        "test_after_fit=false",
+        "trainer.enable_model_summary=false",
+        f"paths.output_dir={output_dir}",
+    ]
+    if system_dir is not None:  # "" = do not look in the Debian package's folder
+        overrides.append(f"data.system_dir={system_dir or 'null'}")
+    if steps is not None:
+        overrides += [f"trainer.limit_train_batches={steps}", f"trainer.limit_val_batches={max(1, steps // 10)}"]
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose("train", overrides=overrides)
+        record = run(cfg, output_dir, activation=activation)
+        if record["status"] != "completed":
+            raise RuntimeError(f"benchmark run {record['status']}: {record.get('error')}")
+        label = "actlab (Lightning, diagnostics " + ("on)" if callbacks else "off)")
+        return Timing(label, record["epoch_times_s"][1:])  # first epoch is the warm-up
+    finally:
+        shutil.rmtree(output_dir, ignore_errors=True)
+
+
+def benchmark(device: str = "cpu", activation: str = "relu", epochs: int = 3, steps: int | None = None,
+              data_dir: str | None = None, system_dir: str | None = None,
+              skip_reference: bool = False) -> list[Timing]:  # fmt: skip
+    """All measurements in one process, in a fixed order; returns their timings."""
+    torch_device = torch.device(device)
+    if torch_device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
+    kwargs = {} if system_dir is None else {"system_dir": system_dir}
+    files = locate_fashion_mnist(data_dir, download=False, **kwargs)
+    timings = [hand_loop(files, activation, torch_device, epochs, steps)]
+    for callbacks in (True, False):
+        timings.append(actlab_epochs(data_dir, system_dir, activation, torch_device, epochs, steps, callbacks))
+    if not skip_reference:
+        timings.append(reference_loop(files, activation, torch_device, epochs, steps))
+    return timings
+
+
+def format_report(timings: list[Timing], device: str, activation: str) -> str:
+    by_name = {t.name.split(" ")[0] + (" on" if "on)" in t.name else " off" if "off)" in t.name else ""): t
+               for t in timings}  # fmt: skip
+    lines = [f"device={device} activation={activation} threads={torch.get_num_threads()}", ""]
+    lines.append(f"{'loop':<50} {'epoch s (median)':>17}  epochs")
+    for t in timings:
+        lines.append(f"{t.name:<50} {t.epoch_s:>17.3f}  {', '.join(f'{s:.3f}' for s in t.epoch_times)}")
+    hand = by_name["hand"].epoch_s
+    lines.append("")
+    for key in ("actlab on", "actlab off"):
+        lines.append(f"ratio {key:<11}/ hand loop  = {by_name[key].epoch_s / hand:6.2f}")
+    on, off = by_name["actlab on"].epoch_s, by_name["actlab off"].epoch_s
+    lines.append(f"diagnostics overhead      = {100 * (on / off - 1):+6.1f} %")
+    if "reference" in by_name:
+        lines.append(f"ratio reference / actlab on = {by_name['reference'].epoch_s / on:6.2f}")
+    return "\n".join(lines)
+
+
+def activation_speed(names: list[str], device: str = "cpu", shape: tuple[int, int] = (128, 256),
+                     repeats: int = 200) -> list[tuple[str, float, float]]:  # fmt: skip
+    """Forward and forward+backward time (microseconds, median of ``repeats``) of each
+    activation on one ``shape`` batch, as a layer of SimpleNetwork sees it."""
+    torch_device = torch.device(device)
+    results = []
+    for name in names:
+        torch.manual_seed(0)
+        act = load_activation(name).to(torch_device)
+        x = torch.randn(*shape, device=torch_device, requires_grad=True)
+        forward, both = [], []
+        for i in range(repeats + 10):
+            _sync(torch_device)
+            t0 = time.perf_counter()
+            y = act(x)
+            _sync(torch_device)
+            t1 = time.perf_counter()
+            y.backward(torch.ones_like(y))
+            _sync(torch_device)
+            t2 = time.perf_counter()
+            if i >= 10:
+                forward.append(t1 - t0)
+                both.append(t2 - t0)
+        results.append((name, 1e6 * statistics.median(forward), 1e6 * statistics.median(both)))
+    return results

@@ -1,0 +1,213 @@
+"""FashionMNIST as a LightningDataModule that keeps the whole dataset as in-memory tensors.
+
+The dataset (60k train / 10k test, 28x28 grey, 10 classes) is ~220 MB as float32, so it is
+decoded once, normalised to [-1, 1] once, moved to the training device once (the GPU when
+training on one), and batched by indexing. No per-sample PIL transforms, no DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from actlab.data.idx import CorruptDataError, read_idx
+
+log = logging.getLogger(__name__)
+
+SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
+FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+TRAIN_SIZE, TEST_SIZE, NUM_CLASSES = 60_000, 10_000, 10
+HOW_TO_GET = (
+    "get the data with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu, files land in "
+    f"{SYSTEM_DIR}), or put the four *-ubyte(.gz) files from "
+    "https://github.com/zalandoresearch/fashion-mnist into data.data_dir, "
+    "or allow torchvision to download them (data.download=true, needs internet)"
+)
+
+
+class DataNotFoundError(FileNotFoundError):
+    """None of the places FashionMNIST is looked for holds a usable copy."""
+
+
+class TensorBatchLoader:
+    """Iterates over ``(images[idx], labels[idx])`` batches of tensors already in memory.
+
+    Shuffling draws a fresh permutation from torch's global RNG each epoch, so a seeded run
+    sees the same batch order every time.
+    """
+
+    def __init__(
+        self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool
+    ) -> None:
+        self.images, self.labels = images, labels
+        self.batch_size, self.shuffle = batch_size, shuffle
+
+    def __len__(self) -> int:
+        return -(-len(self.labels) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.labels)
+        if self.shuffle:
+            order = torch.randperm(n).to(self.labels.device, non_blocking=True)
+            for start in range(0, n, self.batch_size):
+                idx = order[start : start + self.batch_size]
+                yield self.images[idx], self.labels[idx]
+        else:
+            for start in range(0, n, self.batch_size):
+                yield (
+                    self.images[start : start + self.batch_size],
+                    self.labels[start : start + self.batch_size],
+                )
+
+
+def _find_in(directory: Path) -> dict[str, Path] | None:
+    """The four files in ``directory`` (plain or .gz), or None if any is missing."""
+    found = {}
+    for key, stem in FILES.items():
+        for name in (f"{stem}.gz", stem):
+            if (directory / name).is_file():
+                found[key] = directory / name
+                break
+        else:
+            return None
+    return found
+
+
+def locate_fashion_mnist(
+    data_dir: str | Path | None, system_dir: str | Path = SYSTEM_DIR, download: bool = True
+) -> dict[str, Path]:
+    """Find the FashionMNIST files: ``data_dir``, then the Debian package, then torchvision.
+
+    Raises DataNotFoundError naming every place looked at and how to get the data.
+    """
+    candidates: list[Path] = []
+    if data_dir:
+        data_dir = Path(data_dir).expanduser()
+        candidates += [data_dir, data_dir / "FashionMNIST" / "raw"]
+    if system_dir:
+        candidates.append(Path(system_dir))
+    for directory in candidates:
+        if (found := _find_in(directory)) is not None:
+            return found
+    download_error = ""
+    if download and data_dir:
+        try:
+            from torchvision.datasets import FashionMNIST
+
+            for train in (True, False):
+                FashionMNIST(str(data_dir), train=train, download=True)
+            if (found := _find_in(data_dir / "FashionMNIST" / "raw")) is not None:
+                return found
+        except Exception as err:  # any network or disk failure lands in the one clear error
+            download_error = f"; torchvision download into {data_dir} failed: {err}"
+    looked = ", ".join(str(c) for c in candidates) or "(no directory configured)"
+    raise DataNotFoundError(
+        f"FashionMNIST not found. Looked for {', '.join(FILES.values())} (plain or .gz) in: "
+        f"{looked}{download_error}. To fix: {HOW_TO_GET}."
+    )
+
+
+def load_split(images_path: Path, labels_path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read one split, check it is a set of 28x28 images with matching labels in 0..9."""
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    if images.ndim != 3 or tuple(images.shape[1:]) != (28, 28):
+        raise CorruptDataError(f"{images_path}: expected N x 28 x 28 images, got {tuple(images.shape)}")
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise CorruptDataError(
+            f"{labels_path}: {len(labels)} labels for {len(images)} images in {images_path}"
+        )
+    if len(labels) and int(labels.max()) >= NUM_CLASSES:
+        raise CorruptDataError(f"{labels_path}: label {int(labels.max())} outside 0..9")
+    return images, labels.long()
+
+
+def normalise(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float32 [-1, 1] (mean 0.5, std 0.5 after scaling to [0, 1])."""
+    return images.float().div_(127.5).sub_(1.0)
+
+
+class FashionMNISTDataModule(L.LightningDataModule):
+    """FashionMNIST held as tensors on the training device, with a seeded validation split.
+
+    Args:
+        data_dir: first place to look for the files (also where torchvision downloads to).
+        batch_size: training batch size.
+        val_size: samples carved from the training set for validation; 0 validates on the
+            test set, as the textbook did.
+        split_seed: seed of the train/validation split (fixed across runs so that every run
+            of a sweep is validated on the same samples).
+        eval_batch_size: batch size for validation and test (no gradients, so larger).
+        download: let torchvision download the files when no local copy is found.
+        system_dir: where the Debian package ``dataset-fashion-mnist`` installs the files.
+    """
+
+    num_classes = NUM_CLASSES
+    input_shape = (28, 28)
+
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        batch_size: int = 128,
+        val_size: int = 5000,
+        split_seed: int = 0,
+        eval_batch_size: int = 1024,
+        download: bool = True,
+        system_dir: str | None = SYSTEM_DIR,
+    ) -> None:
+        super().__init__()
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"data.{name} must be a positive integer, got {value!r}")
+        if not isinstance(val_size, int) or val_size < 0:
+            raise ValueError(f"data.val_size must be an integer >= 0, got {val_size!r}")
+        self.data_dir, self.system_dir, self.download = data_dir, system_dir, download
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.val_size, self.split_seed = val_size, split_seed
+        self.train_x = self.train_y = self.val_x = self.val_y = self.test_x = self.test_y = None
+
+    def prepare_data(self) -> None:
+        locate_fashion_mnist(self.data_dir, self.system_dir, self.download)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_x is not None:
+            return
+        files = locate_fashion_mnist(self.data_dir, self.system_dir, self.download)
+        log.info("FashionMNIST from %s", files["train_images"].parent)
+        train_x, train_y = load_split(files["train_images"], files["train_labels"])
+        test_x, test_y = load_split(files["test_images"], files["test_labels"])
+        if self.val_size >= len(train_y):
+            raise ValueError(
+                f"data.val_size={self.val_size} leaves no training data: the training set has "
+                f"{len(train_y)} samples; choose a value below that (0 validates on the test set)"
+            )
+        device = self.trainer.strategy.root_device if self.trainer is not None else "cpu"
+        train_x, test_x = normalise(train_x).to(device), normalise(test_x).to(device)
+        train_y, test_y = train_y.to(device), test_y.to(device)
+        if self.val_size:
+            generator = torch.Generator().manual_seed(self.split_seed)
+            order = torch.randperm(len(train_y), generator=generator).to(device)
+            val_idx, train_idx = order[: self.val_size], order[self.val_size :]
+            self.val_x, self.val_y = train_x[val_idx], train_y[val_idx]
+            self.train_x, self.train_y = train_x[train_idx], train_y[train_idx]
+        else:
+            self.train_x, self.train_y = train_x, train_y
+            self.val_x, self.val_y = test_x, test_y
+        self.test_x, self.test_y = test_x, test_y
+
+    def train_dataloader(self) -> TensorBatchLoader:
+        return TensorBatchLoader(self.train_x, self.train_y, self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> TensorBatchLoader:
+        return TensorBatchLoader(self.val_x, self.val_y, self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> TensorBatchLoader:
+        return TensorBatchLoader(self.test_x, self.test_y, self.eval_batch_size, shuffle=False)
