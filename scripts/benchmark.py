@@ -13,7 +13,9 @@ from actlab.config import group_options
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--activation", default="relu", choices=group_options("activation"))
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per loop (after one warm-up)")

@@ -47,7 +47,14 @@ def fake_data_dir(tmp_path_factory) -> Path:
 
 def data_overrides(data_dir: Path) -> list[str]:
     """Point the data config at generated files and nowhere else (no system copy, no download)."""
-    return [f"data.data_dir={data_dir}", "data.system_dir=null", "data.download=false", "data.val_size=128"]
+    return [
+        f"data.data_dir={data_dir}",
+        "data.system_dir=null",
+        "data.download=false",
+        "data.val_size=128",
+        "trainer.enable_progress_bar=false",
+        "callbacks.progress_bar=null",
+    ]
 
 
 def compose_train(overrides: list[str], output_dir: Path | None = None) -> DictConfig:

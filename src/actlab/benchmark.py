@@ -160,7 +160,10 @@ def actlab_epochs(data_dir: str | None, system_dir: str | None, activation: str,
     if system_dir is not None:  # "" = do not look in the Debian package's folder
         overrides.append(f"data.system_dir={system_dir or 'null'}")
     if steps is not None:
-        overrides += [f"trainer.limit_train_batches={steps}", f"trainer.limit_val_batches={max(1, steps // 10)}"]
+        overrides += [
+            f"trainer.limit_train_batches={steps}",
+            f"trainer.limit_val_batches={max(1, steps // 10)}",
+        ]
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             cfg = compose("train", overrides=overrides)
@@ -184,7 +187,9 @@ def benchmark(device: str = "cpu", activation: str = "relu", epochs: int = 3, st
     files = locate_fashion_mnist(data_dir, download=False, **kwargs)
     timings = [hand_loop(files, activation, torch_device, epochs, steps)]
     for callbacks in (True, False):
-        timings.append(actlab_epochs(data_dir, system_dir, activation, torch_device, epochs, steps, callbacks))
+        timings.append(
+            actlab_epochs(data_dir, system_dir, activation, torch_device, epochs, steps, callbacks)
+        )
     if not skip_reference:
         timings.append(reference_loop(files, activation, torch_device, epochs, steps))
     return timings

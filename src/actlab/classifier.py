@@ -8,15 +8,47 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics.classification import MulticlassAccuracy
+
+from actlab.callbacks.divergence import DivergedError
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+STAGES = ("train", "val", "test")
+
+
+class EpochAccumulator(nn.Module):
+    """Sums of loss, correct predictions and samples over an epoch, kept on the device.
+
+    Updating costs a few tensor ops and no host sync; the epoch's mean loss and (micro)
+    accuracy are read once, at the end. A per-step ``self.log`` or torchmetrics update costs
+    ~50-130 us of Python each, a few percent of a CPU training step of this small MLP.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("loss_sum", torch.zeros((), dtype=torch.float64), persistent=False)
+        self.register_buffer("correct", torch.zeros((), dtype=torch.long), persistent=False)
+        self.register_buffer("count", torch.zeros((), dtype=torch.long), persistent=False)
+
+    @torch.no_grad()
+    def update(self, loss: torch.Tensor, logits: torch.Tensor, target: torch.Tensor) -> None:
+        self.loss_sum += loss.detach().double() * target.numel()
+        self.correct += (logits.argmax(dim=1) == target).sum()
+        self.count += target.numel()
+
+    def compute_and_reset(self) -> dict[str, torch.Tensor]:
+        count = self.count.clamp(min=1)
+        values = {"loss": (self.loss_sum / count).float(), "acc": self.correct.double().div(count).float()}
+        self.loss_sum.zero_()
+        self.correct.zero_()
+        self.count.zero_()
+        return values
 
 
 class Classifier(L.LightningModule):
-    """Cross-entropy classification of ``net``'s logits, with accuracy per stage.
+    """Cross-entropy classification of ``net``'s logits.
 
-    Logs ``{train,val,test}/{loss,acc}`` once per epoch (no per-step host syncs).
+    Logs ``{train,val,test}/{loss,acc}`` once per epoch: the exact mean loss and accuracy
+    over every sample of the epoch, accumulated on the device (no per-step host syncs).
 
     Args:
         net: the network (e.g. SimpleNetwork).
@@ -34,30 +66,53 @@ class Classifier(L.LightningModule):
         self.net = net
         self.optimizer_factory = optimizer
         self.forward_net = torch.compile(net) if compile else net
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        # ModuleDict keys may not shadow nn.Module attributes ("train"), hence the suffix
+        self.epoch_metrics = nn.ModuleDict({f"{stage}_metrics": EpochAccumulator() for stage in STAGES})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_net(x)
 
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, accuracy: MulticlassAccuracy):
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         x, y = batch
         logits = self(x)
         loss = F.cross_entropy(logits, y)
-        accuracy.update(logits.detach(), y)
-        self.log(f"{stage}/loss", loss.detach(), on_step=False, on_epoch=True, batch_size=len(y))
-        self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=stage == "val")
+        self.epoch_metrics[f"{stage}_metrics"].update(loss, logits, y)
         return loss
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train", self.train_acc)
+        return self._step(batch, "train")
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "val", self.val_acc)
+        self._step(batch, "val")
 
     def test_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "test", self.test_acc)
+        self._step(batch, "test")
+
+    def _log_epoch(self, stage: str) -> dict[str, torch.Tensor]:
+        values = self.epoch_metrics[f"{stage}_metrics"].compute_and_reset()
+        self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, prog_bar=stage == "val")
+        return values
+
+    def on_train_epoch_end(self) -> None:
+        loss = self._log_epoch("train")["loss"]
+        if not torch.isfinite(loss):
+            raise DivergedError(f"epoch {self.current_epoch} mean training loss is {float(loss)}")
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self._log_epoch("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
+
+    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
+        # Batches of in-memory tensors already live on the device; skip Lightning's generic
+        # (and per-step costly) collection walk for them.
+        if isinstance(batch, (tuple, list)) and all(
+            isinstance(t, torch.Tensor) and t.device == device for t in batch
+        ):
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_factory(self.parameters())

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import lightning as L
 import torch
 
@@ -15,25 +13,32 @@ class DivergedError(RuntimeError):
 class DivergenceMonitor(L.Callback):
     """Raise DivergedError once the training loss is NaN/inf.
 
-    Checks every ``check_every_n_steps`` steps (each check is one host sync on a GPU) and
-    at the end of every training epoch.
+    Checks the step's loss every ``check_every_n_steps`` steps and the epoch's last step
+    (each check is one host sync on a GPU). Once weights are NaN every later loss is too, so
+    the epoch-end check catches any divergence the periodic ones skipped. (The Classifier
+    also checks its epoch-mean training loss.)
     """
 
     def __init__(self, check_every_n_steps: int = 50) -> None:
         if check_every_n_steps < 1:
             raise ValueError(f"check_every_n_steps must be >= 1, got {check_every_n_steps}")
         self.check_every_n_steps = check_every_n_steps
+        self._last_loss: torch.Tensor | None = None
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is None:
+            return
+        self._last_loss = loss.detach()
         if trainer.global_step % self.check_every_n_steps == 0:
-            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-            if loss is not None and not bool(torch.isfinite(loss)):
-                raise DivergedError(
-                    f"training loss is {float(loss)} at epoch {trainer.current_epoch}, "
-                    f"step {trainer.global_step}"
-                )
+            self._check(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
-        loss = trainer.callback_metrics.get("train/loss")
-        if loss is not None and not math.isfinite(float(loss)):
-            raise DivergedError(f"epoch {trainer.current_epoch} mean training loss is {float(loss)}")
+        self._check(trainer)
+
+    def _check(self, trainer: L.Trainer) -> None:
+        if self._last_loss is not None and not bool(torch.isfinite(self._last_loss)):
+            raise DivergedError(
+                f"training loss is {float(self._last_loss)} at epoch {trainer.current_epoch}, "
+                f"step {trainer.global_step}"
+            )

@@ -12,23 +12,36 @@ import lightning as L
 class RunHistory(L.Callback):
     """Records each epoch's wall time and every epoch-level ``train/*`` and ``val/*`` metric.
 
-    The epoch time runs from the start of the training epoch to the end of its epoch-end
-    hooks: training steps, validation, and any diagnostics callback placed before this one
-    (the trainer builder puts this callback last so that their cost is counted).
-    ``history[key]`` is a list over epochs: what the run record and the sweep summary's
-    learning curves are made of.
+    The epoch time runs from the start of the training epoch to the end of the callbacks'
+    epoch-end hooks: training steps, validation, and any diagnostics callback placed before
+    this one (the trainer builder puts this callback last so that their cost is counted).
+    The module logs its training metrics in its own epoch-end hook, which Lightning runs
+    after the callbacks', so an epoch's metrics are collected when the next epoch starts or
+    training ends. ``history[key]`` is a list over epochs: what the run record and the sweep
+    summary's learning curves are made of.
     """
 
     def __init__(self) -> None:
         self.epoch_times: list[float] = []
         self.history: dict[str, list[float]] = defaultdict(list)
         self._epoch_start = 0.0
+        self._pending = False
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module) -> None:
+        self._collect(trainer)
         self._epoch_start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
         self.epoch_times.append(time.perf_counter() - self._epoch_start)
+        self._pending = True
+
+    def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
+        self._collect(trainer)
+
+    def _collect(self, trainer: L.Trainer) -> None:
+        if not self._pending:
+            return
+        self._pending = False
         for key, value in sorted(trainer.callback_metrics.items()):
             if key.startswith(("train/", "val/")):
                 value = float(value)

@@ -45,9 +45,7 @@ class TensorBatchLoader:
     sees the same batch order every time.
     """
 
-    def __init__(
-        self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool
-    ) -> None:
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool) -> None:
         self.images, self.labels = images, labels
         self.batch_size, self.shuffle = batch_size, shuffle
 
