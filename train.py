@@ -15,6 +15,7 @@ def main(cfg: DictConfig) -> float | None:
         output_dir=hydra_cfg.runtime.output_dir,
         activation=hydra_cfg.runtime.choices.get("activation"),
         overrides=list(hydra_cfg.overrides.task),
+        parallel_jobs=hydra_cfg.launcher.get("n_jobs"),
     )
     return record.get("test/acc")
 

@@ -65,7 +65,7 @@ def plot_activation_grid(activations: Mapping[str, nn.Module], path: str | Path,
         ax.axis("off")
     axes.flat[0].legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_gradient_surface(activation: nn.Module, name: str, path: str | Path, points: int = 81) -> Path:
@@ -87,7 +87,7 @@ def plot_gradient_surface(activation: nn.Module, name: str, path: str | Path, po
     ax2.set_ylabel("y")
     fig.colorbar(image, ax=ax2)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_layer_histograms(
@@ -110,7 +110,7 @@ def plot_layer_histograms(
         ax.ticklabel_format(axis="x", style="sci", scilimits=(-2, 3))
     axes.flat[0].legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_dead_ratios(series: Mapping[str, Sequence[float]], path: str | Path) -> Path:
@@ -124,10 +124,10 @@ def plot_dead_ratios(series: Mapping[str, Sequence[float]], path: str | Path) ->
     ax.set_ylabel("dead neurons (%)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig, path: str | Path) -> Path:
+def save_figure(fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

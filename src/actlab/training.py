@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import statistics
 import time
 import traceback
@@ -14,6 +16,7 @@ import lightning as L
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from actlab.callbacks import DivergedError, DivergenceMonitor, InterruptionCheckpoint, RunHistory
@@ -74,10 +77,16 @@ def build_run(cfg: DictConfig) -> tuple[L.LightningDataModule, Classifier]:
 
 
 def run(
-    cfg: DictConfig, output_dir: str | Path, activation: str | None = None, overrides: list[str] | None = None
+    cfg: DictConfig,
+    output_dir: str | Path,
+    activation: str | None = None,
+    overrides: list[str] | None = None,
+    parallel_jobs: int | None = None,
 ) -> dict[str, Any]:
     """Train, test and record one run described by ``cfg`` into ``output_dir``.
 
+    ``parallel_jobs`` is how many runs share this machine (local_parallel's n_jobs); with
+    ``threads: null`` each then gets ``cpu_count // parallel_jobs`` torch threads.
     Returns the run record (also written to ``output_dir/metrics.json``). Re-raises errors
     after recording them as ``status: failed``; a diverging loss is recorded as
     ``diverged`` and an interruption as ``interrupted``, without raising.
@@ -107,6 +116,11 @@ def run(
     fit_start = time.perf_counter()
     try:
         torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
+        threads = cfg.get("threads")
+        if not threads and parallel_jobs:
+            threads = max(1, (os.cpu_count() or 1) // parallel_jobs)
+        if threads:
+            torch.set_num_threads(threads)
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule, module = build_run(cfg)
         record.update(
@@ -133,6 +147,8 @@ def run(
     except BaseException as err:
         if interruption.interrupted or isinstance(err, KeyboardInterrupt):
             record.update(status="interrupted", error=f"{type(err).__name__}: {err}")
+            if isinstance(err, SIGTERMException):  # a bare SystemExit would exit with status 0
+                raise SystemExit(128 + signal.SIGTERM) from err
             raise
         record.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
         raise

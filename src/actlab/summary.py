@@ -1,0 +1,201 @@
+"""Summaries of a sweep, read from its runs' ``metrics.json`` records (never TensorBoard).
+
+Library side of ``scripts/summarize.py``: a CSV and a Markdown table of activation x depth
+(mean ± std over seeds), an accuracy heat-map and learning curves. Works on partial sweeps:
+every record found counts, whatever its status.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from actlab.record import RECORD_FILE, STATUSES, read_record
+
+METRICS = ("test/acc", "test/loss", "dead/overall", "epoch_time_s")
+
+
+@dataclass
+class Group:
+    """The runs of one (activation, depth) cell of the grid."""
+
+    activation: str
+    depth: int
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+    def count(self, status: str) -> int:
+        return sum(r.get("status") == status for r in self.runs)
+
+    def values(self, metric: str) -> list[float]:
+        """``metric`` over the completed runs that have it."""
+        out = []
+        for r in self.runs:
+            value = r.get(metric)
+            if r.get("status") == "completed" and isinstance(value, (int, float)) and math.isfinite(value):
+                out.append(float(value))
+        return out
+
+    def mean_std(self, metric: str) -> tuple[float | None, float | None]:
+        """Mean and sample standard deviation (n-1); std is None for a single run."""
+        values = self.values(metric)
+        if not values:
+            return None, None
+        return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def load_runs(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """Every readable run record below ``sweep_dir`` (job dirs at any depth)."""
+    runs = []
+    for path in sorted(Path(sweep_dir).rglob(RECORD_FILE)):
+        record = read_record(path.parent)
+        if record is not None:
+            record.setdefault("output_dir", str(path.parent))
+            runs.append(record)
+    return runs
+
+
+def group_runs(runs: list[dict[str, Any]]) -> list[Group]:
+    groups: dict[tuple[str, int], Group] = {}
+    for r in runs:
+        key = (str(r.get("activation")), int(r.get("depth") or _depth_from_overrides(r) or 0))
+        groups.setdefault(key, Group(*key)).runs.append(r)
+    return [groups[k] for k in sorted(groups)]
+
+
+def _depth_from_overrides(record: dict[str, Any]) -> int | None:
+    # a run that failed before building its model has no depth; its overrides may say it
+    for override in record.get("overrides", []):
+        if override.startswith("model.depth="):
+            try:
+                return int(override.split("=", 1)[1])
+            except ValueError:
+                return None
+    return None
+
+
+def _fmt(mean: float | None, std: float | None, scale: float = 1.0, digits: int = 2) -> str:
+    if mean is None:
+        return "—"
+    text = f"{mean * scale:.{digits}f}"
+    return text + (f" ± {std * scale:.{digits}f}" if std is not None else "")
+
+
+def write_csv(groups: list[Group], path: Path) -> Path:
+    columns = ["activation", "depth", "runs", *STATUSES]
+    for metric in METRICS:
+        columns += [f"{metric}_mean", f"{metric}_std"]
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        for g in groups:
+            row: list[Any] = [g.activation, g.depth, len(g.runs), *(g.count(s) for s in STATUSES)]
+            for metric in METRICS:
+                mean, std = g.mean_std(metric)
+                row += ["" if mean is None else f"{mean:.6g}", "" if std is None else f"{std:.6g}"]
+            writer.writerow(row)
+    return path
+
+
+def markdown_table(groups: list[Group]) -> str:
+    header = (
+        "| activation | depth | test acc (%) | test loss | dead (%) | epoch (s) | completed | failed | diverged "
+        "| other |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+    )
+    rows = []
+    for g in groups:
+        other = len(g.runs) - g.count("completed") - g.count("failed") - g.count("diverged")
+        rows.append(
+            f"| {g.activation} | {g.depth} | {_fmt(*g.mean_std('test/acc'), scale=100)} "
+            f"| {_fmt(*g.mean_std('test/loss'), digits=3)} | {_fmt(*g.mean_std('dead/overall'), scale=100, digits=1)} "
+            f"| {_fmt(*g.mean_std('epoch_time_s'))} | {g.count('completed')} | {g.count('failed')} "
+            f"| {g.count('diverged')} | {other} |"
+        )
+    return header + "\n".join(rows) + "\n"
+
+
+def plot_heatmap(groups: list[Group], path: Path) -> Path:
+    from actlab.plotting import plt, save_figure
+
+    activations = sorted({g.activation for g in groups})
+    depths = sorted({g.depth for g in groups})
+    cells = {(g.activation, g.depth): g.mean_std("test/acc")[0] for g in groups}
+    grid = [[cells.get((a, d)) for d in depths] for a in activations]
+    values = [[math.nan if v is None else 100 * v for v in row] for row in grid]
+    fig, ax = plt.subplots(figsize=(1.2 * len(depths) + 3, 0.4 * len(activations) + 1.5))
+    image = ax.imshow(values, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(depths)), [str(d) for d in depths])
+    ax.set_yticks(range(len(activations)), activations)
+    ax.set_xlabel("depth (hidden layers)")
+    ax.set_title("test accuracy (%), mean over seeds")
+    for i, row in enumerate(values):
+        for j, v in enumerate(row):
+            if not math.isnan(v):
+                ax.text(
+                    j,
+                    i,
+                    f"{v:.1f}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if v < 60 else "black",
+                )
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_learning_curves(groups: list[Group], path: Path, metric: str = "val/acc") -> Path:
+    from actlab.plotting import plt, save_figure
+
+    by_activation: dict[str, list[Group]] = defaultdict(list)
+    for g in groups:
+        by_activation[g.activation].append(g)
+    n = len(by_activation)
+    cols = min(4, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False)
+    for ax, (activation, cell) in zip(axes.flat, sorted(by_activation.items())):
+        for g in cell:
+            curves = [r["history"][metric] for r in g.runs if r.get("history", {}).get(metric)]
+            if not curves:
+                continue
+            length = max(len(c) for c in curves)
+            mean = [
+                statistics.fmean(c[e] for c in curves if len(c) > e and c[e] is not None)
+                for e in range(length)
+            ]
+            ax.plot(range(1, length + 1), mean, label=f"depth {g.depth} (n={len(curves)})")
+        ax.set_title(activation, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def summarize(sweep_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+    """Write summary.csv, summary.md, accuracy_heatmap.png and learning_curves.png."""
+    runs = load_runs(sweep_dir)
+    if not runs:
+        raise FileNotFoundError(f"no {RECORD_FILE} found below {sweep_dir}; is it a sweep directory?")
+    groups = group_runs(runs)
+    out = Path(out_dir or sweep_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    statuses = ", ".join(f"{sum(r.get('status') == s for r in runs)} {s}" for s in STATUSES)
+    markdown = f"# Sweep summary: {Path(sweep_dir).name}\n\n{len(runs)} runs: {statuses}.\n\n"
+    markdown += markdown_table(groups)
+    (out / "summary.md").write_text(markdown)
+    return [
+        write_csv(groups, out / "summary.csv"),
+        out / "summary.md",
+        plot_heatmap(groups, out / "accuracy_heatmap.png"),
+        plot_learning_curves(groups, out / "learning_curves.png"),
+    ]

@@ -1,0 +1,207 @@
+"""Sweeps: multirun with both local launchers, fault tolerance, resume, the summary."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO, data_overrides, run_train_cli
+from omegaconf import OmegaConf
+
+from actlab.config import CONFIG_DIR
+from actlab.record import read_record, write_record
+from actlab.summary import load_runs, summarize
+
+SMOKE_DIRS = {f"activation={a},model.depth={d}" for a in ("relu", "tanh") for d in (1, 2)}
+
+
+def generated_data_overrides(fake_data_dir) -> list[str]:
+    """The generated-data overrides, kept out of job directory names like the real excluded keys."""
+    overrides = data_overrides(fake_data_dir)
+    excluded = OmegaConf.load(CONFIG_DIR / "hydra" / "default.yaml").job.config.override_dirname.exclude_keys
+    keys = [*excluded, *(o.split("=", 1)[0] for o in overrides)]
+    return [*overrides, f"hydra.job.config.override_dirname.exclude_keys=[{','.join(keys)}]"]
+
+
+def sweep(tmp_path, fake_data_dir, *args, name="sweep"):
+    sweep_dir = tmp_path / name
+    overrides = ["-m", *args, *generated_data_overrides(fake_data_dir), f"hydra.sweep.dir={sweep_dir}"]
+    return run_train_cli(overrides, tmp_path), sweep_dir
+
+
+def job_dirs(sweep_dir: Path) -> dict[str, Path]:
+    return {p.parent.name: p.parent for p in sweep_dir.glob("*/metrics.json")}
+
+
+@pytest.mark.parametrize("launcher", ["basic", "local_parallel"])
+def test_smoke_grid_with_each_local_launcher(launcher, tmp_path, fake_data_dir):
+    result, sweep_dir = sweep(tmp_path, fake_data_dir, "experiment=smoke", f"hydra/launcher={launcher}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = job_dirs(sweep_dir)
+    assert set(jobs) == SMOKE_DIRS  # named by their overrides
+    for name, job in jobs.items():
+        record = read_record(job)
+        assert record["status"] == "completed", record.get("error")
+        assert f"activation={record['activation']}" in name and record["depth"] == int(name[-1])
+        assert record["epochs_completed"] == 2
+
+
+def test_default_sweep_dirs_never_collide(tmp_path, fake_data_dir):
+    args = [
+        "-m",
+        "experiment=smoke",
+        "model.depth=1",
+        "activation=relu",
+        *generated_data_overrides(fake_data_dir),
+    ]
+    procs = [
+        subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(2)
+    ]  # fmt: skip
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    sweeps = list((tmp_path / "outputs" / "multirun").iterdir())
+    assert len(sweeps) == 2  # started together, two directories
+    assert all(read_record(s / "activation=relu,model.depth=1")["status"] == "completed" for s in sweeps)
+
+
+def test_failing_and_diverging_jobs_do_not_stop_the_sweep(tmp_path, fake_data_dir):
+    result, sweep_dir = sweep(
+        tmp_path, fake_data_dir, "model.depth=0,4", "optimizer.lr=0.001,1e6", "optimizer.momentum=0.99",
+        "trainer.max_epochs=3",
+    )  # fmt: skip
+    assert result.returncode != 0  # the sweep reports its failures...
+    statuses = {name.split(",optimizer.momentum")[0]: read_record(job)["status"]
+                for name, job in job_dirs(sweep_dir).items()}  # fmt: skip
+    assert statuses == {  # ...after every job ran and recorded what happened
+        "model.depth=0,optimizer.lr=0.001": "failed",
+        "model.depth=0,optimizer.lr=1000000.0": "failed",
+        "model.depth=4,optimizer.lr=0.001": "completed",
+        "model.depth=4,optimizer.lr=1000000.0": "diverged",
+    }
+    (failed,) = [
+        job
+        for name, job in job_dirs(sweep_dir).items()
+        if name.startswith("model.depth=0,optimizer.lr=0.001")
+    ]
+    assert "model.depth must be a positive integer" in read_record(failed)["error"]
+
+
+def test_resume_skips_completed_jobs_and_resumes_interrupted_ones(tmp_path, fake_data_dir):
+    args = ["experiment=smoke", "activation=relu"]
+    result, sweep_dir = sweep(tmp_path, fake_data_dir, *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = job_dirs(sweep_dir)
+    before = {name: read_record(job) for name, job in jobs.items()}
+    # pretend the depth-2 job was interrupted after its first epoch
+    interrupted = jobs["activation=relu,model.depth=2"]
+    write_record(interrupted, {**before["activation=relu,model.depth=2"], "status": "interrupted"})
+    result, _ = sweep(tmp_path, fake_data_dir, *args, "resume=true")
+    assert result.returncode == 0, result.stderr[-3000:]
+    skipped = read_record(jobs["activation=relu,model.depth=1"])
+    assert skipped == before["activation=relu,model.depth=1"]  # untouched: not re-run
+    resumed = read_record(interrupted)
+    assert resumed["status"] == "completed" and resumed["resumed_from"].endswith("last.ckpt")
+    assert resumed["epochs_completed"] == 2
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_finishes_the_run(tmp_path, fake_data_dir):
+    run_dir = tmp_path / "run"
+    args = [*data_overrides(fake_data_dir), f"hydra.run.dir={run_dir}", "trainer.max_epochs=60", "callbacks=none",
+            "data.batch_size=32", "logger=csv"]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.time() + 120
+    while not (run_dir / "checkpoints" / "last.ckpt").exists():  # first epoch done
+        assert proc.poll() is None and time.time() < deadline, (
+            proc.stderr.read() if proc.poll() else "timeout"
+        )
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    record = read_record(run_dir)
+    assert record["status"] == "interrupted" and 1 <= record["epochs_completed"] < 60
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+
+    result = run_train_cli([*args, "resume=true"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = read_record(run_dir)
+    assert record["status"] == "completed" and record["epochs_completed"] == 60
+    assert record["resumed_from"].endswith("last.ckpt")
+    assert len(record["history"]["val/acc"]) >= 60  # the history came back with the checkpoint
+
+
+def write_synthetic_sweep(root: Path) -> None:
+    def record(
+        name, activation, depth, seed, status="completed", acc=None, loss=None, dead=0.0, history=None
+    ):
+        write_record(root / name, {
+            "status": status, "activation": activation, "depth": depth, "seed": seed, "test/acc": acc,
+            "test/loss": loss, "dead/overall": dead, "epoch_time_s": 2.0, "history": {"val/acc": history or []},
+            "overrides": [f"activation={activation}", f"model.depth={depth}", f"seed={seed}"],
+        })  # fmt: skip
+
+    record("a", "relu", 2, 1, acc=0.80, loss=0.5, dead=0.10, history=[0.5, 0.7])
+    record("b", "relu", 2, 2, acc=0.90, loss=0.3, dead=0.20, history=[0.6, 0.8])
+    record("c", "relu", 4, 1, acc=0.70, loss=0.9, history=[0.4, 0.6])
+    record("d", "tanh", 2, 1, acc=0.60, loss=1.0, history=[0.3, 0.5])
+    record("e", "tanh", 2, 2, status="diverged", acc=None, loss=None)
+    write_record(
+        root / "f", {"status": "failed", "activation": "tanh", "overrides": ["model.depth=4"], "error": "x"}
+    )
+    (root / "g").mkdir()
+    (root / "g" / "metrics.json").write_text("{ truncated")  # unreadable records are skipped
+
+
+def test_summary_of_a_synthetic_sweep_has_the_known_numbers(tmp_path):
+    write_synthetic_sweep(tmp_path / "sweep")
+    paths = summarize(tmp_path / "sweep", tmp_path / "out")
+    assert {p.name for p in paths} == {
+        "summary.csv",
+        "summary.md",
+        "accuracy_heatmap.png",
+        "learning_curves.png",
+    }
+    assert all(p.stat().st_size > 0 for p in paths)
+    import csv
+
+    rows = {
+        (r["activation"], r["depth"]): r for r in csv.DictReader((tmp_path / "out" / "summary.csv").open())
+    }
+    relu2 = rows[("relu", "2")]
+    assert float(relu2["test/acc_mean"]) == pytest.approx(0.85)
+    assert float(relu2["test/acc_std"]) == pytest.approx(math.sqrt(0.005))  # sample std of 0.8, 0.9
+    assert float(relu2["dead/overall_mean"]) == pytest.approx(0.15) and relu2["completed"] == "2"
+    assert rows[("relu", "4")]["test/acc_std"] == ""  # one run: no std
+    tanh2 = rows[("tanh", "2")]
+    assert float(tanh2["test/acc_mean"]) == pytest.approx(0.6) and tanh2["diverged"] == "1"
+    assert rows[("tanh", "4")]["failed"] == "1" and rows[("tanh", "4")]["test/acc_mean"] == ""
+    markdown = (tmp_path / "out" / "summary.md").read_text()
+    assert "| relu | 2 | 85.00 ± 7.07 | 0.400 ± 0.141 | 15.0 ± 7.1 |" in markdown
+    assert "6 runs: 0 running, 4 completed, 1 failed, 1 diverged" in markdown
+
+
+def test_summarize_script_on_a_real_partial_sweep(tmp_path, fake_data_dir):
+    result, sweep_dir = sweep(tmp_path, fake_data_dir, "experiment=smoke", "activation=relu", "model.depth=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    write_record(sweep_dir / "still-running", {"status": "running", "activation": "relu", "depth": 1})
+    out = subprocess.run([sys.executable, str(REPO / "scripts" / "summarize.py"), str(sweep_dir)],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "2 runs: 1 running, 1 completed" in out.stdout
+    assert len(load_runs(sweep_dir)) == 2 and (sweep_dir / "accuracy_heatmap.png").is_file()
+    assert (
+        json.loads((sweep_dir / "activation=relu,model.depth=1" / "metrics.json").read_text())["test/acc"]
+        >= 0
+    )
+
+
+def test_summarize_says_what_is_wrong_with_an_empty_dir(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no metrics.json found below"):
+        summarize(tmp_path)
+    assert os.listdir(tmp_path) == []
