@@ -13,12 +13,10 @@ from actlab.config import group_options
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--activation", default="relu", choices=group_options("activation"))
-    parser.add_argument("--epochs", type=int, default=3, help="timed epochs per loop (after one warm-up)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds, one timed epoch per loop each")
     parser.add_argument("--steps", type=int, default=None, help="training steps per epoch (default: all)")
     parser.add_argument("--data-dir", default=None, help="first place to look for FashionMNIST")
     parser.add_argument("--system-dir", default=None, help="second place ('none' to skip the Debian copy)")
@@ -31,7 +29,7 @@ def main() -> None:
             print(f"{name:<18} {forward:>11.1f} {both:>11.1f}")
         return
     system_dir = None if args.system_dir is None else ("" if args.system_dir == "none" else args.system_dir)
-    timings = benchmark(args.device, args.activation, args.epochs, args.steps, args.data_dir, system_dir,
+    timings = benchmark(args.device, args.activation, args.rounds, args.steps, args.data_dir, system_dir,
                         args.skip_reference)  # fmt: skip
     print(format_report(timings, args.device, args.activation))
 

@@ -12,9 +12,7 @@ from actlab.plot_activations import plot_activations
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "names", nargs="*", help=f"activations (default: all of {', '.join(group_options('activation'))})"
     )

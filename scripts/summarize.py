@@ -11,9 +11,7 @@ from actlab.summary import summarize
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep_dir", type=Path, help="a Hydra multirun directory")
     parser.add_argument("--out", type=Path, default=None, help="where to write (default: the sweep dir)")
     args = parser.parse_args()

@@ -107,9 +107,7 @@ def test_every_activation_has_a_formula_or_dedicated_test():
 
 def test_staf_matches_its_sum_of_sines():
     act = build("staf").double()
-    expected = sum(
-        act.amplitude[i] * torch.sin(act.frequency[i] * GRID + act.phase[i]) for i in range(act.tau)
-    )
+    expected = sum(act.amplitude[i] * torch.sin(act.frequency[i] * GRID + act.phase[i]) for i in range(act.tau))
     with torch.no_grad():
         assert torch.allclose(act(GRID), expected, atol=1e-10)
     assert act.tau == 25 and act.amplitude.shape == (25,)
@@ -124,9 +122,7 @@ def test_rational_is_initialised_near_leaky_relu_and_matches_its_formula():
     with torch.no_grad():
         assert (act(x) - F.leaky_relu(x, 0.01)).abs().max() < 0.05
         a, b = act.numerator, act.denominator
-        expected = sum(a[j] * x**j for j in range(6)) / (
-            1 + sum(b[k].abs() * x.abs() ** (k + 1) for k in range(4))
-        )
+        expected = sum(a[j] * x**j for j in range(6)) / (1 + sum(b[k].abs() * x.abs() ** (k + 1) for k in range(4)))
         assert torch.allclose(act(x), expected, atol=1e-12)
 
 

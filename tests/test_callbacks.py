@@ -124,9 +124,7 @@ def test_sigmoid_gradients_vanish_towards_the_input(real_trainer_stub):
     for name, activation in [("sigmoid", nn.Sigmoid), ("relu", nn.ReLU)]:
         torch.manual_seed(0)
         callback = GradientHistograms(probe_size=1024)
-        callback.measure(
-            real_trainer_stub, SimpleNamespace(net=SimpleNetwork(functools.partial(activation))), 0
-        )
+        callback.measure(real_trainer_stub, SimpleNamespace(net=SimpleNetwork(functools.partial(activation))), 0)
         norms[name] = callback.norms[0][1]
     assert norms["sigmoid"][0] < norms["relu"][0] / 20  # input layer: > an order of magnitude
     assert norms["sigmoid"] == sorted(norms["sigmoid"])  # and shrinking layer by layer towards the input

@@ -19,3 +19,11 @@ def test_generated_outputs_are_ignored():
     ignored = (REPO / ".gitignore").read_text().split()
     for path in ("/outputs/", ".venv/", "/data/", "*.ckpt"):
         assert path in ignored
+
+
+def test_code_is_lint_clean():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "ruff", "check", str(REPO)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout

@@ -85,9 +85,7 @@ def test_failing_and_diverging_jobs_do_not_stop_the_sweep(tmp_path, fake_data_di
         "model.depth=4,optimizer.lr=1000000.0": "diverged",
     }
     (failed,) = [
-        job
-        for name, job in job_dirs(sweep_dir).items()
-        if name.startswith("model.depth=0,optimizer.lr=0.001")
+        job for name, job in job_dirs(sweep_dir).items() if name.startswith("model.depth=0,optimizer.lr=0.001")
     ]
     assert "model.depth must be a positive integer" in read_record(failed)["error"]
 
@@ -118,9 +116,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes_the_run(tmp_path, fake_d
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
     deadline = time.time() + 120
     while not (run_dir / "checkpoints" / "last.ckpt").exists():  # first epoch done
-        assert proc.poll() is None and time.time() < deadline, (
-            proc.stderr.read() if proc.poll() else "timeout"
-        )
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() else "timeout"
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 128 + signal.SIGTERM
@@ -137,9 +133,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes_the_run(tmp_path, fake_d
 
 
 def write_synthetic_sweep(root: Path) -> None:
-    def record(
-        name, activation, depth, seed, status="completed", acc=None, loss=None, dead=0.0, history=None
-    ):
+    def record(name, activation, depth, seed, status="completed", acc=None, loss=None, dead=0.0, history=None):
         write_record(root / name, {
             "status": status, "activation": activation, "depth": depth, "seed": seed, "test/acc": acc,
             "test/loss": loss, "dead/overall": dead, "epoch_time_s": 2.0, "history": {"val/acc": history or []},
@@ -151,9 +145,7 @@ def write_synthetic_sweep(root: Path) -> None:
     record("c", "relu", 4, 1, acc=0.70, loss=0.9, history=[0.4, 0.6])
     record("d", "tanh", 2, 1, acc=0.60, loss=1.0, history=[0.3, 0.5])
     record("e", "tanh", 2, 2, status="diverged", acc=None, loss=None)
-    write_record(
-        root / "f", {"status": "failed", "activation": "tanh", "overrides": ["model.depth=4"], "error": "x"}
-    )
+    write_record(root / "f", {"status": "failed", "activation": "tanh", "overrides": ["model.depth=4"], "error": "x"})
     (root / "g").mkdir()
     (root / "g" / "metrics.json").write_text("{ truncated")  # unreadable records are skipped
 
@@ -170,9 +162,7 @@ def test_summary_of_a_synthetic_sweep_has_the_known_numbers(tmp_path):
     assert all(p.stat().st_size > 0 for p in paths)
     import csv
 
-    rows = {
-        (r["activation"], r["depth"]): r for r in csv.DictReader((tmp_path / "out" / "summary.csv").open())
-    }
+    rows = {(r["activation"], r["depth"]): r for r in csv.DictReader((tmp_path / "out" / "summary.csv").open())}
     relu2 = rows[("relu", "2")]
     assert float(relu2["test/acc_mean"]) == pytest.approx(0.85)
     assert float(relu2["test/acc_std"]) == pytest.approx(math.sqrt(0.005))  # sample std of 0.8, 0.9
@@ -195,10 +185,7 @@ def test_summarize_script_on_a_real_partial_sweep(tmp_path, fake_data_dir):
     assert out.returncode == 0, out.stderr
     assert "2 runs: 1 running, 1 completed" in out.stdout
     assert len(load_runs(sweep_dir)) == 2 and (sweep_dir / "accuracy_heatmap.png").is_file()
-    assert (
-        json.loads((sweep_dir / "activation=relu,model.depth=1" / "metrics.json").read_text())["test/acc"]
-        >= 0
-    )
+    assert json.loads((sweep_dir / "activation=relu,model.depth=1" / "metrics.json").read_text())["test/acc"] >= 0
 
 
 def test_summarize_says_what_is_wrong_with_an_empty_dir(tmp_path):

@@ -41,9 +41,7 @@ def train_in_process(tmp_path, fake_data_dir, overrides, activation="relu"):
 
 @pytest.mark.parametrize("name", group_options("activation"))
 def test_every_activation_trains_one_fast_dev_run_step(name, tmp_path, fake_data_dir):
-    record, _ = train_in_process(
-        tmp_path, fake_data_dir, [f"activation={name}", "debug=fdr", "logger=csv"], name
-    )
+    record, _ = train_in_process(tmp_path, fake_data_dir, [f"activation={name}", "debug=fdr", "logger=csv"], name)
     assert record["status"] == "completed", record.get("error")
     assert record["test/acc"] is not None
 
@@ -139,3 +137,14 @@ def test_cli_bad_value_exits_nonzero_with_clear_error(tmp_path, fake_data_dir):
     assert bad.returncode != 0 and "model.depth must be a positive integer" in bad.stderr
     (run_dir,) = (tmp_path / "outputs" / "runs").iterdir()
     assert read_record(run_dir)["status"] == "failed"
+
+
+def test_runs_sharing_a_machine_split_its_threads(monkeypatch):
+    from actlab.training import default_threads
+
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    assert default_threads(None) is None
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert default_threads(4) == 2 and default_threads(16) == 1
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")
+    assert default_threads(None) == 3

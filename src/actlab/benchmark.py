@@ -176,40 +176,51 @@ def actlab_epochs(data_dir: str | None, system_dir: str | None, activation: str,
         shutil.rmtree(output_dir, ignore_errors=True)
 
 
-def benchmark(device: str = "cpu", activation: str = "relu", epochs: int = 3, steps: int | None = None,
+def benchmark(device: str = "cpu", activation: str = "relu", rounds: int = 3, steps: int | None = None,
               data_dir: str | None = None, system_dir: str | None = None,
-              skip_reference: bool = False) -> list[Timing]:  # fmt: skip
-    """All measurements in one process, in a fixed order; returns their timings."""
+              skip_reference: bool = False) -> dict[str, Timing]:  # fmt: skip
+    """All measurements in one process. Machines drift (other tenants, clocks), so the loops
+    are interleaved: each round times one epoch of the hand loop, of actlab with diagnostics
+    and of actlab without (each after its own warm-up epoch); ratios are taken per round."""
     torch_device = torch.device(device)
     if torch_device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
     kwargs = {} if system_dir is None else {"system_dir": system_dir}
     files = locate_fashion_mnist(data_dir, download=False, **kwargs)
-    timings = [hand_loop(files, activation, torch_device, epochs, steps)]
-    for callbacks in (True, False):
-        timings.append(
-            actlab_epochs(data_dir, system_dir, activation, torch_device, epochs, steps, callbacks)
-        )
+    timings = {
+        "hand": Timing("hand loop (in-memory tensors, plain PyTorch)", []),
+        "on": Timing("actlab (Lightning, diagnostics on)", []),
+        "off": Timing("actlab (Lightning, diagnostics off)", []),
+    }
+    for _ in range(rounds):
+        timings["hand"].epoch_times += hand_loop(files, activation, torch_device, 1, steps).epoch_times
+        for key, callbacks in (("on", True), ("off", False)):
+            run = actlab_epochs(data_dir, system_dir, activation, torch_device, 1, steps, callbacks)
+            timings[key].epoch_times += run.epoch_times
     if not skip_reference:
-        timings.append(reference_loop(files, activation, torch_device, epochs, steps))
+        timings["reference"] = reference_loop(files, activation, torch_device, 1, steps)
     return timings
 
 
-def format_report(timings: list[Timing], device: str, activation: str) -> str:
-    by_name = {t.name.split(" ")[0] + (" on" if "on)" in t.name else " off" if "off)" in t.name else ""): t
-               for t in timings}  # fmt: skip
-    lines = [f"device={device} activation={activation} threads={torch.get_num_threads()}", ""]
-    lines.append(f"{'loop':<50} {'epoch s (median)':>17}  epochs")
-    for t in timings:
+def format_report(timings: dict[str, Timing], device: str, activation: str) -> str:
+    lines = [f"device={device} activation={activation} torch threads={torch.get_num_threads()}", ""]
+    lines.append(f"{'loop':<50} {'epoch s (median)':>17}  per round")
+    for t in timings.values():
         lines.append(f"{t.name:<50} {t.epoch_s:>17.3f}  {', '.join(f'{s:.3f}' for s in t.epoch_times)}")
-    hand = by_name["hand"].epoch_s
-    lines.append("")
-    for key in ("actlab on", "actlab off"):
-        lines.append(f"ratio {key:<11}/ hand loop  = {by_name[key].epoch_s / hand:6.2f}")
-    on, off = by_name["actlab on"].epoch_s, by_name["actlab off"].epoch_s
-    lines.append(f"diagnostics overhead      = {100 * (on / off - 1):+6.1f} %")
-    if "reference" in by_name:
-        lines.append(f"ratio reference / actlab on = {by_name['reference'].epoch_s / on:6.2f}")
+
+    def per_round(a: str, b: str) -> float:
+        pairs = zip(timings[a].epoch_times, timings[b].epoch_times)
+        return statistics.median(x / y for x, y in pairs)
+
+    lines += [
+        "",
+        f"actlab (diagnostics on)  / hand loop    = {per_round('on', 'hand'):6.2f}   (median of per-round ratios)",
+        f"actlab (diagnostics off) / hand loop    = {per_round('off', 'hand'):6.2f}",
+        f"diagnostics overhead (on / off - 1)     = {100 * (per_round('on', 'off') - 1):+6.1f} %",
+    ]
+    if "reference" in timings:
+        ratio = timings["reference"].epoch_s / timings["on"].epoch_s
+        lines.append(f"reference / actlab (diagnostics on)     = {ratio:6.2f}")
     return "\n".join(lines)
 
 

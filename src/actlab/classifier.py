@@ -105,14 +105,5 @@ class Classifier(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
 
-    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
-        # Batches of in-memory tensors already live on the device; skip Lightning's generic
-        # (and per-step costly) collection walk for them.
-        if isinstance(batch, (tuple, list)) and all(
-            isinstance(t, torch.Tensor) and t.device == device for t in batch
-        ):
-            return batch
-        return super().transfer_batch_to_device(batch, device, dataloader_idx)
-
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_factory(self.parameters())

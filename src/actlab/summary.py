@@ -165,10 +165,7 @@ def plot_learning_curves(groups: list[Group], path: Path, metric: str = "val/acc
             if not curves:
                 continue
             length = max(len(c) for c in curves)
-            mean = [
-                statistics.fmean(c[e] for c in curves if len(c) > e and c[e] is not None)
-                for e in range(length)
-            ]
+            mean = [statistics.fmean(c[e] for c in curves if len(c) > e and c[e] is not None) for e in range(length)]
             ax.plot(range(1, length + 1), mean, label=f"depth {g.depth} (n={len(curves)})")
         ax.set_title(activation, fontsize=10)
         ax.set_xlabel("epoch")

@@ -50,6 +50,18 @@ def _instantiate_group(group: DictConfig | None) -> list[Any]:
     return [instantiate(entry) for entry in group.values() if entry is not None and "_target_" in entry]
 
 
+def default_threads(parallel_jobs: int | None) -> int | None:
+    """torch threads for a run that shares its machine: the CPUs SLURM gave the task, or an
+    equal share of the cores among ``parallel_jobs`` local runs; None = torch's default.
+    (Oversubscribed OpenMP threads spin against each other and slow every run down.)"""
+    slurm_cpus = os.environ.get("SLURM_CPUS_PER_TASK")
+    if slurm_cpus and slurm_cpus.isdigit():
+        return int(slurm_cpus)
+    if parallel_jobs:
+        return max(1, (os.cpu_count() or 1) // parallel_jobs)
+    return None
+
+
 def _build(cfg: DictConfig, **kwargs: Any) -> Any:
     """``instantiate`` that lets a constructor's own ValueError (our clear messages) through,
     instead of Hydra's InstantiationException wrapper around it."""
@@ -86,7 +98,7 @@ def run(
     """Train, test and record one run described by ``cfg`` into ``output_dir``.
 
     ``parallel_jobs`` is how many runs share this machine (local_parallel's n_jobs); with
-    ``threads: null`` each then gets ``cpu_count // parallel_jobs`` torch threads.
+    ``threads: null`` each then gets its share of the cores (see ``default_threads``).
     Returns the run record (also written to ``output_dir/metrics.json``). Re-raises errors
     after recording them as ``status: failed``; a diverging loss is recorded as
     ``diverged`` and an interruption as ``interrupted``, without raising.
@@ -116,9 +128,7 @@ def run(
     fit_start = time.perf_counter()
     try:
         torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
-        threads = cfg.get("threads")
-        if not threads and parallel_jobs:
-            threads = max(1, (os.cpu_count() or 1) // parallel_jobs)
+        threads = cfg.get("threads") or default_threads(parallel_jobs)
         if threads:
             torch.set_num_threads(threads)
         L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -135,6 +145,7 @@ def run(
         fit_start = time.perf_counter()
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
         record["fit_time_s"] = time.perf_counter() - fit_start
+        record["resumed_from"] = trainer.ckpt_path  # ours, or Lightning's own SLURM requeue checkpoint
         if cfg.get("test_after_fit", True):
             (results,) = trainer.test(module, datamodule=datamodule, verbose=False)
             record.update({k: v for k, v in results.items() if k.startswith("test/")})

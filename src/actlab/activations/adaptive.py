@@ -120,9 +120,7 @@ class STAF(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
-        return _STAFFunction.apply(
-            x, self.amplitude.to(dtype), self.frequency.to(dtype), self.phase.to(dtype)
-        )
+        return _STAFFunction.apply(x, self.amplitude.to(dtype), self.frequency.to(dtype), self.phase.to(dtype))
 
     def extra_repr(self) -> str:
         return f"tau={self.tau}, omega_0={self.omega_0}"
@@ -191,9 +189,7 @@ class BSpline(nn.Module):
     def __init__(self, grid_size: int = 8, grid_range: float = 3.0, init_scale: float = 0.1) -> None:
         super().__init__()
         if grid_size < 1 or grid_range <= 0:
-            raise ValueError(
-                f"BSpline needs grid_size >= 1 and grid_range > 0, got {grid_size}, {grid_range}"
-            )
+            raise ValueError(f"BSpline needs grid_size >= 1 and grid_range > 0, got {grid_size}, {grid_range}")
         self.grid_size, self.grid_range = grid_size, grid_range
         h = 2 * grid_range / grid_size
         knots = -grid_range + h * torch.arange(-self.order, grid_size + self.order + 1)

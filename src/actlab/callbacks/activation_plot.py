@@ -18,6 +18,4 @@ class ActivationPlot(L.Callback):
         from actlab.plotting import activation_figure
 
         for logger in tensorboards:  # add_figure closes the figure
-            logger.experiment.add_figure(
-                "activation/shape", activation_figure(pl_module.net.activations[0]), 0
-            )
+            logger.experiment.add_figure("activation/shape", activation_figure(pl_module.net.activations[0]), 0)

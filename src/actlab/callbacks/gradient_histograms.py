@@ -19,9 +19,7 @@ class GradientHistograms(Diagnostic):
     optimiser's ``.grad`` buffers are never touched.
     """
 
-    def __init__(
-        self, probe_size: int = 1024, every_n_epochs: int = 1, figures_dir: str | None = None
-    ) -> None:
+    def __init__(self, probe_size: int = 1024, every_n_epochs: int = 1, figures_dir: str | None = None) -> None:
         super().__init__(every_n_epochs, figures_dir)
         self.probe_size = probe_size
         self.norms: list[tuple[int, list[float]]] = []  # (step, norm per layer)

@@ -14,9 +14,7 @@ class LayerOutputHistograms(Diagnostic):
     """Histogram ``outputs/layer_i_<in>x<out>`` and scalars ``output_mean/layer_i``,
     ``output_std/layer_i`` of each hidden layer's post-activation output on a fixed probe batch."""
 
-    def __init__(
-        self, probe_size: int = 1024, every_n_epochs: int = 1, figures_dir: str | None = None
-    ) -> None:
+    def __init__(self, probe_size: int = 1024, every_n_epochs: int = 1, figures_dir: str | None = None) -> None:
         super().__init__(every_n_epochs, figures_dir)
         self.probe_size = probe_size
         self.first: list[torch.Tensor] | None = None

@@ -120,9 +120,7 @@ def load_split(images_path: Path, labels_path: Path) -> tuple[torch.Tensor, torc
     if images.ndim != 3 or tuple(images.shape[1:]) != (28, 28):
         raise CorruptDataError(f"{images_path}: expected N x 28 x 28 images, got {tuple(images.shape)}")
     if labels.ndim != 1 or len(labels) != len(images):
-        raise CorruptDataError(
-            f"{labels_path}: {len(labels)} labels for {len(images)} images in {images_path}"
-        )
+        raise CorruptDataError(f"{labels_path}: {len(labels)} labels for {len(images)} images in {images_path}")
     if len(labels) and int(labels.max()) >= NUM_CLASSES:
         raise CorruptDataError(f"{labels_path}: label {int(labels.max())} outside 0..9")
     return images, labels.long()
@@ -200,6 +198,14 @@ class FashionMNISTDataModule(L.LightningDataModule):
             self.train_x, self.train_y = train_x, train_y
             self.val_x, self.val_y = test_x, test_y
         self.test_x, self.test_y = test_x, test_y
+
+    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
+        # Batches are slices of tensors that already live on the training device: skip
+        # Lightning's generic collection walk, a measurable cost per CPU step.
+        images, labels = batch
+        if images.device == device and labels.device == device:
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def train_dataloader(self) -> TensorBatchLoader:
         return TensorBatchLoader(self.train_x, self.train_y, self.batch_size, shuffle=True)

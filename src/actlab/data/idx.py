@@ -38,8 +38,7 @@ def read_idx(path: str | Path) -> torch.Tensor:
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(raw) - header != expected:
         raise CorruptDataError(
-            f"{path}: header says shape {shape} ({expected} bytes) but the file holds "
-            f"{len(raw) - header} bytes of data"
+            f"{path}: header says shape {shape} ({expected} bytes) but the file holds {len(raw) - header} bytes of data"
         )
     array = np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
     return torch.from_numpy(array.astype(dtype.newbyteorder("="), copy=True))

@@ -114,6 +114,4 @@ class SimpleNetwork(nn.Module):
         return outputs
 
     def extra_repr(self) -> str:
-        return (
-            f"hidden_shape={self.hidden_shape}, share_activation={self.share_activation}, init={self.init!r}"
-        )
+        return f"hidden_shape={self.hidden_shape}, share_activation={self.share_activation}, init={self.init!r}"

@@ -1,0 +1,26 @@
+"""The benchmark script must keep working: a tiny run on generated data (no timing asserts)."""
+
+import subprocess
+import sys
+
+from conftest import REPO, make_fake_fashion_mnist
+
+
+def test_benchmark_script_runs_every_loop_on_generated_data(tmp_path):
+    data = make_fake_fashion_mnist(tmp_path / "data", n_train=5300, n_test=200)  # > the 5000 validation samples
+    command = [sys.executable, str(REPO / "scripts" / "benchmark.py"), "--data-dir", str(data), "--system-dir", "none",
+               "--steps", "3", "--rounds", "2"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    for line in ("hand loop", "actlab (Lightning, diagnostics on)", "actlab (Lightning, diagnostics off)",
+                 "reference (textbook", "actlab (diagnostics on)  / hand loop", "diagnostics overhead",
+                 "reference / actlab"):  # fmt: skip
+        assert line in out, out
+
+
+def test_activation_speed_table(tmp_path):
+    from actlab.benchmark import activation_speed
+
+    rows = activation_speed(["relu", "staf"], repeats=3)
+    assert [r[0] for r in rows] == ["relu", "staf"] and all(r[1] > 0 and r[2] >= r[1] for r in rows)

@@ -1,0 +1,88 @@
+"""Sweeps on a real (single-node, throw-away) SLURM cluster through hydra/launcher=slurm."""
+
+import subprocess
+import sys
+import time
+
+import pytest
+import slurm_cluster
+from conftest import REPO
+from test_sweeps import SMOKE_DIRS, generated_data_overrides, job_dirs
+
+from actlab.record import read_record
+
+pytestmark = [
+    pytest.mark.slurm,
+    pytest.mark.slow,
+    pytest.mark.skipif(slurm_cluster.available() is not None, reason=str(slurm_cluster.available())),
+]
+LAUNCHER = [
+    "hydra/launcher=slurm",
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.mem_gb=1",
+    "hydra.launcher.timeout_min=10",
+]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with slurm_cluster.slurm_cluster():
+        yield
+
+
+def launch(tmp_path, fake_data_dir, *args):
+    sweep_dir = tmp_path / "sweep"
+    command = [sys.executable, str(REPO / "train.py"), "-m", *args, *LAUNCHER,
+               *generated_data_overrides(fake_data_dir), f"hydra.sweep.dir={sweep_dir}"]  # fmt: skip
+    return subprocess.Popen(
+        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ), sweep_dir
+
+
+@pytest.fixture
+def launched():
+    """Processes started by a test, killed if the test leaves them running."""
+    procs = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_smoke_grid_runs_as_a_slurm_job_array(cluster, launched, tmp_path, fake_data_dir):
+    proc, sweep_dir = launch(tmp_path, fake_data_dir, "experiment=smoke")
+    launched.append(proc)
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output[-4000:]
+    jobs = job_dirs(sweep_dir)
+    assert set(jobs) == SMOKE_DIRS
+    for job in jobs.values():
+        record = read_record(job)
+        assert record["status"] == "completed" and record["epochs_completed"] == 2
+    assert list((sweep_dir / ".submitit").iterdir())  # submitit's logs live in the sweep dir
+
+
+def test_preempted_job_requeues_and_resumes_from_its_own_checkpoint(cluster, launched, tmp_path, fake_data_dir):
+    proc, sweep_dir = launch(
+        tmp_path, fake_data_dir, "activation=relu", "trainer.max_epochs=30", "callbacks=none",
+        "data.batch_size=8", "logger=csv",
+    )  # fmt: skip
+    launched.append(proc)
+    deadline = time.time() + 300
+    job_dir = None
+    while job_dir is None or not (job_dir / "checkpoints" / "last.ckpt").exists():  # training has started
+        assert proc.poll() is None, proc.stdout.read()[-4000:]
+        assert time.time() < deadline, "job did not start training"
+        found = list(sweep_dir.glob("*/metrics.json"))
+        job_dir = found[0].parent if found else None
+        time.sleep(0.2)
+    job_id = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split()[0]
+    # what SLURM does before a time limit or preemption: SIGUSR1 to the job's processes
+    subprocess.run(["scancel", "--signal=USR1", job_id], check=True)
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output[-4000:]
+    record = read_record(job_dir)
+    assert record["status"] == "completed" and record["epochs_completed"] == 30
+    assert "hpc_ckpt" in (record["resumed_from"] or ""), record["resumed_from"]  # Lightning's requeue checkpoint
+    assert len(record["history"]["val/acc"]) >= 30  # the history came back with the checkpoint
