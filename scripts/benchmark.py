@@ -2,7 +2,7 @@
 measured in one process on the same data, model and device; prints the ratios.
 
     python scripts/benchmark.py                          # CPU, ReLU, real data
-    python scripts/benchmark.py --device cuda --activation staf
+    python scripts/benchmark.py --device cuda --activation staf --versus relu
     python scripts/benchmark.py --activations            # per-activation forward/backward table
 """
 
@@ -20,6 +20,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="training steps per epoch (default: all)")
     parser.add_argument("--data-dir", default=None, help="first place to look for FashionMNIST")
     parser.add_argument("--system-dir", default=None, help="second place ('none' to skip the Debian copy)")
+    parser.add_argument(
+        "--versus",
+        default=None,
+        metavar="ACTIVATION",
+        help="also time actlab with this activation, e.g. --activation staf --versus relu",
+    )
     parser.add_argument("--skip-reference", action="store_true", help="skip the (slow) textbook loop")
     parser.add_argument("--activations", action="store_true", help="time every activation on a 128x256 batch")
     args = parser.parse_args()
@@ -30,7 +36,7 @@ def main() -> None:
         return
     system_dir = None if args.system_dir is None else ("" if args.system_dir == "none" else args.system_dir)
     timings = benchmark(args.device, args.activation, args.rounds, args.steps, args.data_dir, system_dir,
-                        args.skip_reference)  # fmt: skip
+                        args.skip_reference, args.versus)  # fmt: skip
     print(format_report(timings, args.device, args.activation))
 
 

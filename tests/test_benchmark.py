@@ -9,13 +9,13 @@ from conftest import REPO, make_fake_fashion_mnist
 def test_benchmark_script_runs_every_loop_on_generated_data(tmp_path):
     data = make_fake_fashion_mnist(tmp_path / "data", n_train=5300, n_test=200)  # > the 5000 validation samples
     command = [sys.executable, str(REPO / "scripts" / "benchmark.py"), "--data-dir", str(data), "--system-dir", "none",
-               "--steps", "3", "--rounds", "2"]  # fmt: skip
+               "--steps", "3", "--rounds", "2", "--activation", "staf", "--versus", "relu"]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     for line in ("hand loop", "actlab (Lightning, diagnostics on)", "actlab (Lightning, diagnostics off)",
                  "reference (textbook", "actlab (diagnostics on)  / hand loop", "diagnostics overhead",
-                 "reference / actlab"):  # fmt: skip
+                 "reference / actlab", "staf / relu epoch"):  # fmt: skip
         assert line in out, out
 
 

@@ -177,11 +177,13 @@ def actlab_epochs(data_dir: str | None, system_dir: str | None, activation: str,
 
 
 def benchmark(device: str = "cpu", activation: str = "relu", rounds: int = 3, steps: int | None = None,
-              data_dir: str | None = None, system_dir: str | None = None,
-              skip_reference: bool = False) -> dict[str, Timing]:  # fmt: skip
+              data_dir: str | None = None, system_dir: str | None = None, skip_reference: bool = False,
+              baseline_activation: str | None = None) -> dict[str, Timing]:  # fmt: skip
     """All measurements in one process. Machines drift (other tenants, clocks), so the loops
     are interleaved: each round times one epoch of the hand loop, of actlab with diagnostics
-    and of actlab without (each after its own warm-up epoch); ratios are taken per round."""
+    and of actlab without (each after its own warm-up epoch); ratios are taken per round.
+    With ``baseline_activation``, each round also times actlab (diagnostics off) with that
+    activation, for "this activation's epoch / the baseline's epoch"."""
     torch_device = torch.device(device)
     if torch_device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
@@ -192,10 +194,14 @@ def benchmark(device: str = "cpu", activation: str = "relu", rounds: int = 3, st
         "on": Timing("actlab (Lightning, diagnostics on)", []),
         "off": Timing("actlab (Lightning, diagnostics off)", []),
     }
+    runs = [("on", activation, True), ("off", activation, False)]
+    if baseline_activation:
+        timings["baseline"] = Timing(f"actlab with {baseline_activation} (diagnostics off)", [])
+        runs.append(("baseline", baseline_activation, False))
     for _ in range(rounds):
         timings["hand"].epoch_times += hand_loop(files, activation, torch_device, 1, steps).epoch_times
-        for key, callbacks in (("on", True), ("off", False)):
-            run = actlab_epochs(data_dir, system_dir, activation, torch_device, 1, steps, callbacks)
+        for key, name, callbacks in runs:
+            run = actlab_epochs(data_dir, system_dir, name, torch_device, 1, steps, callbacks)
             timings[key].epoch_times += run.epoch_times
     if not skip_reference:
         timings["reference"] = reference_loop(files, activation, torch_device, 1, steps)
@@ -218,6 +224,9 @@ def format_report(timings: dict[str, Timing], device: str, activation: str) -> s
         f"actlab (diagnostics off) / hand loop    = {per_round('off', 'hand'):6.2f}",
         f"diagnostics overhead (on / off - 1)     = {100 * (per_round('on', 'off') - 1):+6.1f} %",
     ]
+    if "baseline" in timings:
+        lines.append(f"{activation} / {timings['baseline'].name.split()[2]} epoch (diagnostics off)"
+                     f" = {per_round('off', 'baseline'):6.2f}")  # fmt: skip
     if "reference" in timings:
         ratio = timings["reference"].epoch_s / timings["on"].epoch_s
         lines.append(f"reference / actlab (diagnostics on)     = {ratio:6.2f}")

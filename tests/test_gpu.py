@@ -1,0 +1,41 @@
+"""GPU checks; skipped where torch sees no CUDA device (CI has none)."""
+
+import pytest
+import torch
+from test_training import train_in_process
+
+from actlab.config import group_options
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+
+@pytest.mark.parametrize("name", group_options("activation"))
+def test_every_activation_trains_on_the_gpu(name, tmp_path, fake_data_dir):
+    record, _ = train_in_process(tmp_path, fake_data_dir, [f"activation={name}", "trainer=gpu", "debug=fdr"], name)
+    assert record["status"] == "completed" and record["accelerator"] == "cuda", record.get("error")
+
+
+def test_data_lives_on_the_gpu_and_diagnostics_run_there(tmp_path, fake_data_dir):
+    record, out = train_in_process(tmp_path, fake_data_dir, ["trainer=gpu", "trainer.max_epochs=2"])
+    assert record["status"] == "completed" and record["dead/overall"] is not None
+    from actlab.data import FashionMNISTDataModule
+
+    dm = FashionMNISTDataModule(data_dir=str(fake_data_dir), system_dir=None, download=False, val_size=100)
+    dm.trainer = type("T", (), {"strategy": type("S", (), {"root_device": torch.device("cuda", 0)})()})()
+    dm.setup()
+    assert dm.train_x.is_cuda and next(iter(dm.train_dataloader()))[0].is_cuda
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name", group_options("activation"))
+def test_activations_are_finite_on_the_gpu(name, dtype):
+    from actlab.config import load_activation
+
+    act = load_activation(name).cuda()
+    x = torch.tensor([1e4, -1e4, 100.0, -100.0, 88.8, -88.8, 0.0], device="cuda", dtype=dtype, requires_grad=True)
+    y = act(x)
+    y.sum().backward()
+    assert torch.isfinite(y).all() and torch.isfinite(x.grad).all()
