@@ -93,3 +93,36 @@ class Diagnostic(L.Callback):
 
 def layer_name(index: int, linear: torch.nn.Linear) -> str:
     return f"layer_{index}_{linear.in_features}x{linear.out_features}"
+
+
+class LayerDistributions(Diagnostic):
+    """A diagnostic that records one distribution per layer and, at the end of the run,
+    draws them at initialisation against their final state (the textbook's figures)."""
+
+    figure_name = "distributions.png"
+    xlabel = "value"
+
+    def __init__(self, every_n_epochs: int = 1, figures_dir: str | None = None) -> None:
+        super().__init__(every_n_epochs, figures_dir)
+        self.names: list[str] = []
+        self.first: list[torch.Tensor] | None = None
+        self.last: list[torch.Tensor] | None = None
+        self.measurements = 0
+
+    def remember(self, names: list[str], values: list[torch.Tensor]) -> None:
+        """Keep this measurement (flattened, on the CPU) as the latest, and the first one."""
+        snapshot = [v.detach().flatten().float().cpu() for v in values]
+        self.names = names
+        self.first = snapshot if self.first is None else self.first
+        self.last = snapshot
+        self.measurements += 1
+
+    def save_figure(self, directory: Path) -> None:
+        if self.first is None:
+            return
+        from actlab.plotting import plot_layer_histograms
+
+        series = {"at init": self.first}
+        if self.measurements > 1:
+            series["final"] = self.last
+        plot_layer_histograms(series, self.names, self.xlabel, directory / self.figure_name)

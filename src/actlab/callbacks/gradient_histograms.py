@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import lightning as L
 import torch
 import torch.nn.functional as F
 
-from actlab.callbacks.diagnostic import Diagnostic, layer_name, probe_batch
+from actlab.callbacks.diagnostic import LayerDistributions, layer_name, probe_batch
 
 
-class GradientHistograms(Diagnostic):
+class GradientHistograms(LayerDistributions):
     """Histogram ``grad/layer_i_<in>x<out>`` and scalar ``grad_norm/layer_i`` of every Linear
     layer's weight gradient (output layer included) on a fixed probe batch.
 
@@ -19,13 +17,13 @@ class GradientHistograms(Diagnostic):
     optimiser's ``.grad`` buffers are never touched.
     """
 
+    figure_name = "gradient_histograms.png"
+    xlabel = "weight gradient"
+
     def __init__(self, probe_size: int = 1024, every_n_epochs: int = 1, figures_dir: str | None = None) -> None:
         super().__init__(every_n_epochs, figures_dir)
         self.probe_size = probe_size
         self.norms: list[tuple[int, list[float]]] = []  # (step, norm per layer)
-        self.first: list[torch.Tensor] | None = None
-        self.last: list[torch.Tensor] | None = None
-        self.names: list[str] = []
 
     def measure(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
         net = pl_module.net
@@ -35,23 +33,10 @@ class GradientHistograms(Diagnostic):
             loss = F.cross_entropy(net(x), y)
             grads = torch.autograd.grad(loss, [linear.weight for linear in linears], allow_unused=True)
         grads = [torch.zeros_like(l.weight) if g is None else g for g, l in zip(grads, linears)]
-        self.names = [layer_name(i, linear) for i, linear in enumerate(linears)]
+        names = [layer_name(i, linear) for i, linear in enumerate(linears)]
         norms = [float(g.norm()) for g in grads]
         self.norms.append((step, norms))
         self.log_scalars(trainer, {f"grad_norm/layer_{i}": n for i, n in enumerate(norms)}, step)
-        for name, grad in zip(self.names, grads):
+        for name, grad in zip(names, grads):
             self.log_histogram(trainer, f"grad/{name}", grad, step)
-        snapshot = [g.detach().flatten().cpu() for g in grads]
-        if self.first is None:
-            self.first = snapshot
-        self.last = snapshot
-
-    def save_figure(self, directory: Path) -> None:
-        if self.first is None:
-            return
-        from actlab.plotting import plot_layer_histograms
-
-        series = {"at init": self.first}
-        if len(self.norms) > 1:
-            series["final"] = self.last
-        plot_layer_histograms(series, self.names, "weight gradient", directory / "gradient_histograms.png")
+        self.remember(names, grads)

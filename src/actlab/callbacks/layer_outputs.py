@@ -2,47 +2,34 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import lightning as L
 import torch
 
-from actlab.callbacks.diagnostic import Diagnostic, layer_name, probe_batch
+from actlab.callbacks.diagnostic import LayerDistributions, layer_name, probe_batch
 
 
-class LayerOutputHistograms(Diagnostic):
+class LayerOutputHistograms(LayerDistributions):
     """Histogram ``outputs/layer_i_<in>x<out>`` and scalars ``output_mean/layer_i``,
     ``output_std/layer_i`` of each hidden layer's post-activation output on a fixed probe batch."""
+
+    figure_name = "layer_outputs.png"
+    xlabel = "post-activation output"
 
     def __init__(self, probe_size: int = 1024, every_n_epochs: int = 1, figures_dir: str | None = None) -> None:
         super().__init__(every_n_epochs, figures_dir)
         self.probe_size = probe_size
-        self.first: list[torch.Tensor] | None = None
-        self.last: list[torch.Tensor] | None = None
-        self.names: list[str] = []
 
     @torch.inference_mode()
     def measure(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
         net = pl_module.net
         x, _ = probe_batch(trainer, self.probe_size)
         outputs = net.forward_hidden(x)
-        self.names = [layer_name(i, linear) for i, linear in enumerate(net.linears)]
+        names = [layer_name(i, linear) for i, linear in enumerate(net.linears)]
         scalars = {}
-        for i, (name, out) in enumerate(zip(self.names, outputs)):
+        for i, (name, out) in enumerate(zip(names, outputs)):
             out = out.float()
             scalars[f"output_mean/layer_{i}"] = float(out.mean())
             scalars[f"output_std/layer_{i}"] = float(out.std())
             self.log_histogram(trainer, f"outputs/{name}", out, step)
         self.log_scalars(trainer, scalars, step)
-        snapshot = [out.flatten().float().cpu() for out in outputs]
-        if self.first is None:
-            self.first = snapshot
-        self.last = snapshot
-
-    def save_figure(self, directory: Path) -> None:
-        if self.first is None:
-            return
-        from actlab.plotting import plot_layer_histograms
-
-        series = {"at init": self.first, "final": self.last}
-        plot_layer_histograms(series, self.names, "post-activation output", directory / "layer_outputs.png")
+        self.remember(names, outputs)
