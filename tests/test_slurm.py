@@ -86,3 +86,5 @@ def test_preempted_job_requeues_and_resumes_from_its_own_checkpoint(cluster, lau
     assert record["status"] == "completed" and record["epochs_completed"] == 30
     assert "hpc_ckpt" in (record["resumed_from"] or ""), record["resumed_from"]  # Lightning's requeue checkpoint
     assert len(record["history"]["val/acc"]) >= 30  # the history came back with the checkpoint
+    assert record["test/acc"] > 0.5  # tested with the final weights, not the requeue checkpoint's
+    assert not list(job_dir.glob("hpc_ckpt_*.ckpt"))  # spent requeue checkpoints are removed

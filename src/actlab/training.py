@@ -146,6 +146,10 @@ def run(
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
         record["fit_time_s"] = time.perf_counter() - fit_start
         record["resumed_from"] = trainer.ckpt_path  # ours, or Lightning's own SLURM requeue checkpoint
+        # A finished fit has spent its SLURM requeue checkpoints; left in place, Lightning would
+        # load them into the model for trainer.test() (any ckpt_path=None under SLURM means "hpc").
+        for spent in Path(trainer.default_root_dir).glob("hpc_ckpt_*.ckpt"):
+            spent.unlink()
         if cfg.get("test_after_fit", True):
             (results,) = trainer.test(module, datamodule=datamodule, verbose=False)
             record.update({k: v for k, v in results.items() if k.startswith("test/")})
