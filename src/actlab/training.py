@@ -99,9 +99,9 @@ def run(
 
     ``parallel_jobs`` is how many runs share this machine (local_parallel's n_jobs); with
     ``threads: null`` each then gets its share of the cores (see ``default_threads``).
-    Returns the run record (also written to ``output_dir/metrics.json``). Re-raises errors
-    after recording them as ``status: failed``; a diverging loss is recorded as
-    ``diverged`` and an interruption as ``interrupted``, without raising.
+    Returns the run record (also written to ``output_dir/metrics.json``). A diverging loss
+    is recorded as ``diverged`` and returns normally; errors are recorded as ``failed`` and
+    re-raised; Ctrl-C/SIGTERM is recorded as ``interrupted`` (after a checkpoint) and exits.
     """
     output_dir = Path(output_dir)
     previous = read_record(output_dir)
@@ -154,7 +154,6 @@ def run(
             (results,) = trainer.test(module, datamodule=datamodule, verbose=False)
             record.update({k: v for k, v in results.items() if k.startswith("test/")})
         record["status"] = "completed"
-        _finalise_record(record, trainer, history)
         write_hparams(trainer.loggers, run_hparams(cfg, activation), HPARAM_METRICS)
     except DivergedError as err:
         log.warning("run diverged: %s", err)
