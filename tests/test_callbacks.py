@@ -128,3 +128,18 @@ def test_sigmoid_gradients_vanish_towards_the_input(real_trainer_stub):
         norms[name] = callback.norms[0][1]
     assert norms["sigmoid"][0] < norms["relu"][0] / 20  # input layer: > an order of magnitude
     assert norms["sigmoid"] == sorted(norms["sigmoid"])  # and shrinking layer by layer towards the input
+
+
+def test_run_history_checkpoint_taken_between_epochs_keeps_the_finished_epoch():
+    from actlab.callbacks import RunHistory
+
+    trainer = SimpleNamespace(callback_metrics={})
+    history = RunHistory()
+    history.setup(trainer, None, "fit")
+    history.on_train_epoch_start(trainer, None)
+    history.on_train_epoch_end(trainer, None)
+    trainer.callback_metrics = {"train/loss": torch.tensor(0.5), "val/acc": torch.tensor(0.8)}  # logged after
+    state = history.state_dict()  # e.g. SIGTERM before the next epoch starts
+    assert state["history"] == {"train/loss": [0.5], "val/acc": [pytest.approx(0.8)]}
+    history.on_train_epoch_start(trainer, None)  # not collected twice
+    assert len(history.history["val/acc"]) == 1 and len(state["epoch_times"]) == 1

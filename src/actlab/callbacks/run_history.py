@@ -26,6 +26,10 @@ class RunHistory(L.Callback):
         self.history: dict[str, list[float]] = defaultdict(list)
         self._epoch_start = 0.0
         self._pending = False
+        self._trainer: L.Trainer | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module, stage: str) -> None:
+        self._trainer = trainer
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module) -> None:
         self._collect(trainer)
@@ -48,6 +52,10 @@ class RunHistory(L.Callback):
                 self.history[key].append(value if math.isfinite(value) else float("nan"))
 
     def state_dict(self) -> dict:
+        # A checkpoint taken between an epoch's end and the next epoch's start (a SIGTERM
+        # lands there) must carry that finished epoch's metrics: they are logged by now.
+        if self._trainer is not None:
+            self._collect(self._trainer)
         return {"epoch_times": self.epoch_times, "history": dict(self.history)}
 
     def load_state_dict(self, state_dict: dict) -> None:
