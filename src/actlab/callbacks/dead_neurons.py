@@ -8,7 +8,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from actlab.callbacks.diagnostic import Diagnostic, probe_inputs
+from actlab.callbacks.diagnostic import Diagnostic, probe_batch
 
 
 class DeadNeuronCounter:
@@ -83,7 +83,7 @@ class DeadNeuronMonitor(Diagnostic):
     @torch.inference_mode()
     def measure(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
         net = pl_module.net
-        inputs = probe_inputs(trainer, self.probe_size)
+        inputs, _ = probe_batch(trainer, self.probe_size)
         counters = [DeadNeuronCounter(self.near_dead_tol) for _ in net.linears]
         for start in range(0, len(inputs), self.batch_size):
             for counter, out in zip(counters, net.forward_hidden(inputs[start : start + self.batch_size])):

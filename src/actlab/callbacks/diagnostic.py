@@ -10,26 +10,10 @@ import torch
 TB_LOGGER = "TensorBoardLogger"
 
 
-def probe_inputs(trainer: L.Trainer, size: int | None) -> torch.Tensor:
-    """The first ``size`` training inputs (all of them for None), on the training device.
-
-    Uses the in-memory tensors of actlab's DataModules; falls back to gathering batches
-    from the training dataloader for any other DataModule.
-    """
-    datamodule = trainer.datamodule
-    images = getattr(datamodule, "train_x", None)
-    if images is None:
-        batches, total = [], 0
-        for x, _ in trainer.train_dataloader:
-            batches.append(x)
-            total += len(x)
-            if size is not None and total >= size:
-                break
-        images = torch.cat(batches)
-    return images if size is None else images[:size]
-
-
-def probe_batch(trainer: L.Trainer, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def probe_batch(trainer: L.Trainer, size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``size`` training samples (all of them for None), already on the training
+    device: the in-memory tensors of actlab's DataModule, so every measurement sees the same
+    fixed probe set."""
     datamodule = trainer.datamodule
     return datamodule.train_x[:size], datamodule.train_y[:size]
 
