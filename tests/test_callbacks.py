@@ -10,7 +10,13 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from test_training import train_in_process
 from torch import nn
 
-from actlab.callbacks import DeadNeuronCounter, DeadNeuronMonitor, GradientHistograms, dead_neuron_ratios
+from actlab.callbacks import (
+    DeadNeuronCounter,
+    DeadNeuronMonitor,
+    GradientHistograms,
+    dead_neuron_ratios,
+    scan_dead_neurons,
+)
 from actlab.data import FashionMNISTDataModule
 from actlab.models import SimpleNetwork
 from actlab.record import read_record
@@ -35,6 +41,79 @@ def test_near_dead_uses_the_tolerance_and_fraction():
     counter.update(out)
     assert counter.dead().tolist() == [False, False, False]
     assert counter.near_dead(0.99).tolist() == [True, True, False]
+
+
+def test_settled_only_when_the_rest_of_the_probe_set_cannot_change_the_answer():
+    counter = DeadNeuronCounter(probe_samples=1000)
+    out = torch.ones(600, 3)
+    out[:, 1] = 0.0  # neuron 1 silent so far
+    counter.update(out)
+    assert not counter.settled()  # neuron 1 might still fire, or stay dead
+    out[0, 1] = 1.0  # now it fired once: not dead, but near zero on 599 of 600
+    counter = DeadNeuronCounter(probe_samples=1000)
+    counter.update(out)
+    # neurons 0 and 2 can no longer reach 990 near-zero samples; neuron 1 still can (599 + 400)
+    assert not counter.settled(0.99)
+    assert counter.settled(0.5)  # 599 >= 500 already: near-dead at 50 %, whatever comes
+    assert counter.near_dead(0.5).tolist() == [False, True, False]
+    later = torch.ones(391, 3)
+    later[:, 1] = 0.0
+    counter.update(later)  # 990 near-zero samples: near-dead whatever the last 9 are
+    assert counter.settled(0.99)
+    assert counter.near_dead(0.99).tolist() == [False, True, False]
+    assert counter.dead().tolist() == [False, False, False]
+
+
+def make_net_with_dead_neurons(activation, seed):
+    torch.manual_seed(seed)
+    net = SimpleNetwork(activation, hidden_shape=[64, 48, 32])
+    with torch.no_grad():  # kill some neurons outright, make others fire on few samples
+        net.linears[1].bias[:3] = -100.0
+        net.linears[2].bias[5:9] = -1.5
+        net.linears[0].bias[10:20] = -3.0
+    return net.eval()
+
+
+@pytest.mark.parametrize("activation", [nn.ReLU, nn.SiLU, nn.LeakyReLU, nn.Tanh])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_scan_that_settles_early_gives_exactly_the_full_pass_answer(activation, seed):
+    net = make_net_with_dead_neurons(activation, seed)
+    inputs = torch.randn(9000, 784)
+    with torch.inference_mode():
+        early, scanned = scan_dead_neurons(net, inputs, batch_size=2048)
+        full, full_scanned = scan_dead_neurons(net, inputs, batch_size=2048, settle_early=False)
+        reference = [DeadNeuronCounter(probe_samples=len(inputs)) for _ in net.linears]
+        for counter, out in zip(reference, net.forward_hidden(inputs)):
+            counter.update(out)
+    assert full_scanned == len(inputs)
+    for a, b, c in zip(early, full, reference):
+        assert torch.equal(a.dead(), c.dead()) and torch.equal(b.dead(), c.dead())
+        assert torch.equal(a.near_dead(0.99), c.near_dead(0.99)) and torch.equal(b.near_dead(0.99), c.near_dead(0.99))
+    if activation is nn.ReLU:  # dead neurons: only the whole set proves them dead
+        assert sum(int(c.dead().sum()) for c in reference) >= 3 and scanned == len(inputs)
+
+
+def test_scan_drops_settled_layers_behind_the_deepest_undecided_one():
+    torch.manual_seed(0)
+    net = SimpleNetwork(nn.ReLU, hidden_shape=[64, 48, 32]).eval()
+    with torch.no_grad():
+        net.linears[0].bias[:2] = -1e3  # two dead neurons in the first layer
+        net.linears[1].bias.fill_(1.0)  # layers behind it fire on almost every sample
+        net.linears[2].bias.fill_(1.0)
+    with torch.inference_mode():
+        counters, scanned = scan_dead_neurons(net, torch.randn(20_000, 784))
+    assert scanned == 20_000 and counters[0].samples == 20_000
+    assert counters[1].samples < 5_000 and counters[2].samples < 5_000
+    assert counters[0].dead().sum() == 2
+
+
+def test_scan_of_a_healthy_network_stops_after_a_few_batches():
+    torch.manual_seed(0)
+    net = SimpleNetwork(nn.LeakyReLU).eval()
+    with torch.inference_mode():
+        counters, scanned = scan_dead_neurons(net, torch.randn(50_000, 784))
+    assert scanned < 10_000 and all(c.samples == scanned or c.samples < scanned for c in counters)
+    assert not any(bool(c.dead().any()) for c in counters)
 
 
 def test_dead_ratios_per_layer():

@@ -2,7 +2,7 @@
 
 from actlab.callbacks.activation_parameters import ActivationParameterMonitor
 from actlab.callbacks.activation_plot import ActivationPlot
-from actlab.callbacks.dead_neurons import DeadNeuronCounter, DeadNeuronMonitor, dead_neuron_ratios
+from actlab.callbacks.dead_neurons import DeadNeuronCounter, DeadNeuronMonitor, dead_neuron_ratios, scan_dead_neurons
 from actlab.callbacks.divergence import DivergedError, DivergenceMonitor
 from actlab.callbacks.gradient_histograms import GradientHistograms
 from actlab.callbacks.interruption import InterruptionCheckpoint
@@ -21,4 +21,5 @@ __all__ = [
     "LayerOutputHistograms",
     "RunHistory",
     "dead_neuron_ratios",
+    "scan_dead_neurons",
 ]

@@ -13,10 +13,14 @@ from actlab.callbacks.diagnostic import Diagnostic, probe_batch
 
 class DeadNeuronCounter:
     """Accumulates, over batches of one layer's outputs ``(batch, neurons)``, which neurons
-    ever fire (output != 0) and how many samples leave each one near zero (|out| <= tol)."""
+    ever fire (output != 0) and how many samples leave each one near zero (|out| <= tol).
 
-    def __init__(self, near_dead_tol: float = 1e-6) -> None:
+    ``probe_samples`` is the size of the whole probe set when batches may stop before its
+    end (see :meth:`settled`); by default it is the number of samples seen."""
+
+    def __init__(self, near_dead_tol: float = 1e-6, probe_samples: int | None = None) -> None:
         self.near_dead_tol = near_dead_tol
+        self.probe_samples = probe_samples
         self.fired: torch.Tensor | None = None
         self.near_zero_count: torch.Tensor | None = None
         self.samples = 0
@@ -36,8 +40,50 @@ class DeadNeuronCounter:
         return ~self.fired
 
     def near_dead(self, fraction: float = 0.99) -> torch.Tensor:
-        """Neurons within the tolerance of zero on at least ``fraction`` of the samples."""
-        return self.near_zero_count >= fraction * self.samples
+        """Neurons within the tolerance of zero on at least ``fraction`` of the probe samples."""
+        return self.near_zero_count >= fraction * (self.probe_samples or self.samples)
+
+    def settled(self, fraction: float = 0.99) -> bool:
+        """Whether the rest of the probe set can no longer change :meth:`dead` or
+        :meth:`near_dead`: every neuron has fired, and each one's near-zero count has reached
+        the threshold or can no longer reach it even if every remaining sample were near zero."""
+        if self.fired is None or not bool(self.fired.all()):
+            return False
+        threshold = fraction * (self.probe_samples or self.samples)
+        remaining = (self.probe_samples or self.samples) - self.samples
+        count = self.near_zero_count
+        return bool(((count >= threshold) | (count + remaining < threshold)).all())
+
+
+def scan_dead_neurons(
+    net: torch.nn.Module,
+    inputs: torch.Tensor,
+    near_dead_tol: float = 1e-6,
+    near_dead_fraction: float = 0.99,
+    batch_size: int = 8192,
+    settle_early: bool = True,
+    first_batch: int = 1024,
+) -> tuple[list[DeadNeuronCounter], int]:
+    """Counts dead and near-dead neurons of every hidden layer of ``net`` over ``inputs``.
+
+    Exact, yet usually cheap: batches grow from ``first_batch`` to ``batch_size``, and after
+    each one the deepest layers whose answer is :meth:`~DeadNeuronCounter.settled` drop out,
+    so later batches run only through the layers still undecided; once none is, the scan
+    stops. A layer holding a dead neuron is only settled by the whole set, so a network with
+    dead neurons pays for the full pass (up to its deepest such layer) and a healthy one for a
+    few thousand samples. ``settle_early=False`` always runs the full pass (same result).
+    Returns the counters and the number of samples that went through the first layer.
+    """
+    total = len(inputs)
+    counters = [DeadNeuronCounter(near_dead_tol, total) for _ in net.linears]
+    layers, start, size = len(counters), 0, min(first_batch, batch_size) if settle_early else batch_size
+    while start < total and layers > 0:
+        for counter, out in zip(counters, net.forward_hidden(inputs[start : start + size], layers)):
+            counter.update(out)
+        start, size = start + size, min(2 * size, batch_size)
+        while settle_early and layers > 0 and counters[layers - 1].settled(near_dead_fraction):
+            layers -= 1
+    return counters, min(start, total)
 
 
 def dead_neuron_ratios(layer_batches: Iterable[Sequence[torch.Tensor]]) -> list[float]:
@@ -59,11 +105,15 @@ class DeadNeuronMonitor(Diagnostic):
     ``torch.inference_mode`` in large batches straight from the in-memory tensors. Since
     smooth activations are never exactly 0, a near-dead variant counts neurons with
     ``|out| <= near_dead_tol`` on at least ``near_dead_fraction`` of the samples.
-    The final values go into the run record.
+    The final values go into the run record. The scan stops as soon as the rest of the
+    probe set cannot change the answer (:func:`scan_dead_neurons`): exact, and a fraction
+    of a full pass unless some neurons really are dead.
 
     Args:
         probe_size: samples of the training set to probe (None = all of them).
         batch_size: samples per forward pass of the probe.
+        settle_early: stop scanning layers whose answer is settled (False: always the full
+            pass, e.g. to time the worst case; the numbers are the same).
     """
 
     def __init__(
@@ -74,20 +124,20 @@ class DeadNeuronMonitor(Diagnostic):
         near_dead_fraction: float = 0.99,
         every_n_epochs: int = 1,
         figures_dir: str | None = None,
+        settle_early: bool = True,
     ) -> None:
         super().__init__(every_n_epochs, figures_dir)
-        self.probe_size, self.batch_size = probe_size, batch_size
+        self.probe_size, self.batch_size, self.settle_early = probe_size, batch_size, settle_early
+        self.samples_scanned = 0  # samples of the last scan that went through the first layer
         self.near_dead_tol, self.near_dead_fraction = near_dead_tol, near_dead_fraction
         self.history: list[tuple[int, list[float], list[float]]] = []  # (step, dead, near-dead)
 
     @torch.inference_mode()
     def measure(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
-        net = pl_module.net
         inputs, _ = probe_batch(trainer, self.probe_size)
-        counters = [DeadNeuronCounter(self.near_dead_tol) for _ in net.linears]
-        for start in range(0, len(inputs), self.batch_size):
-            for counter, out in zip(counters, net.forward_hidden(inputs[start : start + self.batch_size])):
-                counter.update(out)
+        counters, self.samples_scanned = scan_dead_neurons(
+            pl_module.net, inputs, self.near_dead_tol, self.near_dead_fraction, self.batch_size, self.settle_early
+        )
         dead = [c.dead() for c in counters]
         near = [c.near_dead(self.near_dead_fraction) for c in counters]
         dead_ratios = [float(d.float().mean()) for d in dead]

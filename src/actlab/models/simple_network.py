@@ -104,11 +104,12 @@ class SimpleNetwork(nn.Module):
             x = activation(linear(x))
         return self.head(x)
 
-    def forward_hidden(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Post-activation outputs of every hidden layer (for diagnostics)."""
+    def forward_hidden(self, x: torch.Tensor, layers: int | None = None) -> list[torch.Tensor]:
+        """Post-activation outputs of the first ``layers`` hidden layers (all for None),
+        for diagnostics."""
         outputs = []
         x = self.flatten(x)
-        for linear, activation in zip(self.linears, self.activations):
+        for linear, activation in list(zip(self.linears, self.activations))[:layers]:
             x = activation(linear(x))
             outputs.append(x)
         return outputs

@@ -1,0 +1,209 @@
+/* Fused CPU kernel for STAF, y = sum_i C_i sin(W_i x + P_i), and its gradients.
+ *
+ * Why: evaluated with PyTorch ops, STAF materialises (n, tau) tensors of sin and cos of
+ * every term per layer and step, so a tau=25 network spends most of its time in its
+ * activations. Here each element's tau terms are summed in registers:
+ *   forward:  y = sum_i C_i sin z_i                      (z_i = W_i x + P_i; sin only)
+ *   backward: grad_x = g * sum_i C_i W_i cos z_i
+ *             sums = (sum_n g sin z_i, sum_n g cos z_i, sum_n g x cos z_i) for every i
+ * recomputing sin/cos in the backward pass (cheaper than storing n * tau values).
+ *
+ * sin/cos: the per-term constants are divided by pi once, so z / pi comes out of one
+ * multiply-add; reduction to the nearest multiple of pi is then additions only, followed by
+ * odd/even polynomials in the remainder. Absolute error ~2e-7 + |W x + P| * 2e-7: float32
+ * rounding of the polynomial and of the argument itself (PyTorch's float32 W x + P carries
+ * |z| * 6e-8). Meaningful while |W x + P| < 2^22, where float32 still resolves a period;
+ * NaN and inf propagate as with torch.sin.
+ *
+ * GCC/Clang vector extensions give 8-wide SIMD (AVX2 with -mavx2, else pairs of SSE/NEON
+ * registers). Threads come from OpenMP: compiled with -fopenmp, this library links the
+ * libgomp that PyTorch has already loaded, so it runs on PyTorch's own thread pool instead
+ * of fighting it for the cores. Loaded through ctypes by staf_kernel.py.
+ */
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+typedef float vf __attribute__((vector_size(32)));
+typedef int vi __attribute__((vector_size(32)));
+#define LANES 8
+#define MAX_TAU 256
+/* backward works on blocks of this many vectors (4 arrays of them fit in L1); each block's
+ * float sums go into doubles, which bounds their rounding error */
+#define BLOCK 64
+
+static const float INV_PI = 0.318309886f;
+static const float ROUND_MAGIC = 12582912.0f; /* 1.5 * 2^23: (v + M) - M rounds v to an integer */
+/* sin(pi f) = f * S(f^2) and cos(pi f) = C(f^2) on |f| <= 1/2 (least squares; max error 3e-9
+ * and 5e-8 before float32 rounding) */
+static const float S0 = 3.1415925798e+00f, S1 = -5.1677068660e+00f, S2 = 2.5500311899e+00f,
+                   S3 = -5.9804417213e-01f, S4 = 7.7218342597e-02f;
+static const float C0 = 9.9999995325e-01f, C1 = -4.9347928302e+00f, C2 = 4.0584113440e+00f,
+                   C3 = -1.3318765017e+00f, C4 = 2.1968945940e-01f;
+
+static inline vf splat(float a) {
+    vf v = {a, a, a, a, a, a, a, a};
+    return v;
+}
+
+/* u = z / pi = k + f with integer k and |f| <= 1/2, so sin z = (-1)^k sin(pi f) and
+ * cos z = (-1)^k cos(pi f). Returns f and the sign bit of (-1)^k as an integer mask: k + M
+ * holds k in its lowest mantissa bits, so the parity is bit 0 of the float's bits. Only
+ * additions: the multiply-add units stay free for the polynomials. */
+static inline vf reduce(vf u, vi *sign) {
+    vf shifted = u + ROUND_MAGIC;
+    *sign = (vi)shifted << 31;
+    return u - (shifted - ROUND_MAGIC);
+}
+
+static inline vf flip(vf v, vi sign) { return (vf)((vi)v ^ sign); }
+
+static inline vf sin_poly(vf f, vf f2) { return f * (S0 + f2 * (S1 + f2 * (S2 + f2 * (S3 + f2 * S4)))); }
+
+static inline vf cos_poly(vf f2) { return C0 + f2 * (C1 + f2 * (C2 + f2 * (C3 + f2 * C4))); }
+
+/* sin(pi u) */
+static inline vf sin_pi(vf u) {
+    vi sign;
+    vf f = reduce(u, &sign);
+    return flip(sin_poly(f, f * f), sign);
+}
+
+/* sin(pi u), cos(pi u) */
+static inline void sincos_pi(vf u, vf *s, vf *c) {
+    vi sign;
+    vf f = reduce(u, &sign), f2 = f * f;
+    *s = flip(sin_poly(f, f2), sign);
+    *c = flip(cos_poly(f2), sign);
+}
+
+static inline float hsum(vf v) {
+    float total = 0.0f;
+    for (int l = 0; l < LANES; l++) total += v[l];
+    return total;
+}
+
+static inline vf load8(const float *p, long remaining) {
+    vf v = splat(0.0f);
+    memcpy(&v, p, (size_t)(remaining >= LANES ? LANES : remaining) * sizeof(float));
+    return v;
+}
+
+static inline void store8(float *p, vf v, long remaining) {
+    memcpy(p, &v, (size_t)(remaining >= LANES ? LANES : remaining) * sizeof(float));
+}
+
+/* The calling thread's share [begin, end) of n elements, in whole vectors; returns its
+ * index and stores the team size in *team (the runtime may grant fewer threads than asked). */
+static int share(long n, long *begin, long *end, int *team) {
+    int threads = 1, id = 0;
+#ifdef _OPENMP
+    threads = omp_get_num_threads();
+    id = omp_get_thread_num();
+#endif
+    if (id == 0) *team = threads;
+    long per = ((n + threads - 1) / threads + LANES - 1) / LANES * LANES;
+    *begin = id * per < n ? id * per : n;
+    *end = (id + 1) * per < n ? (id + 1) * per : n;
+    return id;
+}
+
+int staf_max_tau(void) { return MAX_TAU; }
+
+/* y[n] = sum_i C_i sin(W_i x + P_i). */
+int staf_forward(const float *x, long n, const float *C, const float *W, const float *P, int tau, float *y,
+                 int threads) {
+    if (tau < 1 || tau > MAX_TAU || threads < 1) return -1;
+#pragma omp parallel num_threads(threads)
+    {
+        vf w[MAX_TAU], p[MAX_TAU], amp[MAX_TAU];
+        for (int i = 0; i < tau; i++) {
+            w[i] = splat(W[i] * INV_PI); /* terms in units of pi: z / pi = (W / pi) x + P / pi */
+            p[i] = splat(P[i] * INV_PI);
+            amp[i] = splat(C[i]);
+        }
+        long begin, end;
+        int team;
+        share(n, &begin, &end, &team);
+        /* two vectors per pass over the terms: two independent accumulation chains */
+        for (long j = begin; j < end; j += 2 * LANES) {
+            vf v0 = load8(x + j, end - j), v1 = j + LANES < end ? load8(x + j + LANES, end - j - LANES) : splat(0.0f);
+            vf out0 = splat(0.0f), out1 = splat(0.0f);
+            for (int i = 0; i < tau; i++) {
+                out0 += amp[i] * sin_pi(w[i] * v0 + p[i]);
+                out1 += amp[i] * sin_pi(w[i] * v1 + p[i]);
+            }
+            store8(y + j, out0, end - j);
+            if (j + LANES < end) store8(y + j + LANES, out1, end - j - LANES);
+        }
+    }
+    return 0;
+}
+
+/* grad_x[n] = g * dy/dx (skipped when NULL); sums[3 * tau] = (sum g sin z_i, sum g cos z_i,
+ * sum g x cos z_i) over the n elements (skipped when NULL). Blocks of BLOCK vectors stay in
+ * L1 while the term loop runs over them, so each term's three sums live in registers. */
+int staf_backward(const float *x, const float *g, long n, const float *C, const float *W, const float *P, int tau,
+                  float *grad_x, double *sums, int threads) {
+    if (tau < 1 || tau > MAX_TAU || threads < 1) return -1;
+    /* one row of partial sums per thread, added in thread order: deterministic results */
+    double *partials = calloc((size_t)threads * 3 * tau, sizeof(double));
+    if (!partials) return -2;
+    int used = 1;
+#pragma omp parallel num_threads(threads)
+    {
+        vf xs[BLOCK], gs[BLOCK], gxs[BLOCK], dydx[BLOCK];
+        long begin, end;
+        int id = share(n, &begin, &end, &used);
+        double *partial = partials + (size_t)id * 3 * tau;
+        for (long start = begin; start < end; start += BLOCK * LANES) {
+            long stop = start + BLOCK * LANES < end ? start + BLOCK * LANES : end;
+            int vectors = (int)((stop - start + 2 * LANES - 1) / (2 * LANES)) * 2; /* even, zero-padded */
+            for (int v = 0; v < vectors; v++) {
+                long j = start + (long)v * LANES;
+                /* zero padding (g = 0 past the end): the tail adds nothing to the sums */
+                xs[v] = j < stop ? load8(x + j, stop - j) : splat(0.0f);
+                gs[v] = j < stop ? load8(g + j, stop - j) : splat(0.0f);
+                gxs[v] = gs[v] * xs[v];
+                dydx[v] = splat(0.0f);
+            }
+            for (int i = 0; i < tau; i++) {
+                vf w = splat(W[i] * INV_PI), p = splat(P[i] * INV_PI), slope = splat(C[i] * W[i]), s, c;
+                /* even and odd vectors in separate sums: two independent accumulation chains */
+                vf acc_s0 = splat(0.0f), acc_c0 = splat(0.0f), acc_xc0 = splat(0.0f), s1, c1;
+                vf acc_s1 = splat(0.0f), acc_c1 = splat(0.0f), acc_xc1 = splat(0.0f);
+                for (int v = 0; v < vectors; v += 2) {
+                    sincos_pi(w * xs[v] + p, &s, &c);
+                    sincos_pi(w * xs[v + 1] + p, &s1, &c1);
+                    dydx[v] += slope * c;
+                    dydx[v + 1] += slope * c1;
+                    acc_s0 += gs[v] * s;
+                    acc_s1 += gs[v + 1] * s1;
+                    acc_c0 += gs[v] * c;
+                    acc_c1 += gs[v + 1] * c1;
+                    acc_xc0 += gxs[v] * c;
+                    acc_xc1 += gxs[v + 1] * c1;
+                }
+                partial[i] += hsum(acc_s0 + acc_s1);
+                partial[tau + i] += hsum(acc_c0 + acc_c1);
+                partial[2 * tau + i] += hsum(acc_xc0 + acc_xc1);
+            }
+            if (grad_x) {
+                for (int v = 0; start + (long)v * LANES < stop; v++) {
+                    long j = start + (long)v * LANES;
+                    store8(grad_x + j, gs[v] * dydx[v], stop - j);
+                }
+            }
+        }
+    }
+    if (sums) {
+        memset(sums, 0, 3 * (size_t)tau * sizeof(double));
+        for (int t = 0; t < used; t++) {
+            for (int i = 0; i < 3 * tau; i++) sums[i] += partials[(size_t)t * 3 * tau + i];
+        }
+    }
+    free(partials);
+    return 0;
+}
