@@ -94,24 +94,19 @@ class _STAFKernelFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, amplitude, frequency, phase):
-        flat = x.detach().contiguous().reshape(-1)
-        params = [p.detach().contiguous() for p in (amplitude, frequency, phase)]
-        ctx.save_for_backward(flat, *params)
-        return staf_kernel.forward(flat, *params).reshape(x.shape)
+        x, params = x.contiguous(), [p.contiguous() for p in (amplitude, frequency, phase)]
+        ctx.save_for_backward(x, *params)
+        return staf_kernel.forward(x, *params)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_output):
-        flat, amplitude, frequency, phase = ctx.saved_tensors
-        g = grad_output.contiguous().reshape(-1)
+        x, amplitude, frequency, phase = ctx.saved_tensors
         need_x, need_params = ctx.needs_input_grad[0], any(ctx.needs_input_grad[1:])
-        grad_x, sums = staf_kernel.backward(flat, g, amplitude, frequency, phase, need_x, need_params)
-        if grad_x is not None:
-            grad_x = grad_x.reshape(grad_output.shape)
-        if sums is None:
-            return grad_x, None, None, None
-        sin_sum, cos_sum, x_cos_sum = sums.float()
-        return grad_x, sin_sum, amplitude * x_cos_sum, amplitude * cos_sum
+        grad_x, grad_params = staf_kernel.backward(
+            x, grad_output.contiguous(), amplitude, frequency, phase, need_x, need_params
+        )
+        return grad_x, *(grad_params or (None, None, None))
 
 
 class STAF(nn.Module):

@@ -142,13 +142,15 @@ int staf_forward(const float *x, long n, const float *C, const float *W, const f
     return 0;
 }
 
-/* grad_x[n] = g * dy/dx (skipped when NULL); sums[3 * tau] = (sum g sin z_i, sum g cos z_i,
- * sum g x cos z_i) over the n elements (skipped when NULL). Blocks of BLOCK vectors stay in
- * L1 while the term loop runs over them, so each term's three sums live in registers. */
+/* grad_x[n] = g * dy/dx (skipped when NULL) and the parameter gradients (skipped when
+ * grad_C is NULL): grad_C[i] = sum_n g sin z_i, grad_W[i] = C_i sum_n g x cos z_i and
+ * grad_P[i] = C_i sum_n g cos z_i, summed in double. Blocks of BLOCK vectors stay in L1
+ * while the term loop runs over them, so each term's three sums live in registers. */
 int staf_backward(const float *x, const float *g, long n, const float *C, const float *W, const float *P, int tau,
-                  float *grad_x, double *sums, int threads) {
+                  float *grad_x, float *grad_C, float *grad_W, float *grad_P, int threads) {
     if (tau < 1 || tau > MAX_TAU || threads < 1) return -1;
     /* one row of partial sums per thread, added in thread order: deterministic results */
+    const int sums = grad_C != NULL;
     double *partials = calloc((size_t)threads * 3 * tau, sizeof(double));
     if (!partials) return -2;
     int used = 1;
@@ -199,9 +201,17 @@ int staf_backward(const float *x, const float *g, long n, const float *C, const 
         }
     }
     if (sums) {
-        memset(sums, 0, 3 * (size_t)tau * sizeof(double));
-        for (int t = 0; t < used; t++) {
-            for (int i = 0; i < 3 * tau; i++) sums[i] += partials[(size_t)t * 3 * tau + i];
+        for (int i = 0; i < tau; i++) {
+            double sin_sum = 0.0, cos_sum = 0.0, x_cos_sum = 0.0;
+            for (int t = 0; t < used; t++) {
+                const double *partial = partials + (size_t)t * 3 * tau;
+                sin_sum += partial[i];
+                cos_sum += partial[tau + i];
+                x_cos_sum += partial[2 * tau + i];
+            }
+            grad_C[i] = (float)sin_sum;
+            grad_W[i] = (float)(C[i] * x_cos_sum);
+            grad_P[i] = (float)(C[i] * cos_sum);
         }
     }
     free(partials);

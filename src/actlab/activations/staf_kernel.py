@@ -23,7 +23,7 @@ import torch
 
 SOURCE = Path(__file__).with_name("staf_kernel.c")
 # Below this many (element x term) evaluations a second thread costs more than it saves.
-_WORK_PER_THREAD = 200_000
+_WORK_PER_THREAD = 100_000
 
 
 def cache_dir() -> Path:
@@ -87,18 +87,8 @@ def load() -> ctypes.CDLL | None:
         return None
     pointer, size, integer = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
     library.staf_forward.argtypes = [pointer, size, pointer, pointer, pointer, integer, pointer, integer]
-    library.staf_backward.argtypes = [
-        pointer,
-        pointer,
-        size,
-        pointer,
-        pointer,
-        pointer,
-        integer,
-        pointer,
-        pointer,
-        integer,
-    ]
+    # x, g, n, C, W, P, tau, grad_x, grad_C, grad_W, grad_P, threads
+    library.staf_backward.argtypes = [pointer, pointer, size, *[pointer] * 3, integer, *[pointer] * 4, integer]
     library.staf_forward.restype = library.staf_backward.restype = library.staf_max_tau.restype = integer
     return library
 
@@ -116,7 +106,7 @@ def _threads(elements: int, tau: int) -> int:
 
 
 def forward(x: torch.Tensor, amplitude: torch.Tensor, frequency: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
-    """STAF of the contiguous 1-D float32 ``x``."""
+    """STAF of the contiguous float32 ``x`` (any shape)."""
     tau = amplitude.numel()
     y = torch.empty_like(x)
     params = amplitude.data_ptr(), frequency.data_ptr(), phase.data_ptr()
@@ -133,20 +123,18 @@ def backward(
     frequency: torch.Tensor,
     phase: torch.Tensor,
     input_grad: bool,
-    parameter_sums: bool,
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """``grad * dy/dx`` and the (3, tau) float64 sums over elements of g sin z_i, g cos z_i
-    and g x cos z_i, from which the parameter gradients follow; each only if asked."""
+    parameter_grads: bool,
+) -> tuple[torch.Tensor | None, tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None]:
+    """``grad * dy/dx`` and the gradients of the amplitudes, frequencies and phases (summed
+    over the elements in float64); each only if asked."""
     tau = amplitude.numel()
     grad_x = torch.empty_like(x) if input_grad else None
-    sums = torch.empty(3, tau, dtype=torch.float64) if parameter_sums else None
+    grad_params = tuple(torch.empty(tau) for _ in range(3)) if parameter_grads else None
     params = amplitude.data_ptr(), frequency.data_ptr(), phase.data_ptr()
+    outputs = [t.data_ptr() if t is not None else None for t in (grad_x, *(grad_params or (None,) * 3))]
     status = load().staf_backward(
-        x.data_ptr(), grad.data_ptr(), x.numel(), *params, tau,
-        grad_x.data_ptr() if grad_x is not None else None,
-        sums.data_ptr() if sums is not None else None,
-        _threads(x.numel(), tau),
-    )  # fmt: skip
+        x.data_ptr(), grad.data_ptr(), x.numel(), *params, tau, *outputs, _threads(x.numel(), tau)
+    )
     if status != 0:
         raise RuntimeError(f"staf_backward failed with status {status}")
-    return grad_x, sums
+    return grad_x, grad_params
