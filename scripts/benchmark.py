@@ -37,7 +37,7 @@ def main() -> None:
     system_dir = None if args.system_dir is None else ("" if args.system_dir == "none" else args.system_dir)
     timings = benchmark(args.device, args.activation, args.rounds, args.steps, args.data_dir, system_dir,
                         args.skip_reference, args.versus)  # fmt: skip
-    print(format_report(timings, args.device, args.activation))
+    print(format_report(timings, args.device, args.activation, args.versus))
 
 
 if __name__ == "__main__":
