@@ -31,9 +31,10 @@ class EpochAccumulator(nn.Module):
 
     @torch.no_grad()
     def update(self, loss: torch.Tensor, logits: torch.Tensor, target: torch.Tensor) -> None:
-        self.loss_sum += loss.detach().double() * target.numel()
-        self.correct += (logits.argmax(dim=1) == target).sum()
-        self.count += target.numel()
+        # in-place methods, not `+=`: that would also go through nn.Module.__setattr__
+        self.loss_sum.add_(loss.detach().double(), alpha=target.numel())
+        self.correct.add_((logits.argmax(dim=1) == target).sum())
+        self.count.add_(target.numel())
 
     def compute_and_reset(self) -> dict[str, torch.Tensor]:
         count = self.count.clamp(min=1)

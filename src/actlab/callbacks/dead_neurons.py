@@ -61,27 +61,26 @@ def scan_dead_neurons(
     inputs: torch.Tensor,
     near_dead_tol: float = 1e-6,
     near_dead_fraction: float = 0.99,
-    batch_size: int = 8192,
+    batch_size: int = 2048,
     settle_early: bool = True,
-    first_batch: int = 1024,
 ) -> tuple[list[DeadNeuronCounter], int]:
     """Counts dead and near-dead neurons of every hidden layer of ``net`` over ``inputs``.
 
-    Exact, yet usually cheap: batches grow from ``first_batch`` to ``batch_size``, and after
-    each one the deepest layers whose answer is :meth:`~DeadNeuronCounter.settled` drop out,
-    so later batches run only through the layers still undecided; once none is, the scan
-    stops. A layer holding a dead neuron is only settled by the whole set, so a network with
-    dead neurons pays for the full pass (up to its deepest such layer) and a healthy one for a
-    few thousand samples. ``settle_early=False`` always runs the full pass (same result).
-    Returns the counters and the number of samples that went through the first layer.
+    Exact, yet often cheap: after each batch the deepest layers whose answer is
+    :meth:`~DeadNeuronCounter.settled` drop out, so later batches run only through the layers
+    still undecided; once none is, the scan stops. A layer holding a dead neuron is only
+    settled by the whole set, so a network with dead neurons pays for the full pass (up to its
+    deepest such layer) and a healthy one for a few thousand samples. ``settle_early=False``
+    always runs the full pass (same result). Returns the counters and the number of samples
+    that went through the first layer.
     """
     total = len(inputs)
     counters = [DeadNeuronCounter(near_dead_tol, total) for _ in net.linears]
-    layers, start, size = len(counters), 0, min(first_batch, batch_size) if settle_early else batch_size
+    layers, start = len(counters), 0
     while start < total and layers > 0:
-        for counter, out in zip(counters, net.forward_hidden(inputs[start : start + size], layers)):
+        for counter, out in zip(counters, net.forward_hidden(inputs[start : start + batch_size], layers)):
             counter.update(out)
-        start, size = start + size, min(2 * size, batch_size)
+        start += batch_size
         while settle_early and layers > 0 and counters[layers - 1].settled(near_dead_fraction):
             layers -= 1
     return counters, min(start, total)
@@ -112,7 +111,8 @@ class DeadNeuronMonitor(Diagnostic):
 
     Args:
         probe_size: samples of the training set to probe (None = all of them).
-        batch_size: samples per forward pass of the probe.
+        batch_size: samples per forward pass of the probe (a few thousand keep each layer's
+            outputs in the CPU's cache: 2048 scans faster than 8192 or more).
         settle_early: stop scanning layers whose answer is settled (False: always the full
             pass, e.g. to time the worst case; the numbers are the same).
     """
@@ -120,7 +120,7 @@ class DeadNeuronMonitor(Diagnostic):
     def __init__(
         self,
         probe_size: int | None = None,
-        batch_size: int = 8192,
+        batch_size: int = 2048,
         near_dead_tol: float = 1e-6,
         near_dead_fraction: float = 0.99,
         every_n_epochs: int = 1,
