@@ -136,6 +136,25 @@ def test_bspline_bases_form_a_partition_of_unity_and_vanish_outside():
         assert torch.allclose(act(outside), F.silu(outside))
 
 
+# knot spacings exact in binary; otherwise the float32 knot buffer is uniform only to ~1e-7
+@pytest.mark.parametrize("grid_size, grid_range", [(8, 3.0), (16, 4.0), (1, 2.0)])
+def test_bspline_forward_is_the_cox_de_boor_sum(grid_size, grid_range):
+    torch.manual_seed(grid_size)
+    act = BSpline(grid_size=grid_size, grid_range=grid_range, init_scale=1.0).double()
+    knots = act.knots
+    x = torch.cat([torch.linspace(-3 * grid_range, 3 * grid_range, 2001, dtype=torch.float64), knots, knots + 1e-9])
+    x = x.requires_grad_()
+    fast = act.spline(x)
+    reference = act.basis(x) @ act.coefficients
+    assert torch.allclose(fast, reference, atol=1e-12)
+    grads_fast = torch.autograd.grad(fast.sum(), [x, act.coefficients])
+    inner = (x > knots[0] + 1e-6) & (x < knots[-1] - 1e-6)  # the recursion's x-gradient is 0 at its ends
+    grads_ref = torch.autograd.grad(reference.sum(), [x, act.coefficients])
+    assert torch.allclose(grads_fast[0][inner], grads_ref[0][inner], atol=1e-9)
+    assert torch.allclose(grads_fast[1], grads_ref[1], atol=1e-9)
+    assert torch.isnan(act(torch.tensor([float("nan")], dtype=torch.float64))).all()
+
+
 @pytest.mark.parametrize("name", sorted(set(ALL) - NOT_DIFFERENTIABLE))
 def test_gradcheck_in_float64(name):
     act = build(name).double()

@@ -199,16 +199,68 @@ class Rational(nn.Module):
         return f"degrees=({len(self.numerator) - 1}, {len(self.denominator)})"
 
 
+def _cubic_weights(u: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """6x the four uniform cubic B-spline bases that are non-zero at position u in [0, 1)."""
+    u2, u3 = u * u, u * u * u
+    return (1 - u) ** 3, 3 * u3 - 6 * u2 + 4, -3 * u3 + 3 * u2 + 3 * u + 1, u3
+
+
+def _cubic_weight_slopes(u: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """d/du of :func:`_cubic_weights`."""
+    u2 = u * u
+    return -3 * (1 - u) ** 2, 9 * u2 - 12 * u, -9 * u2 + 6 * u + 3, 3 * u2
+
+
+class _UniformCubicSpline(torch.autograd.Function):
+    """sum_i c_i B_i(x) on a uniform knot grid starting at ``first_knot``, ``scale`` intervals
+    per unit. Interval m of the grid meets bases m-3..m; with c padded by three zeros on each
+    side (the bases that do not exist at the ends) they are c_pad[m + j], j = 0..3. Gathering
+    those four beats both the full Cox-de Boor basis and autograd's scatter for indexing."""
+
+    @staticmethod
+    def forward(ctx, x, coefficients, first_knot, scale):
+        intervals = coefficients.numel() + 3
+        position = (x - first_knot) * scale
+        interval = torch.floor(position)
+        u = position - interval
+        inside = (interval >= 0) & (interval < intervals)  # False for NaN too
+        index = torch.where(inside, interval, 0).long()
+        padded = F.pad(coefficients, (3, 3))
+        spline = sum(padded.take(index + j) * w for j, w in enumerate(_cubic_weights(u))) / 6
+        ctx.save_for_backward(u, index, inside, padded)
+        ctx.scale = scale
+        return torch.where(inside, spline, 0.0)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        u, index, inside, padded = ctx.saved_tensors
+        g = torch.where(inside, grad_output, 0.0) / 6
+        grad_x = grad_coefficients = None
+        if ctx.needs_input_grad[0]:
+            slope = sum(padded.take(index + j) * w for j, w in enumerate(_cubic_weight_slopes(u)))
+            grad_x = g * slope * ctx.scale
+        if ctx.needs_input_grad[1]:
+            flat_index = torch.cat([(index + j).reshape(-1) for j in range(4)])
+            contributions = torch.cat([(g * w).reshape(-1) for w in _cubic_weights(u)])
+            grad_padded = torch.zeros_like(padded).scatter_add_(0, flat_index, contributions)
+            grad_coefficients = grad_padded[3:-3]
+        return grad_x, grad_coefficients, None, None
+
+
 class BSpline(nn.Module):
     r"""Learnable cubic B-spline plus a SiLU base, the univariate function of a KAN edge.
 
     .. math:: \phi(x) = w_b \, \text{SiLU}(x) + w_s \sum_i c_i B_i(x)
 
     :math:`B_i` are the cubic B-spline bases on a uniform grid of ``grid_size`` intervals
-    over ``[-grid_range, grid_range]`` (extended by 3 knots each side), evaluated with the
-    Cox–de Boor recursion in closed tensor form, so they are differentiable in :math:`x`.
-    Outside the grid the spline is 0 and :math:`\phi` is the SiLU term. Trainable:
-    :math:`c` (``grid_size + 3`` coefficients), :math:`w_b`, :math:`w_s`, per instance.
+    over ``[-grid_range, grid_range]`` (extended by 3 knots each side). :meth:`basis` gives
+    all of them by the Cox–de Boor recursion; the forward pass uses that on a uniform grid
+    only four are non-zero at any x, with the closed-form weights
+    :math:`((1-u)^3,\ 3u^3-6u^2+4,\ -3u^3+3u^2+3u+1,\ u^3)/6` of the position u in its
+    knot interval: the same function, ~10x cheaper. Outside the grid the spline is 0 and
+    :math:`\phi` is the SiLU term. Trainable: :math:`c` (``grid_size + 3`` coefficients),
+    :math:`w_b`, :math:`w_s`, per instance.
 
     Shape: any. Reference: Liu et al., "KAN: Kolmogorov-Arnold Networks", 2024
     (arXiv:2404.19756); de Boor, "On calculating with B-splines", 1972.
@@ -239,9 +291,13 @@ class BSpline(nn.Module):
             bases = left + right
         return bases
 
+    def spline(self, x: torch.Tensor) -> torch.Tensor:
+        r""":math:`\sum_i c_i B_i(x)` from the four bases that are non-zero at each x."""
+        scale = self.grid_size / (2 * self.grid_range)  # knot intervals per unit of x
+        return _UniformCubicSpline.apply(x, self.coefficients.to(x.dtype), self.knots[0].item(), scale)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        spline = self.basis(x) @ self.coefficients.to(x.dtype)
-        return self.base_weight.to(x.dtype) * F.silu(x) + self.spline_weight.to(x.dtype) * spline
+        return self.base_weight.to(x.dtype) * F.silu(x) + self.spline_weight.to(x.dtype) * self.spline(x)
 
     def extra_repr(self) -> str:
         return f"grid_size={self.grid_size}, grid_range={self.grid_range}, order={self.order}"
