@@ -258,7 +258,7 @@ class BSpline(nn.Module):
     all of them by the Cox–de Boor recursion; the forward pass uses that on a uniform grid
     only four are non-zero at any x, with the closed-form weights
     :math:`((1-u)^3,\ 3u^3-6u^2+4,\ -3u^3+3u^2+3u+1,\ u^3)/6` of the position u in its
-    knot interval: the same function, ~10x cheaper. Outside the grid the spline is 0 and
+    knot interval: the same function, ~5x cheaper. Outside the grid the spline is 0 and
     :math:`\phi` is the SiLU term. Trainable: :math:`c` (``grid_size + 3`` coefficients),
     :math:`w_b`, :math:`w_s`, per instance.
 
