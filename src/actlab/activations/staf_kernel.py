@@ -93,12 +93,16 @@ def load() -> ctypes.CDLL | None:
     return library
 
 
+@functools.cache
+def _max_tau() -> int:
+    return load().staf_max_tau()
+
+
 def supports(x: torch.Tensor, tau: int) -> bool:
     """Whether the kernel can evaluate STAF on ``x`` (float32 on the CPU, tau within its limit)."""
     if x.device.type != "cpu" or x.dtype != torch.float32 or torch.compiler.is_compiling():
         return False
-    library = load()
-    return library is not None and tau <= library.staf_max_tau()
+    return load() is not None and tau <= _max_tau()
 
 
 def _threads(elements: int, tau: int) -> int:
