@@ -154,11 +154,14 @@ def test_tensorboard_gets_every_layer_at_init_and_each_epoch(tmp_path, fake_data
     assert set(record) >= {"dead/overall", "dead/layer_0", "near_dead/overall", "dead/at_init"}
     figures = {p.name for p in (out / "figures").iterdir()}
     assert figures == {"gradient_histograms.png", "layer_outputs.png", "dead_neurons.png"}
+    # the time each epoch spent in the diagnostics, a part of that epoch's time
+    spent = record["diagnostics_epoch_s"]
+    assert len(spent) == 2 and all(0 < s < t for s, t in zip(spent, record["epoch_times_s"]))
 
 
 def test_callbacks_none_keeps_checkpoints_but_no_diagnostics(tmp_path, fake_data_dir):
     record, out = train_in_process(tmp_path, fake_data_dir, ["trainer.max_epochs=1", "callbacks=none"])
-    assert record["status"] == "completed" and "dead/overall" not in record
+    assert record["status"] == "completed" and "dead/overall" not in record and "diagnostics_epoch_s" not in record
     assert (out / "checkpoints" / "last.ckpt").is_file() and not (out / "figures").exists()
     acc = EventAccumulator(str(out / "tensorboard"))
     acc.Reload()

@@ -20,6 +20,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from actlab.callbacks import DivergedError, DivergenceMonitor, InterruptionCheckpoint, RunHistory
+from actlab.callbacks.diagnostic import Diagnostic
 from actlab.classifier import Classifier
 from actlab.hparams import run_hparams, write_hparams
 from actlab.record import read_record, write_record
@@ -186,3 +187,11 @@ def _finalise_record(record: dict[str, Any], trainer: L.Trainer | None, history:
         for callback in trainer.callbacks:
             if hasattr(callback, "record_metrics"):
                 record.update(callback.record_metrics())
+        diagnostics = [c for c in trainer.callbacks if isinstance(c, Diagnostic)]
+        if diagnostics:  # seconds of each epoch_times_s entry spent in them (None: not timed here)
+            record["diagnostics_epoch_s"] = [
+                sum(c.epoch_seconds[e] for c in diagnostics if e in c.epoch_seconds)
+                if any(e in c.epoch_seconds for c in diagnostics)
+                else None
+                for e in range(len(history.epoch_times))
+            ]

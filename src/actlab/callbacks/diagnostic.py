@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import lightning as L
@@ -31,6 +32,7 @@ class Diagnostic(L.Callback):
             raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
         self.every_n_epochs = every_n_epochs
         self.figures_dir = Path(figures_dir) if figures_dir else None
+        self.epoch_seconds: dict[int, float] = {}  # wall time of each epoch-end measurement
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.global_step == 0:  # not again when resuming
@@ -38,7 +40,9 @@ class Diagnostic(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            start = time.perf_counter()
             self._measure(trainer, pl_module)
+            self.epoch_seconds[trainer.current_epoch] = time.perf_counter() - start
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.figures_dir is not None and trainer.is_global_zero and not trainer.fast_dev_run:
