@@ -240,11 +240,11 @@ def format_report(
         f"{'diagnostics overhead (on / off - 1)':<41} = {on_off[0] - 1:+7.1%}  {on_off[1] - 1:+11.1%}",
     ]
     on = timings["on"]
-    if on.diagnostic_times:  # measured inside the same epochs: immune to the machine's drift
-        shares = [d / (t - d) for t, d in zip(on.epoch_times, on.diagnostic_times)]
+    if any(d is not None for d in on.diagnostic_times):  # timed inside the same epochs: immune to drift
+        shares = [d / (t - d) for t, d in zip(on.epoch_times, on.diagnostic_times) if d is not None]
         label = "time in diagnostics / rest of the epoch"
         lines.append(f"{label:<41} = {statistics.median(shares):+7.1%}  (same epochs; per round: "
-                     f"{', '.join(f'{d:.3f} s' for d in on.diagnostic_times)})")  # fmt: skip
+                     f"{', '.join(f'{d:.3f} s' for d in on.diagnostic_times if d is not None)})")  # fmt: skip
     if "baseline" in timings:
         lines.append(ratio_row(f"{activation} / {baseline_activation} epoch (diagnostics off)", "off", "baseline"))
     if "reference" in timings:

@@ -294,7 +294,8 @@ class BSpline(nn.Module):
     def spline(self, x: torch.Tensor) -> torch.Tensor:
         r""":math:`\sum_i c_i B_i(x)` from the four bases that are non-zero at each x."""
         scale = self.grid_size / (2 * self.grid_range)  # knot intervals per unit of x
-        return _UniformCubicSpline.apply(x, self.coefficients.to(x.dtype), self.knots[0].item(), scale)
+        first_knot = -self.grid_range - self.order / scale  # knots[0], without a device sync
+        return _UniformCubicSpline.apply(x, self.coefficients.to(x.dtype), first_knot, scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base_weight.to(x.dtype) * F.silu(x) + self.spline_weight.to(x.dtype) * self.spline(x)

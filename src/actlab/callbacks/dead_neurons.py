@@ -50,9 +50,8 @@ class DeadNeuronCounter:
         the threshold or can no longer reach it even if every remaining sample were near zero."""
         if self.fired is None or not bool(self.fired.all()):
             return False
-        threshold = fraction * (self.probe_samples or self.samples)
-        remaining = (self.probe_samples or self.samples) - self.samples
-        count = self.near_zero_count
+        total = self.probe_samples or self.samples
+        threshold, remaining, count = fraction * total, total - self.samples, self.near_zero_count
         return bool(((count >= threshold) | (count + remaining < threshold)).all())
 
 
@@ -102,7 +101,7 @@ class DeadNeuronMonitor(Diagnostic):
 
     A neuron is dead when its post-activation output is exactly 0 for every sample of the
     probe set: by default the whole training set, evaluated in eval mode under
-    ``torch.inference_mode`` in large batches straight from the in-memory tensors. Since
+    ``torch.inference_mode`` in cache-sized batches straight from the in-memory tensors. Since
     smooth activations are never exactly 0, a near-dead variant counts neurons with
     ``|out| <= near_dead_tol`` on at least ``near_dead_fraction`` of the samples.
     The final values go into the run record. The scan stops as soon as the rest of the
@@ -129,14 +128,13 @@ class DeadNeuronMonitor(Diagnostic):
     ) -> None:
         super().__init__(every_n_epochs, figures_dir)
         self.probe_size, self.batch_size, self.settle_early = probe_size, batch_size, settle_early
-        self.samples_scanned = 0  # samples of the last scan that went through the first layer
         self.near_dead_tol, self.near_dead_fraction = near_dead_tol, near_dead_fraction
         self.history: list[tuple[int, list[float], list[float]]] = []  # (step, dead, near-dead)
 
     @torch.inference_mode()
     def measure(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
         inputs, _ = probe_batch(trainer, self.probe_size)
-        counters, self.samples_scanned = scan_dead_neurons(
+        counters, _ = scan_dead_neurons(
             pl_module.net, inputs, self.near_dead_tol, self.near_dead_fraction, self.batch_size, self.settle_early
         )
         dead = [c.dead() for c in counters]
