@@ -189,9 +189,8 @@ def _finalise_record(record: dict[str, Any], trainer: L.Trainer | None, history:
                 record.update(callback.record_metrics())
         diagnostics = [c for c in trainer.callbacks if isinstance(c, Diagnostic)]
         if diagnostics:  # seconds of each epoch_times_s entry spent in them (None: not timed here)
-            record["diagnostics_epoch_s"] = [
-                sum(c.epoch_seconds[e] for c in diagnostics if e in c.epoch_seconds)
-                if any(e in c.epoch_seconds for c in diagnostics)
-                else None
+            timed = [
+                [c.epoch_seconds[e] for c in diagnostics if e in c.epoch_seconds]
                 for e in range(len(history.epoch_times))
             ]
+            record["diagnostics_epoch_s"] = [sum(seconds) if seconds else None for seconds in timed]

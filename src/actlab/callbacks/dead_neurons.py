@@ -36,13 +36,18 @@ class DeadNeuronCounter:
             self.near_zero_count += near_zero
         self.samples += outputs.shape[0]
 
+    @property
+    def total(self) -> int:
+        """Samples the near-dead fraction is taken of: the whole probe set, or those seen."""
+        return self.probe_samples or self.samples
+
     def dead(self) -> torch.Tensor:
         """Boolean mask of neurons that were exactly 0 for every sample seen."""
         return ~self.fired
 
     def near_dead(self, fraction: float = 0.99) -> torch.Tensor:
         """Neurons within the tolerance of zero on at least ``fraction`` of the probe samples."""
-        return self.near_zero_count >= fraction * (self.probe_samples or self.samples)
+        return self.near_zero_count >= fraction * self.total
 
     def settled(self, fraction: float = 0.99) -> bool:
         """Whether the rest of the probe set can no longer change :meth:`dead` or
@@ -50,8 +55,7 @@ class DeadNeuronCounter:
         the threshold or can no longer reach it even if every remaining sample were near zero."""
         if self.fired is None or not bool(self.fired.all()):
             return False
-        total = self.probe_samples or self.samples
-        threshold, remaining, count = fraction * total, total - self.samples, self.near_zero_count
+        threshold, remaining, count = fraction * self.total, self.total - self.samples, self.near_zero_count
         return bool(((count >= threshold) | (count + remaining < threshold)).all())
 
 
