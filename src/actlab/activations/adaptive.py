@@ -65,48 +65,39 @@ class TrainableELU(nn.Module):
 
 
 class _STAFFunction(torch.autograd.Function):
-    """y = sum_i C_i sin(W_i x + P_i), with sin/cos computed once and reductions as matvecs."""
+    """y = sum_i C_i sin(W_i x + P_i), with sin/cos computed once and reductions as matvecs.
+
+    The PyTorch path (GPUs, other dtypes, no compiler). Written in the ``setup_context``
+    style with a generated vmap rule, so it also runs under ``torch.func.vmap``."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, x, amplitude, frequency, phase):
+    def forward(x, amplitude, frequency, phase):
         flat = x.reshape(-1, 1)
         z = torch.addcmul(phase, flat, frequency)  # (n, tau)
         sin_z, cos_z = torch.sin(z), torch.cos(z)
-        ctx.save_for_backward(flat, amplitude, frequency, sin_z, cos_z)
-        return (sin_z @ amplitude).reshape(x.shape)
+        return (sin_z @ amplitude).reshape(x.shape), sin_z, cos_z
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, amplitude, frequency, _ = inputs
+        _, sin_z, cos_z = output
+        ctx.mark_non_differentiable(sin_z, cos_z)
+        ctx.save_for_backward(x, amplitude, frequency, sin_z, cos_z)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_output):
-        flat, amplitude, frequency, sin_z, cos_z = ctx.saved_tensors
+    def backward(ctx, grad_output, _grad_sin, _grad_cos):
+        x, amplitude, frequency, sin_z, cos_z = ctx.saved_tensors
         g = grad_output.reshape(-1)
         # d y / d z_i = C_i cos z_i; every parameter gradient is a matvec over the batch.
         grad_x = (cos_z @ (amplitude * frequency)) * g
         g_cos = g @ cos_z
         grad_amplitude = g @ sin_z
         grad_phase = amplitude * g_cos
-        grad_frequency = amplitude * ((g * flat.reshape(-1)) @ cos_z)
+        grad_frequency = amplitude * ((g * x.reshape(-1)) @ cos_z)
         return grad_x.reshape(grad_output.shape), grad_amplitude, grad_frequency, grad_phase
-
-
-class _STAFKernelFunction(torch.autograd.Function):
-    """The same function on the fused C kernel (float32, CPU): no (n, tau) tensors at all."""
-
-    @staticmethod
-    def forward(ctx, x, amplitude, frequency, phase):
-        x, params = x.contiguous(), [p.contiguous() for p in (amplitude, frequency, phase)]
-        ctx.save_for_backward(x, *params)
-        return staf_kernel.forward(x, *params)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_output):
-        x, amplitude, frequency, phase = ctx.saved_tensors
-        need_x, need_params = ctx.needs_input_grad[0], any(ctx.needs_input_grad[1:])
-        grad_x, grad_params = staf_kernel.backward(
-            x, grad_output.contiguous(), amplitude, frequency, phase, need_x, need_params
-        )
-        return grad_x, *(grad_params or (None, None, None))
 
 
 class STAF(nn.Module):
@@ -122,14 +113,16 @@ class STAF(nn.Module):
     implicit neural representations of images; classification wants low frequencies, so the
     default here is :math:`\omega_0 = 2`.
 
-    On the CPU in float32 a fused C kernel (``staf_kernel.c``, compiled on first use) sums
-    the terms in registers, 5x faster than the PyTorch path, which serves every other
-    device and dtype (and ``fused_cpu_kernel=False``); both agree to float32 rounding.
+    On the CPU in float32 a fused kernel (the ``torch.ops.actlab.staf_forward`` operator of
+    ``staf_kernel.cpp``, built on first use) sums the terms in registers, ~5x faster than
+    the PyTorch path, which serves every other device and dtype (and
+    ``fused_cpu_kernel=False``); both agree to float32 rounding, and both work under
+    autograd, ``torch.compile`` and ``torch.func.vmap``.
 
     Args:
         tau: number of sinusoidal terms (25 as in the textbook).
         omega_0: frequency scale of the initialisation.
-        fused_cpu_kernel: use the C kernel where it applies.
+        fused_cpu_kernel: use the fused kernel where it applies.
 
     Shape: any. Reference: Morsali et al., "STAF: Sinusoidal Trainable Activation Functions
     for Implicit Neural Representation", 2025 (arXiv:2502.00869).
@@ -149,8 +142,8 @@ class STAF(nn.Module):
         dtype = x.dtype
         params = self.amplitude.to(dtype), self.frequency.to(dtype), self.phase.to(dtype)
         if self.fused_cpu_kernel and staf_kernel.supports(x, self.tau):
-            return _STAFKernelFunction.apply(x, *params)
-        return _STAFFunction.apply(x, *params)
+            return staf_kernel.staf(x, *params)
+        return _STAFFunction.apply(x, *params)[0]
 
     def extra_repr(self) -> str:
         return f"tau={self.tau}, omega_0={self.omega_0}"

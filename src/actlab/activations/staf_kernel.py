@@ -1,29 +1,34 @@
-"""The fused CPU kernel of STAF (``staf_kernel.c``): compiled on first use, called via ctypes.
+"""STAF's fused CPU kernel as PyTorch operators: ``torch.ops.actlab.staf_forward`` and
+``torch.ops.actlab.staf_backward``, defined in ``staf_kernel.cpp``.
 
-The C file needs only a C compiler (``$CC`` or ``cc``, well under a second); the shared
-library is cached per source, flags and CPU features in ``$ACTLAB_CACHE_DIR`` (default
-``~/.cache/actlab``), written atomically so concurrent sweep jobs can share it. Without a
-compiler :func:`load` warns once and returns ``None``, and STAF uses its PyTorch path.
+The C++ file is built by ``torch.utils.cpp_extension`` on first use (a C++ compiler and
+``ninja`` are needed; the build takes a minute once and is cached per source, flags and
+CPU features in ``$ACTLAB_CACHE_DIR``, default ``~/.cache/actlab``). The operators check
+dtype, device, layout and sizes themselves (``TORCH_CHECK``); this module registers what
+makes them compose with the rest of PyTorch:
+
+- an autograd formula (``register_autograd``): the backward operator;
+- fake implementations (``register_fake``), so ``torch.compile`` traces through them;
+- vmap rules (``register_vmap``): a batch of members (a packed sweep's stacked STAFs)
+  runs as one kernel call per member, each with its own parameters.
+
+Without a compiler :func:`load` warns once and returns False, and STAF uses its PyTorch path.
 """
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import hashlib
+import logging
 import os
 import platform
-import shutil
-import subprocess
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("staf_kernel.c")
-# Below this many (element x term) evaluations a second thread costs more than it saves.
-_WORK_PER_THREAD = 100_000
+SOURCE = Path(__file__).with_name("staf_kernel.cpp")
+MAX_TAU = 256  # the kernel keeps each term's constants in registers: MAX_TAU in staf_kernel.cpp
 
 
 def cache_dir() -> Path:
@@ -42,103 +47,113 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
-def compile_flags(openmp: bool = True) -> list[str]:
-    """Flags for this host: AVX2+FMA where the CPU has them (the file name keys on them, so
+def compile_flags() -> list[str]:
+    """Flags for this host: AVX2+FMA where the CPU has them (the build folder keys on them, so
     hosts of a cluster sharing one home directory each load a library they can run)."""
-    flags = ["-O3", "-std=c11", "-ffp-contract=fast", "-shared", "-fPIC"]
-    if openmp:
-        flags.append("-fopenmp")
+    flags = ["-O3", "-ffp-contract=fast", "-fopenmp"]
     if platform.machine() in ("x86_64", "AMD64") and {"avx2", "fma"} <= _cpu_flags():
         flags += ["-mavx2", "-mfma"]
     return flags
 
 
-def _build(compiler: str, flags: list[str]) -> Path:
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([compiler, platform.machine(), *flags]).encode())
-    target = cache_dir() / f"staf_kernel-{key.hexdigest()[:16]}.so"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            built = Path(tmp) / target.name
-            command = [compiler, *flags, str(SOURCE), "-o", str(built)]
-            subprocess.run(command, check=True, capture_output=True, text=True)
-            os.replace(built, target)
-    return target
+def _build_directory(flags: list[str]) -> Path:
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([torch.__version__, platform.machine(), *flags]).encode())
+    directory = cache_dir() / f"staf_kernel-{key.hexdigest()[:16]}"
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+_available: bool | None = None  # what load() found; read directly where torch.compile traces
 
 
 @functools.cache
-def load() -> ctypes.CDLL | None:
-    """The kernel library, or ``None`` (with one warning) when it cannot be built here.
+def load() -> bool:
+    """Build (once) and load the operators; False, with one warning, where that fails."""
+    global _available
+    # importing cpp_extension on a machine without CUDA logs a warning that concerns CUDA builds only
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    try:
+        from torch.utils import cpp_extension
 
-    Built with OpenMP where the compiler has it (then it shares PyTorch's libgomp thread
-    pool), else single-threaded."""
-    compiler = shutil.which(os.environ.get("CC", "cc"))
-    library, errors = None, []
-    for openmp in (True, False):
-        try:
-            if compiler is None:
-                raise OSError(f"no C compiler ({os.environ.get('CC', 'cc')!r}) on PATH")
-            library = ctypes.CDLL(str(_build(compiler, compile_flags(openmp))))
-            break
-        except (OSError, subprocess.CalledProcessError) as error:
-            errors.append(str(getattr(error, "stderr", None) or error).strip())
-    if library is None:
-        warnings.warn(f"STAF: fused CPU kernel unavailable, using the slower PyTorch path ({errors[-1]})", stacklevel=2)
-        return None
-    pointer, size, integer = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
-    library.staf_forward.argtypes = [pointer, size, pointer, pointer, pointer, integer, pointer, integer]
-    # x, g, n, C, W, P, tau, grad_x, grad_C, grad_W, grad_P, threads
-    library.staf_backward.argtypes = [pointer, pointer, size, *[pointer] * 3, integer, *[pointer] * 4, integer]
-    library.staf_forward.restype = library.staf_backward.restype = library.staf_max_tau.restype = integer
-    return library
-
-
-@functools.cache
-def _max_tau() -> int:
-    return load().staf_max_tau()
+        flags = compile_flags()
+        cpp_extension.load(
+            name="actlab_staf_kernel",
+            sources=[str(SOURCE)],
+            extra_cflags=flags,
+            extra_ldflags=["-fopenmp"],
+            build_directory=str(_build_directory(flags)),
+            is_python_module=False,
+            verbose=False,
+        )
+    except Exception as error:  # no compiler, no ninja, a failed build: all mean the PyTorch path
+        warnings.warn(f"STAF: fused CPU kernel unavailable, using the slower PyTorch path ({error})", stacklevel=2)
+        _available = False
+        return False
+    _register_python_parts()
+    _available = True
+    return True
 
 
 def supports(x: torch.Tensor, tau: int) -> bool:
     """Whether the kernel can evaluate STAF on ``x`` (float32 on the CPU, tau within its limit)."""
-    if x.device.type != "cpu" or x.dtype != torch.float32 or torch.compiler.is_compiling():
+    if x.device.type != "cpu" or x.dtype != torch.float32 or tau > MAX_TAU:
         return False
-    return load() is not None and tau <= _max_tau()
+    return _available if _available is not None else load()
 
 
-def _threads(elements: int, tau: int) -> int:
-    return max(1, min(torch.get_num_threads(), elements * tau // _WORK_PER_THREAD))
-
-
-def forward(x: torch.Tensor, amplitude: torch.Tensor, frequency: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
-    """STAF of the contiguous float32 ``x`` (any shape)."""
-    tau = amplitude.numel()
-    y = torch.empty_like(x)
-    params = amplitude.data_ptr(), frequency.data_ptr(), phase.data_ptr()
-    status = load().staf_forward(x.data_ptr(), x.numel(), *params, tau, y.data_ptr(), _threads(x.numel(), tau))
-    if status != 0:
-        raise RuntimeError(f"staf_forward failed with status {status}")
-    return y
-
-
-def backward(
-    x: torch.Tensor,
-    grad: torch.Tensor,
-    amplitude: torch.Tensor,
-    frequency: torch.Tensor,
-    phase: torch.Tensor,
-    input_grad: bool,
-    parameter_grads: bool,
-) -> tuple[torch.Tensor | None, tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None]:
-    """``grad * dy/dx`` and the gradients of the amplitudes, frequencies and phases (summed
-    over the elements in float64); each only if asked."""
-    tau = amplitude.numel()
-    grad_x = torch.empty_like(x) if input_grad else None
-    grad_params = tuple(torch.empty(tau) for _ in range(3)) if parameter_grads else None
-    params = amplitude.data_ptr(), frequency.data_ptr(), phase.data_ptr()
-    outputs = [t.data_ptr() if t is not None else None for t in (grad_x, *(grad_params or (None,) * 3))]
-    status = load().staf_backward(
-        x.data_ptr(), grad.data_ptr(), x.numel(), *params, tau, *outputs, _threads(x.numel(), tau)
+def staf(x: torch.Tensor, amplitude: torch.Tensor, frequency: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
+    """sum_i C_i sin(W_i x + P_i) on the kernel, differentiable in all four inputs."""
+    return torch.ops.actlab.staf_forward(
+        x.contiguous(), amplitude.contiguous(), frequency.contiguous(), phase.contiguous()
     )
-    if status != 0:
-        raise RuntimeError(f"staf_backward failed with status {status}")
-    return grad_x, grad_params
+
+
+@functools.cache  # once per process, however often load() is retried
+def _register_python_parts() -> None:
+    forward, backward = "actlab::staf_forward", "actlab::staf_backward"
+
+    @torch.library.register_fake(forward)
+    def _(x, amplitude, frequency, phase):
+        return torch.empty_like(x)
+
+    @torch.library.register_fake(backward)
+    def _(grad, x, amplitude, frequency, phase, input_grad, parameter_grads):
+        tau = amplitude.shape[0] if parameter_grads else 0
+        grad_x = torch.empty_like(x) if input_grad else x.new_empty(0)
+        return grad_x, x.new_empty(tau), x.new_empty(tau), x.new_empty(tau)
+
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    def backward_formula(ctx, grad):
+        x, amplitude, frequency, phase = ctx.saved_tensors
+        need_x, need_params = ctx.needs_input_grad[0], any(ctx.needs_input_grad[1:])
+        grad_x, *grad_params = torch.ops.actlab.staf_backward(
+            grad.contiguous(), x, amplitude, frequency, phase, need_x, need_params
+        )
+        return (grad_x if need_x else None), *(grad_params if need_params else (None, None, None))
+
+    torch.library.register_autograd(forward, backward_formula, setup_context=setup_context)
+    torch.library.register_vmap(forward, _per_member(torch.ops.actlab.staf_forward, tensors=4))
+    torch.library.register_vmap(backward, _per_member(torch.ops.actlab.staf_backward, tensors=5))
+
+
+def _per_member(op, tensors: int):
+    """A vmap rule that runs ``op`` once per member of the batch (each on contiguous slices)
+    and stacks the results along dim 0: members have their own parameters, so there is no
+    single kernel call to batch into, and one call per member keeps the fused speed."""
+
+    def rule(info, in_dims, *args):
+        def member(i: int) -> list:
+            return [
+                arg.select(dim, i).contiguous() if dim is not None else arg
+                for arg, dim in zip(args[:tensors], in_dims[:tensors])
+            ] + list(args[tensors:])
+
+        results = [op(*member(i)) for i in range(info.batch_size)]
+        if isinstance(results[0], torch.Tensor):
+            return torch.stack(results), 0
+        stacked = tuple(torch.stack(parts) for parts in zip(*results))
+        return stacked, (0,) * len(stacked)
+
+    return rule

@@ -1,4 +1,5 @@
-/* Fused CPU kernel for STAF, y = sum_i C_i sin(W_i x + P_i), and its gradients.
+/* Fused CPU kernel for STAF, y = sum_i C_i sin(W_i x + P_i), and its gradients, registered
+ * as PyTorch operators `actlab::staf_forward` and `actlab::staf_backward` (CPU, float32).
  *
  * Why: evaluated with PyTorch ops, STAF materialises (n, tau) tensors of sin and cos of
  * every term per layer and step, so a tau=25 network spends most of its time in its
@@ -16,10 +17,17 @@
  * NaN and inf propagate as with torch.sin.
  *
  * GCC/Clang vector extensions give 8-wide SIMD (AVX2 with -mavx2, else pairs of SSE/NEON
- * registers). Threads come from OpenMP: compiled with -fopenmp, this library links the
- * libgomp that PyTorch has already loaded, so it runs on PyTorch's own thread pool instead
- * of fighting it for the cores. Loaded through ctypes by staf_kernel.py.
+ * registers). Threads come from OpenMP, the runtime PyTorch's CPU build already uses, with
+ * at::get_num_threads() of them: the kernel runs on PyTorch's own thread pool instead of
+ * fighting it for the cores. Built by torch.utils.cpp_extension (see staf_op.py), which
+ * also registers the autograd formula, the fake (meta) implementation and the vmap rule.
  */
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <torch/library.h>
+
 #include <stdlib.h>
 #include <string.h>
 #ifdef _OPENMP
@@ -111,10 +119,8 @@ static int share(long n, long *begin, long *end, int *team) {
     return id;
 }
 
-int staf_max_tau(void) { return MAX_TAU; }
-
 /* y[n] = sum_i C_i sin(W_i x + P_i). */
-int staf_forward(const float *x, long n, const float *C, const float *W, const float *P, int tau, float *y,
+static int staf_forward_raw(const float *x, long n, const float *C, const float *W, const float *P, int tau, float *y,
                  int threads) {
     if (tau < 1 || tau > MAX_TAU || threads < 1) return -1;
 #pragma omp parallel num_threads(threads)
@@ -148,12 +154,12 @@ int staf_forward(const float *x, long n, const float *C, const float *W, const f
  * grad_C is NULL): grad_C[i] = sum_n g sin z_i, grad_W[i] = C_i sum_n g x cos z_i and
  * grad_P[i] = C_i sum_n g cos z_i, summed in double. Blocks of BLOCK vectors stay in L1
  * while the term loop runs over them, so each term's three sums live in registers. */
-int staf_backward(const float *x, const float *g, long n, const float *C, const float *W, const float *P, int tau,
+static int staf_backward_raw(const float *x, const float *g, long n, const float *C, const float *W, const float *P, int tau,
                   float *grad_x, float *grad_C, float *grad_W, float *grad_P, int threads) {
     if (tau < 1 || tau > MAX_TAU || threads < 1) return -1;
     /* one row of partial sums per thread, added in thread order: deterministic results */
     const int sums = grad_C != NULL;
-    double *partials = calloc((size_t)threads * 3 * tau, sizeof(double));
+    double *partials = (double *)calloc((size_t)threads * 3 * tau, sizeof(double));
     if (!partials) return -2;
     int used = 1;
 #pragma omp parallel num_threads(threads)
@@ -218,4 +224,85 @@ int staf_backward(const float *x, const float *g, long n, const float *C, const 
     }
     free(partials);
     return 0;
+}
+
+/* ---- PyTorch operators: inputs checked here, so a wrong dtype, device, layout or size
+ * raises a clear error instead of reaching the raw loops above. ---- */
+
+/* Below this many (element x term) evaluations a second thread costs more than it saves. */
+static const long WORK_PER_THREAD = 100000;
+
+static int threads_for(long elements, long tau) {
+    long wanted = elements * tau / WORK_PER_THREAD;
+    long available = at::get_num_threads();
+    return (int)(wanted < 1 ? 1 : (wanted < available ? wanted : available));
+}
+
+static void check_float32_cpu_contiguous(const at::Tensor &t, const char *name) {
+    TORCH_CHECK(t.device().is_cpu(), "staf kernel: ", name, " must be on the CPU, got ", t.device());
+    TORCH_CHECK(t.scalar_type() == at::kFloat, "staf kernel: ", name, " must be float32, got ", t.scalar_type());
+    TORCH_CHECK(t.is_contiguous(), "staf kernel: ", name, " must be contiguous");
+}
+
+static long check_parameters(const at::Tensor &amplitude, const at::Tensor &frequency, const at::Tensor &phase) {
+    const at::Tensor *params[3] = {&amplitude, &frequency, &phase};
+    const char *names[3] = {"amplitude", "frequency", "phase"};
+    for (int k = 0; k < 3; k++) {
+        check_float32_cpu_contiguous(*params[k], names[k]);
+        TORCH_CHECK(params[k]->dim() == 1, "staf kernel: ", names[k], " must be 1-D (tau,), got shape ",
+                    params[k]->sizes());
+    }
+    long tau = amplitude.numel();
+    TORCH_CHECK(frequency.numel() == tau && phase.numel() == tau, "staf kernel: amplitude, frequency and phase ",
+                "must have the same length, got ", tau, ", ", frequency.numel(), ", ", phase.numel());
+    TORCH_CHECK(tau >= 1 && tau <= MAX_TAU, "staf kernel: tau must be in 1..", MAX_TAU, ", got ", tau);
+    return tau;
+}
+
+static at::Tensor staf_forward(const at::Tensor &x, const at::Tensor &amplitude, const at::Tensor &frequency,
+                               const at::Tensor &phase) {
+    check_float32_cpu_contiguous(x, "x");
+    long tau = check_parameters(amplitude, frequency, phase);
+    at::Tensor y = at::empty_like(x);
+    long n = x.numel();
+    int status = staf_forward_raw(x.data_ptr<float>(), n, amplitude.data_ptr<float>(), frequency.data_ptr<float>(),
+                                  phase.data_ptr<float>(), (int)tau, y.data_ptr<float>(), threads_for(n, tau));
+    TORCH_CHECK(status == 0, "staf_forward failed with status ", status);
+    return y;
+}
+
+/* (grad_x, grad_amplitude, grad_frequency, grad_phase); a gradient not asked for comes back
+ * as an empty tensor. */
+static std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> staf_backward(
+    const at::Tensor &grad, const at::Tensor &x, const at::Tensor &amplitude, const at::Tensor &frequency,
+    const at::Tensor &phase, bool input_grad, bool parameter_grads) {
+    check_float32_cpu_contiguous(x, "x");
+    check_float32_cpu_contiguous(grad, "grad");
+    TORCH_CHECK(grad.sizes() == x.sizes(), "staf kernel: grad shape ", grad.sizes(), " differs from x shape ",
+                x.sizes());
+    long tau = check_parameters(amplitude, frequency, phase);
+    at::Tensor grad_x = input_grad ? at::empty_like(x) : at::empty({0}, x.options());
+    at::Tensor grad_c = at::empty({parameter_grads ? tau : 0}, x.options());
+    at::Tensor grad_w = at::empty({parameter_grads ? tau : 0}, x.options());
+    at::Tensor grad_p = at::empty({parameter_grads ? tau : 0}, x.options());
+    long n = x.numel();
+    int status = staf_backward_raw(
+        x.data_ptr<float>(), grad.data_ptr<float>(), n, amplitude.data_ptr<float>(), frequency.data_ptr<float>(),
+        phase.data_ptr<float>(), (int)tau, input_grad ? grad_x.data_ptr<float>() : nullptr,
+        parameter_grads ? grad_c.data_ptr<float>() : nullptr, parameter_grads ? grad_w.data_ptr<float>() : nullptr,
+        parameter_grads ? grad_p.data_ptr<float>() : nullptr, threads_for(n, tau));
+    TORCH_CHECK(status == 0, "staf_backward failed with status ", status);
+    return {grad_x, grad_c, grad_w, grad_p};
+}
+
+TORCH_LIBRARY(actlab, m) {
+    m.def("staf_forward(Tensor x, Tensor amplitude, Tensor frequency, Tensor phase) -> Tensor");
+    m.def(
+        "staf_backward(Tensor grad, Tensor x, Tensor amplitude, Tensor frequency, Tensor phase, bool input_grad, "
+        "bool parameter_grads) -> (Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(actlab, CPU, m) {
+    m.impl("staf_forward", &staf_forward);
+    m.impl("staf_backward", &staf_backward);
 }
