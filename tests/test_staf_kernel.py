@@ -130,12 +130,13 @@ assert torch.allclose(act(x), (torch.sin(z) * act.amplitude).sum(-1), atol=1e-5)
 def test_operators_are_built_once_per_source_and_flags(tmp_path):
     script = "from actlab.activations import staf_kernel; assert staf_kernel.load()"
     env = {"ACTLAB_CACHE_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    mtimes = []
     for _ in range(2):
         result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
         (built,) = tmp_path.glob("staf_kernel-*/actlab_staf_kernel.so")
-        mtime = built.stat().st_mtime_ns if _ == 0 else mtime
-    assert built.stat().st_mtime_ns == mtime  # the second process reused the first one's build
+        mtimes.append(built.stat().st_mtime_ns)
+    assert mtimes[0] == mtimes[1]  # the second process reused the first one's build
 
 
 @requires_kernel
