@@ -17,7 +17,7 @@ def main(cfg: DictConfig) -> float | None:
         overrides=list(hydra_cfg.overrides.task),
         parallel_jobs=hydra_cfg.launcher.get("n_jobs"),
     )
-    return record.get("test/acc")
+    return record.get("val/acc_best")  # what a sweeper optimises: validation, never test
 
 
 if __name__ == "__main__":

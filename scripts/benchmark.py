@@ -1,15 +1,322 @@
 """Epoch time of actlab's training against the textbook's loop and a minimal hand loop,
-measured in one process on the same data, model and device; prints the ratios.
+measured in one process on the same data, model, optimiser and device; prints the ratios.
 
     python scripts/benchmark.py                          # CPU, ReLU, real data
     python scripts/benchmark.py --device cuda --activation staf --versus relu
     python scripts/benchmark.py --activations            # per-activation forward/backward table
+
+Self-contained: it reads the FashionMNIST files itself and drives actlab only through its
+public entry points (the composed config and ``actlab.training.run``, whose run record
+gives the per-epoch times and the seconds spent in the diagnostics).
 """
 
-import argparse
+from __future__ import annotations
 
-from actlab.benchmark import activation_speed, benchmark, format_report
-from actlab.config import group_options
+import argparse
+import gzip
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from actlab.config import CONFIG_DIR, group_options, load_activation
+from actlab.models import SimpleNetwork
+
+FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+def find_files(data_dir: str | None, system_dir: str | None) -> dict[str, Path]:
+    """The four files (plain or .gz) in the first of ``data_dir``, ``system_dir`` holding all."""
+    for directory in filter(None, [data_dir, system_dir]):
+        found = {}
+        for key, stem in FILES.items():
+            candidates = [Path(directory) / f"{stem}.gz", Path(directory) / stem]
+            found[key] = next((c for c in candidates if c.is_file()), None)
+        if all(found.values()):
+            return found
+    raise SystemExit(f"benchmark: FashionMNIST not found in {data_dir or ''} {system_dir or ''} (see README 'Data')")
+
+
+def read_idx(path: Path) -> torch.Tensor:
+    """A uint8 IDX file (images or labels) as a tensor."""
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    ndim = raw[3]
+    shape = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    return torch.from_numpy(np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape).copy())
+
+
+def normalise(images: torch.Tensor) -> torch.Tensor:
+    return images.float().div_(127.5).sub_(1.0)  # [0, 255] -> [-1, 1], as actlab's DataModule
+
+
+@dataclass
+class Timing:
+    name: str
+    epoch_times: list[float]
+    # seconds of each timed epoch spent inside the diagnostics (actlab with diagnostics on)
+    diagnostic_times: list[float] = field(default_factory=list)
+
+    @property
+    def epoch_s(self) -> float:
+        return statistics.median(self.epoch_times)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _network(activation: str, device: torch.device) -> SimpleNetwork:
+    torch.manual_seed(0)
+    return SimpleNetwork(lambda: load_activation(activation)).to(device)
+
+
+def _sgd(net: torch.nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
+
+
+def _time_epochs(run_epoch: Callable[[], None], epochs: int, device: torch.device) -> list[float]:
+    run_epoch()  # warm-up: allocator, kernels, caches
+    times = []
+    for _ in range(epochs):
+        _sync(device)
+        start = time.perf_counter()
+        run_epoch()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def reference_loop(files: dict[str, Path], activation: str, device: torch.device, epochs: int,
+                   steps: int | None, batch_size: int = 128) -> Timing:  # fmt: skip
+    """The textbook's loop: torchvision FashionMNIST with per-sample ToTensor + Normalize, a
+    shuffling DataLoader, and a plain loop that also evaluates the test set every epoch."""
+    from torchvision import datasets, transforms
+
+    root = Path(tempfile.mkdtemp(prefix="actlab-bench-"))
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for key, stem in FILES.items():  # torchvision reads the decompressed files from root/raw
+        source = files[key]
+        opener = gzip.open if source.suffix == ".gz" else open
+        with opener(source, "rb") as src, open(raw / stem, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    try:
+        transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
+        train = datasets.FashionMNIST(str(root), train=True, transform=transform, download=False)
+        test = datasets.FashionMNIST(str(root), train=False, transform=transform, download=False)
+        train_loader = torch.utils.data.DataLoader(train, batch_size=batch_size, shuffle=True)
+        test_loader = torch.utils.data.DataLoader(test, batch_size=batch_size)
+        net = _network(activation, device)
+        optimizer = _sgd(net)
+
+        def epoch() -> None:
+            net.train()
+            for i, (x, y) in enumerate(train_loader):
+                if steps is not None and i >= steps:
+                    break
+                x, y = x.to(device), y.to(device)
+                optimizer.zero_grad()
+                loss = F.cross_entropy(net(x), y)
+                loss.backward()
+                optimizer.step()
+            net.eval()
+            correct = 0
+            with torch.no_grad():
+                for i, (x, y) in enumerate(test_loader):
+                    if steps is not None and i >= max(1, steps // 10):
+                        break
+                    x, y = x.to(device), y.to(device)
+                    correct += (net(x).argmax(1) == y).sum().item()
+
+        return Timing("reference (textbook: torchvision + DataLoader)", _time_epochs(epoch, epochs, device))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def hand_loop(files: dict[str, Path], activation: str, device: torch.device, epochs: int,
+              steps: int | None, batch_size: int = 128, val_size: int = 5000) -> Timing:  # fmt: skip
+    """The floor for eager PyTorch: in-memory tensors on the device, batches by indexing,
+    no framework; the same train/validation split sizes as actlab's default run."""
+    images = normalise(read_idx(files["train_images"])).to(device)
+    labels = read_idx(files["train_labels"]).long().to(device)
+    train_x, train_y = images[val_size:], labels[val_size:]
+    val_x, val_y = images[:val_size], labels[:val_size]
+    net = _network(activation, device)
+    optimizer = _sgd(net)
+    n = len(train_y) if steps is None else min(len(train_y), steps * batch_size)
+
+    def epoch() -> None:
+        net.train()
+        order = torch.randperm(len(train_y), device=device)
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            loss = F.cross_entropy(net(train_x[idx]), train_y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        net.eval()
+        with torch.inference_mode():
+            correct = torch.zeros((), device=device, dtype=torch.long)
+            for start in range(0, len(val_y), 1024):
+                logits = net(val_x[start : start + 1024])
+                correct += (logits.argmax(1) == val_y[start : start + 1024]).sum()
+            correct.item()
+
+    return Timing("hand loop (in-memory tensors, plain PyTorch)", _time_epochs(epoch, epochs, device))
+
+
+def actlab_epochs(data_dir: str | None, system_dir: str | None, activation: str, device: torch.device,
+                  epochs: int, steps: int | None, callbacks: bool) -> Timing:  # fmt: skip
+    """actlab's training exactly as ``train.py`` runs it (composed config, ``run``), timed by
+    the run record's own per-epoch times (training steps + validation + diagnostics)."""
+    from hydra import compose, initialize_config_dir
+
+    from actlab.training import run
+
+    output_dir = Path(tempfile.mkdtemp(prefix="actlab-bench-run-"))
+    overrides = [
+        f"activation={activation}",
+        f"trainer={'gpu' if device.type == 'cuda' else 'cpu'}",
+        f"trainer.max_epochs={epochs + 1}",
+        f"callbacks={'default' if callbacks else 'none'}",
+        f"data.data_dir={data_dir}" if data_dir else "data.data_dir=null",
+        "data.download=false",
+        "test_after_fit=false",
+        "trainer.enable_model_summary=false",
+        f"paths.output_dir={output_dir}",
+    ]
+    if system_dir is not None:  # "" = do not look in the Debian package's folder
+        overrides.append(f"data.system_dir={system_dir or 'null'}")
+    if steps is not None:
+        overrides += [
+            f"trainer.limit_train_batches={steps}",
+            f"trainer.limit_val_batches={max(1, steps // 10)}",
+        ]
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose("train", overrides=overrides)
+        record = run(cfg, output_dir, activation=activation)
+        if record["status"] != "completed":
+            raise RuntimeError(f"benchmark run {record['status']}: {record.get('error')}")
+        label = "actlab (Lightning, diagnostics " + ("on)" if callbacks else "off)")
+        diagnostics = (record.get("diagnostics_epoch_s") or [])[1:]
+        return Timing(label, record["epoch_times_s"][1:], diagnostics)  # first epoch is the warm-up
+    finally:
+        shutil.rmtree(output_dir, ignore_errors=True)
+
+
+def benchmark(device: str = "cpu", activation: str = "relu", rounds: int = 3, steps: int | None = None,
+              data_dir: str | None = None, system_dir: str | None = None, skip_reference: bool = False,
+              baseline_activation: str | None = None) -> dict[str, Timing]:  # fmt: skip
+    """All measurements in one process. Machines drift (other tenants, clocks), so the loops
+    are interleaved: each round times one epoch of the hand loop, of actlab with diagnostics
+    and of actlab without (each after its own warm-up epoch); ratios are taken per round.
+    With ``baseline_activation``, each round also times actlab (diagnostics off) with that
+    activation, for "this activation's epoch / the baseline's epoch"."""
+    torch_device = torch.device(device)
+    if torch_device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
+    files = find_files(data_dir, DEBIAN_DIR if system_dir is None else system_dir)
+    timings = {
+        "hand": Timing("hand loop (in-memory tensors, plain PyTorch)", []),
+        "on": Timing("actlab (Lightning, diagnostics on)", []),
+        "off": Timing("actlab (Lightning, diagnostics off)", []),
+    }
+    runs = [("on", activation, True), ("off", activation, False)]
+    if baseline_activation:
+        timings["baseline"] = Timing(f"actlab with {baseline_activation} (diagnostics off)", [])
+        runs.append(("baseline", baseline_activation, False))
+    for _ in range(rounds):
+        timings["hand"].epoch_times += hand_loop(files, activation, torch_device, 1, steps).epoch_times
+        for key, name, callbacks in runs:
+            run = actlab_epochs(data_dir, system_dir, name, torch_device, 1, steps, callbacks)
+            timings[key].epoch_times += run.epoch_times
+            timings[key].diagnostic_times += run.diagnostic_times
+    if not skip_reference:
+        timings["reference"] = reference_loop(files, activation, torch_device, 1, steps)
+    return timings
+
+
+def format_report(
+    timings: dict[str, Timing], device: str, activation: str, baseline_activation: str | None = None
+) -> str:
+    """The table of epoch times and the ratios, each two ways: the median of the per-round
+    ratios (both loops timed minutes apart at most) and the ratio of the best epochs (noise
+    from other tenants only ever adds time, so the fastest epoch is the least disturbed)."""
+    lines = [f"device={device} activation={activation} torch threads={torch.get_num_threads()}", ""]
+    lines.append(f"{'loop':<50} {'epoch s (median)':>17}  per round")
+    for t in timings.values():
+        lines.append(f"{t.name:<50} {t.epoch_s:>17.3f}  {', '.join(f'{s:.3f}' for s in t.epoch_times)}")
+
+    def ratios(a: str, b: str) -> tuple[float, float]:
+        pairs = zip(timings[a].epoch_times, timings[b].epoch_times)
+        return statistics.median(x / y for x, y in pairs), min(timings[a].epoch_times) / min(timings[b].epoch_times)
+
+    def ratio_row(label: str, a: str, b: str) -> str:
+        per_round, best = ratios(a, b)
+        return f"{label:<41} = {per_round:6.2f}   {best:11.2f}"
+
+    on_off = ratios("on", "off")
+    lines += [
+        "",
+        f"{'ratio':<41}   {'median of rounds':>16}  {'best epochs':>11}",
+        ratio_row("actlab (diagnostics on)  / hand loop", "on", "hand"),
+        ratio_row("actlab (diagnostics off) / hand loop", "off", "hand"),
+        f"{'diagnostics overhead (on / off - 1)':<41} = {on_off[0] - 1:+7.1%}  {on_off[1] - 1:+11.1%}",
+    ]
+    on = timings["on"]
+    if any(d is not None for d in on.diagnostic_times):  # timed inside the same epochs: immune to drift
+        shares = [d / (t - d) for t, d in zip(on.epoch_times, on.diagnostic_times) if d is not None]
+        label = "time in diagnostics / rest of the epoch"
+        lines.append(f"{label:<41} = {statistics.median(shares):+7.1%}  (same epochs; per round: "
+                     f"{', '.join(f'{d:.3f} s' for d in on.diagnostic_times if d is not None)})")  # fmt: skip
+    if "baseline" in timings:
+        lines.append(ratio_row(f"{activation} / {baseline_activation} epoch (diagnostics off)", "off", "baseline"))
+    if "reference" in timings:
+        ratio = timings["reference"].epoch_s / timings["on"].epoch_s
+        lines.append(f"{'reference / actlab (diagnostics on)':<41} = {ratio:6.2f}")
+    return "\n".join(lines)
+
+
+def activation_speed(names: list[str], device: str = "cpu", shape: tuple[int, int] = (128, 256),
+                     repeats: int = 200) -> list[tuple[str, float, float]]:  # fmt: skip
+    """Forward and forward+backward time (microseconds, median of ``repeats``) of each
+    activation on one ``shape`` batch, as a layer of SimpleNetwork sees it."""
+    torch_device = torch.device(device)
+    results = []
+    for name in names:
+        torch.manual_seed(0)
+        act = load_activation(name).to(torch_device)
+        x = torch.randn(*shape, device=torch_device, requires_grad=True)
+        forward, both = [], []
+        for i in range(repeats + 10):
+            _sync(torch_device)
+            t0 = time.perf_counter()
+            y = act(x)
+            _sync(torch_device)
+            t1 = time.perf_counter()
+            y.backward(torch.ones_like(y))
+            _sync(torch_device)
+            t2 = time.perf_counter()
+            if i >= 10:
+                forward.append(t1 - t0)
+                both.append(t2 - t0)
+        results.append((name, 1e6 * statistics.median(forward), 1e6 * statistics.median(both)))
+    return results
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ import argparse
 from pathlib import Path
 
 from actlab.config import group_options
-from actlab.plot_activations import plot_activations
+from actlab.plotting import plot_activations
 
 
 def main() -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +15,6 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from actlab.config import CONFIG_DIR
-from actlab.data import write_idx
 from actlab.data.fashion_mnist import FILES, SYSTEM_DIR
 
 REPO = CONFIG_DIR.parent
@@ -21,6 +22,14 @@ HAS_REAL_DATA = all((Path(SYSTEM_DIR) / f"{stem}.gz").is_file() for stem in FILE
 requires_real_data = pytest.mark.skipif(
     not HAS_REAL_DATA, reason=f"needs `apt-get install dataset-fashion-mnist` ({SYSTEM_DIR})"
 )
+
+
+def write_idx(path: str | Path, array: np.ndarray) -> None:
+    """Write a uint8 array as an IDX file (gzip-compressed if ``path`` ends in ``.gz``)."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    payload = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+    path = Path(path)
+    path.write_bytes(gzip.compress(payload) if path.suffix == ".gz" else payload)
 
 
 def make_fake_fashion_mnist(directory: Path, n_train: int = 512, n_test: int = 128, seed: int = 0) -> Path:

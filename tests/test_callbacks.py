@@ -13,9 +13,9 @@ from torch import nn
 from actlab.callbacks import (
     DeadNeuronCounter,
     DeadNeuronMonitor,
-    GradientHistograms,
-    dead_neuron_ratios,
+    dead_neuron_metrics,
     scan_dead_neurons,
+    weight_gradients,
 )
 from actlab.data import FashionMNISTDataModule
 from actlab.models import SimpleNetwork
@@ -80,8 +80,9 @@ def test_scan_that_settles_early_gives_exactly_the_full_pass_answer(activation, 
     net = make_net_with_dead_neurons(activation, seed)
     inputs = torch.randn(9000, 784)
     with torch.inference_mode():
-        early, scanned = scan_dead_neurons(net, inputs, batch_size=2048)
-        full, full_scanned = scan_dead_neurons(net, inputs, batch_size=2048, settle_early=False)
+        early = scan_dead_neurons(net, inputs, batch_size=2048)
+        full = scan_dead_neurons(net, inputs, batch_size=2048, settle_early=False)
+        scanned, full_scanned = early[0].samples, full[0].samples
         reference = [DeadNeuronCounter(probe_samples=len(inputs)) for _ in net.linears]
         for counter, out in zip(reference, net.forward_hidden(inputs)):
             counter.update(out)
@@ -101,8 +102,8 @@ def test_scan_drops_settled_layers_behind_the_deepest_undecided_one():
         net.linears[1].bias.fill_(1.0)  # layers behind it fire on almost every sample
         net.linears[2].bias.fill_(1.0)
     with torch.inference_mode():
-        counters, scanned = scan_dead_neurons(net, torch.randn(20_000, 784))
-    assert scanned == 20_000 and counters[0].samples == 20_000
+        counters = scan_dead_neurons(net, torch.randn(20_000, 784))
+    assert counters[0].samples == 20_000
     assert counters[1].samples < 5_000 and counters[2].samples < 5_000
     assert counters[0].dead().sum() == 2
 
@@ -111,16 +112,19 @@ def test_scan_of_a_healthy_network_stops_after_a_few_batches():
     torch.manual_seed(0)
     net = SimpleNetwork(nn.LeakyReLU).eval()
     with torch.inference_mode():
-        counters, scanned = scan_dead_neurons(net, torch.randn(50_000, 784))
-    assert scanned < 10_000 and all(c.samples == scanned or c.samples < scanned for c in counters)
+        counters = scan_dead_neurons(net, torch.randn(50_000, 784))
+    assert counters[0].samples < 10_000 and all(c.samples <= counters[0].samples for c in counters)
     assert not any(bool(c.dead().any()) for c in counters)
 
 
-def test_dead_ratios_per_layer():
-    layer_a = [torch.tensor([[0.0, 1.0]]), torch.tensor([[0.0, 0.0]])]
-    layer_b = [torch.tensor([[1.0, 1.0, 0.0]]), torch.tensor([[1.0, 0.0, 0.0]])]
-    ratios = dead_neuron_ratios(zip(layer_a, layer_b))
-    assert ratios == [0.5, pytest.approx(1 / 3)]
+def test_dead_neuron_metrics_per_layer_and_overall():
+    counters = [DeadNeuronCounter(), DeadNeuronCounter()]
+    for out_a, out_b in [([[0.0, 1.0]], [[1.0, 1.0, 0.0]]), ([[0.0, 0.0]], [[1.0, 0.0, 0.0]])]:
+        counters[0].update(torch.tensor(out_a))
+        counters[1].update(torch.tensor(out_b))
+    metrics = dead_neuron_metrics(counters)
+    assert metrics["dead/layer_0"] == 0.5 and metrics["dead/layer_1"] == pytest.approx(1 / 3)
+    assert metrics["dead/overall"] == pytest.approx(2 / 5)
 
 
 def test_tensorboard_gets_every_layer_at_init_and_each_epoch(tmp_path, fake_data_dir):
@@ -148,8 +152,9 @@ def test_tensorboard_gets_every_layer_at_init_and_each_epoch(tmp_path, fake_data
     # HPARAMS: one summary naming the hyper-parameters and the real metrics (no hp_metric)
     assert "hp_metric" not in tags["scalars"]
     hparams = acc.summary_metadata["_hparams_/experiment"].plugin_data.content
-    for word in (b"activation", b"depth", b"lr", b"seed", b"test/acc", b"dead/overall"):
+    for word in (b"activation", b"depth", b"lr", b"seed", b"hparams/test/acc", b"hparams/dead/overall"):
         assert word in hparams
+    assert [e.value for e in acc.Scalars("hparams/test/acc")] == [pytest.approx(record["test/acc"])]
     # the record has the final dead ratios; static figures are in the run dir
     assert set(record) >= {"dead/overall", "dead/layer_0", "near_dead/overall", "dead/at_init"}
     figures = {p.name for p in (out / "figures").iterdir()}
@@ -161,7 +166,8 @@ def test_tensorboard_gets_every_layer_at_init_and_each_epoch(tmp_path, fake_data
 
 def test_callbacks_none_keeps_checkpoints_but_no_diagnostics(tmp_path, fake_data_dir):
     record, out = train_in_process(tmp_path, fake_data_dir, ["trainer.max_epochs=1", "callbacks=none"])
-    assert record["status"] == "completed" and "dead/overall" not in record and "diagnostics_epoch_s" not in record
+    assert record["status"] == "completed" and "dead/overall" not in record
+    assert record["diagnostics_epoch_s"] == [None]  # no diagnostic ran
     assert (out / "checkpoints" / "last.ckpt").is_file() and not (out / "figures").exists()
     acc = EventAccumulator(str(out / "tensorboard"))
     acc.Reload()
@@ -187,7 +193,7 @@ def measure_dead(trainer, activation, seed=0):
     net = SimpleNetwork(functools.partial(activation), hidden_shape=[2048, 1024, 1024, 512, 512, 256, 128])
     monitor = DeadNeuronMonitor(probe_size=20_000)
     monitor.measure(trainer, SimpleNamespace(net=net), 0)
-    return monitor.history[0][1]
+    return monitor.at_init
 
 
 @requires_real_data
@@ -205,9 +211,8 @@ def test_sigmoid_gradients_vanish_towards_the_input(real_trainer_stub):
     norms = {}
     for name, activation in [("sigmoid", nn.Sigmoid), ("relu", nn.ReLU)]:
         torch.manual_seed(0)
-        callback = GradientHistograms(probe_size=1024)
-        callback.measure(real_trainer_stub, SimpleNamespace(net=SimpleNetwork(functools.partial(activation))), 0)
-        norms[name] = callback.norms[0][1]
+        net = SimpleNetwork(functools.partial(activation))
+        norms[name] = [float(g.norm()) for g in weight_gradients(net, *real_trainer_stub.datamodule.probe_set(1024))]
     assert norms["sigmoid"][0] < norms["relu"][0] / 20  # input layer: > an order of magnitude
     assert norms["sigmoid"] == sorted(norms["sigmoid"])  # and shrinking layer by layer towards the input
 
@@ -215,7 +220,7 @@ def test_sigmoid_gradients_vanish_towards_the_input(real_trainer_stub):
 def test_run_history_checkpoint_taken_between_epochs_keeps_the_finished_epoch():
     from actlab.callbacks import RunHistory
 
-    trainer = SimpleNamespace(callback_metrics={})
+    trainer = SimpleNamespace(callback_metrics={}, current_epoch=0, callbacks=[])
     history = RunHistory()
     history.setup(trainer, None, "fit")
     history.on_train_epoch_start(trainer, None)

@@ -3,9 +3,9 @@ import gzip
 import numpy as np
 import pytest
 import torch
-from conftest import HAS_REAL_DATA, make_fake_fashion_mnist, requires_real_data
+from conftest import HAS_REAL_DATA, make_fake_fashion_mnist, requires_real_data, write_idx
 
-from actlab.data import CorruptDataError, DataNotFoundError, FashionMNISTDataModule, read_idx, write_idx
+from actlab.data import CorruptDataError, DataNotFoundError, FashionMNISTDataModule, read_idx
 from actlab.data.fashion_mnist import locate_fashion_mnist
 
 

@@ -6,8 +6,7 @@ from conftest import REPO
 from PIL import Image
 from torch import nn
 
-from actlab.plot_activations import plot_activations
-from actlab.plotting import activation_figure, value_and_derivative
+from actlab.plotting import activation_figure, plot_activations, value_and_derivative
 
 
 def test_value_and_derivative_by_autograd():

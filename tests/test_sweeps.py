@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -145,7 +146,26 @@ def write_synthetic_sweep(root: Path) -> None:
     record("c", "relu", 4, 1, acc=0.70, loss=0.9, history=[0.4, 0.6])
     record("d", "tanh", 2, 1, acc=0.60, loss=1.0, history=[0.3, 0.5])
     record("e", "tanh", 2, 2, status="diverged", acc=None, loss=None)
-    write_record(root / "f", {"status": "failed", "activation": "tanh", "overrides": ["model.depth=4"], "error": "x"})
+    # failed before building its model: no depth, but its resolved config says it
+    write_record(
+        root / "f", {"status": "failed", "activation": "tanh", "config": {"model": {"depth": 4}}, "error": "x"}
+    )
+    # killed outright two hours ago (no heartbeat since), and one still alive
+    write_record(
+        root / "h",
+        {
+            "status": "running",
+            "activation": "relu",
+            "depth": 4,
+            "epoch_times_s": [2.0],
+            "started_at": "2026-01-01T00:00:00+00:00",
+            "updated_at": "2026-01-01T00:10:00+00:00",
+        },
+    )
+    write_record(
+        root / "i",
+        {"status": "running", "activation": "relu", "depth": 4, "updated_at": datetime.now(timezone.utc).isoformat()},
+    )
     (root / "g").mkdir()
     (root / "g" / "metrics.json").write_text("{ truncated")  # unreadable records are skipped
 
@@ -171,9 +191,10 @@ def test_summary_of_a_synthetic_sweep_has_the_known_numbers(tmp_path):
     tanh2 = rows[("tanh", "2")]
     assert float(tanh2["test/acc_mean"]) == pytest.approx(0.6) and tanh2["diverged"] == "1"
     assert rows[("tanh", "4")]["failed"] == "1" and rows[("tanh", "4")]["test/acc_mean"] == ""
+    assert rows[("relu", "4")]["lost"] == "1" and rows[("relu", "4")]["running"] == "1"
     markdown = (tmp_path / "out" / "summary.md").read_text()
     assert "| relu | 2 | 85.00 ± 7.07 | 0.400 ± 0.141 | 15.0 ± 7.1 |" in markdown
-    assert "6 runs: 0 running, 4 completed, 1 failed, 1 diverged" in markdown
+    assert "8 runs: 1 running, 4 completed, 1 failed, 1 diverged, 0 interrupted, 1 lost" in markdown
 
 
 def test_summarize_script_on_a_real_partial_sweep(tmp_path, fake_data_dir):

@@ -9,8 +9,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from actlab.callbacks.divergence import DivergedError
-
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 STAGES = ("train", "val", "test")
 
@@ -50,21 +48,22 @@ class Classifier(L.LightningModule):
 
     Logs ``{train,val,test}/{loss,acc}`` once per epoch: the exact mean loss and accuracy
     over every sample of the epoch, accumulated on the device (no per-step host syncs).
+    A loss that stops being finite is the DivergenceMonitor callback's to catch.
 
     Args:
-        net: the network (e.g. SimpleNetwork).
+        net: the network (e.g. SimpleNetwork); its ``input_size`` (when it has one) gives
+            the model summary an example input, so it can show sizes and FLOPs.
         optimizer: a factory taking the parameters (what a ``_partial_: true`` optimizer
             config instantiates to).
-        num_classes: number of classes of the task.
         compile: wrap ``net`` in ``torch.compile`` for the forward pass.
     """
 
-    def __init__(
-        self, net: nn.Module, optimizer: OptimizerFactory, num_classes: int = 10, compile: bool = False
-    ) -> None:
+    def __init__(self, net: nn.Module, optimizer: OptimizerFactory, compile: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False, ignore=["net", "optimizer"])
         self.net = net
+        if isinstance(getattr(net, "input_size", None), int):
+            self.example_input_array = torch.zeros(1, net.input_size)
         self.optimizer_factory = optimizer
         self.forward_net = torch.compile(net) if compile else net
         # ModuleDict keys may not shadow nn.Module attributes ("train"), hence the suffix
@@ -95,9 +94,7 @@ class Classifier(L.LightningModule):
         return values
 
     def on_train_epoch_end(self) -> None:
-        loss = self._log_epoch("train")["loss"]
-        if not torch.isfinite(loss):
-            raise DivergedError(f"epoch {self.current_epoch} mean training loss is {float(loss)}")
+        self._log_epoch("train")
 
     def on_validation_epoch_end(self) -> None:
         if not self.trainer.sanity_checking:

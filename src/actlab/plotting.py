@@ -1,20 +1,30 @@
-"""Figures: activation shapes and derivatives, the textbook's 3-D gradient view, and the
-static diagnostics PNGs written at the end of a run. Matplotlib only, headless (Agg)."""
+"""Every figure actlab draws: activation shapes and derivatives, the textbook's 3-D gradient
+view, the static diagnostics PNGs of a run, and a sweep's heat-map and learning curves.
+
+Figures are ``matplotlib.figure.Figure`` objects drawn on the Agg canvas: importing this
+module changes no global matplotlib state (no backend switch, no pyplot figure manager),
+so it is safe in notebooks and servers alike.
+"""
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+from matplotlib.figure import Figure
+from torch import nn
 
 X_RANGE = (-5.0, 5.0)
+
+
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
 
 
 def value_and_derivative(activation: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,12 +41,12 @@ def _prepare(activation: nn.Module) -> nn.Module:
     return activation.eval()  # random ones (RReLU) at their deterministic eval shape
 
 
-def activation_figure(activation: nn.Module, title: str | None = None, points: int = 1001):
-    """One activation's shape and derivative on [-5, 5] as a matplotlib Figure."""
+def activation_figure(activation: nn.Module, title: str | None = None, points: int = 1001) -> Figure:
+    """One activation's shape and derivative on [-5, 5]."""
     x = torch.linspace(*X_RANGE, points)
     y, dy = value_and_derivative(_prepare(activation), x)
-    fig, ax = plt.subplots(figsize=(4, 3))
-    _draw_shape(ax, x, y, dy, title or type(activation).__name__)
+    fig = Figure(figsize=(4, 3))
+    _draw_shape(fig.add_subplot(), x, y, dy, title or type(activation).__name__)
     fig.tight_layout()
     return fig
 
@@ -56,7 +66,8 @@ def plot_activation_grid(activations: Mapping[str, nn.Module], path: str | Path,
     n = len(activations)
     cols = min(6, n)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 2.4 * rows), squeeze=False)
+    fig = Figure(figsize=(3 * cols, 2.4 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     x = torch.linspace(*X_RANGE, points)
     for ax, (name, activation) in zip(axes.flat, activations.items()):
         y, dy = value_and_derivative(_prepare(activation), x)
@@ -76,7 +87,7 @@ def plot_gradient_surface(activation: nn.Module, name: str, path: str | Path, po
     surface = f[:, None] + f[None, :]
     magnitude = torch.sqrt(df[:, None] ** 2 + df[None, :] ** 2)
     xx, yy = torch.meshgrid(grid, grid, indexing="ij")
-    fig = plt.figure(figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
     ax = fig.add_subplot(1, 2, 1, projection="3d")
     ax.plot_surface(xx.numpy(), yy.numpy(), surface.numpy(), cmap="viridis", linewidth=0)
     ax.set_title(f"{name}: f(x) + f(y)", fontsize=10)
@@ -90,12 +101,29 @@ def plot_gradient_surface(activation: nn.Module, name: str, path: str | Path, po
     return save_figure(fig, path)
 
 
+def plot_activations(names: Sequence[str] | None, out_dir: str | Path, surfaces: bool = True) -> list[Path]:
+    """``activations.png`` (all shapes + derivatives) and, with ``surfaces``, one
+    ``surface_<name>.png`` per activation in ``out_dir``. Trainable activations are drawn at
+    their initial values (seeded), random ones (RReLU) in eval mode."""
+    from actlab.config import group_options, load_activation
+
+    names = list(names) if names else group_options("activation")
+    torch.manual_seed(0)
+    modules = {name: load_activation(name) for name in names}
+    out_dir = Path(out_dir)
+    written = [plot_activation_grid(modules, out_dir / "activations.png")]
+    if surfaces:
+        written += [plot_gradient_surface(m, n, out_dir / f"surface_{n}.png") for n, m in modules.items()]
+    return written
+
+
 def plot_layer_histograms(
     series: Mapping[str, Sequence[torch.Tensor]], layer_names: Sequence[str], xlabel: str, path: str | Path
 ) -> Path:
     """One panel per layer, one histogram per series (e.g. 'at init' vs 'final')."""
     n = len(layer_names)
-    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 2.8), squeeze=False)
+    fig = Figure(figsize=(3.2 * n, 2.8))
+    axes = fig.subplots(1, n, squeeze=False)
     for i, (ax, name) in enumerate(zip(axes.flat, layer_names)):
         values = [v[i].float() for v in series.values()]
         low = min(float(v.min()) for v in values)
@@ -113,13 +141,16 @@ def plot_layer_histograms(
     return save_figure(fig, path)
 
 
-def plot_dead_ratios(series: Mapping[str, Sequence[float]], path: str | Path) -> Path:
-    """Bar chart of the dead-neuron percentage per hidden layer for each series."""
-    fig, ax = plt.subplots(figsize=(6, 3))
+def plot_dead_ratios(series: Mapping[str, Sequence[float]], widths: Sequence[int], path: str | Path) -> Path:
+    """Bar chart of the dead-neuron percentage per hidden layer (labelled with its index and
+    width) for each series."""
+    fig = Figure(figsize=(max(6.0, 0.9 * len(widths) + 2), 3))
+    ax = fig.add_subplot()
     width = 0.8 / max(1, len(series))
     for k, (label, ratios) in enumerate(series.items()):
-        positions = [i + k * width for i in range(len(ratios))]
+        positions = [i + (k - (len(series) - 1) / 2) * width for i in range(len(ratios))]
         ax.bar(positions, [100 * r for r in ratios], width=width, label=label)
+    ax.set_xticks(range(len(widths)), [f"{i}\n({w} units)" for i, w in enumerate(widths)], fontsize=8)
     ax.set_xlabel("hidden layer")
     ax.set_ylabel("dead neurons (%)")
     ax.legend(fontsize=8)
@@ -127,9 +158,45 @@ def plot_dead_ratios(series: Mapping[str, Sequence[float]], path: str | Path) ->
     return save_figure(fig, path)
 
 
-def save_figure(fig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+def plot_heatmap(rows: Sequence[str], columns: Sequence[int], percent: Sequence[Sequence[float]],
+                 path: str | Path, title: str = "test accuracy (%), mean over seeds") -> Path:  # fmt: skip
+    """Activation x depth heat-map of percentages (NaN = no value)."""
+    fig = Figure(figsize=(1.2 * len(columns) + 3, 0.4 * len(rows) + 1.5))
+    ax = fig.add_subplot()
+    image = ax.imshow(percent, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(columns)), [str(d) for d in columns])
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set_xlabel("depth (hidden layers)")
+    ax.set_title(title)
+    for i, row in enumerate(percent):
+        for j, v in enumerate(row):
+            if not math.isnan(v):
+                ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=8, color="white" if v < 60 else "black")
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_learning_curves(curves: Mapping[str, Mapping[int, Sequence[Sequence[float]]]], metric: str,
+                         path: str | Path) -> Path:  # fmt: skip
+    """One panel per activation, one line per depth: the mean over seeds of ``metric`` per
+    epoch (``curves[activation][depth]`` = one list per seed)."""
+    n = len(curves)
+    cols = min(4, n)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(3.6 * cols, 2.8 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax, (activation, by_depth) in zip(axes.flat, sorted(curves.items())):
+        for depth, seeds in sorted(by_depth.items()):
+            length = max(len(c) for c in seeds)
+            mean = [statistics.fmean(c[e] for c in seeds if len(c) > e and c[e] is not None) for e in range(length)]
+            ax.plot(range(1, length + 1), mean, label=f"depth {depth} (n={len(seeds)})")
+        ax.set_title(activation, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.tight_layout()
+    return save_figure(fig, path)

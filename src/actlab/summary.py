@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from actlab.record import RECORD_FILE, STATUSES, read_record
+from actlab.record import LOST, RECORD_FILE, STATUSES, effective_status, read_record
 
 METRICS = ("test/acc", "test/loss", "dead/overall", "epoch_time_s")
+# what a summary counts: the written statuses, and `lost` for running records gone silent
+REPORTED_STATUSES = (*STATUSES, LOST)
 
 
 @dataclass
@@ -49,12 +51,14 @@ class Group:
 
 
 def load_runs(sweep_dir: str | Path) -> list[dict[str, Any]]:
-    """Every readable run record below ``sweep_dir`` (job dirs at any depth)."""
+    """Every readable run record below ``sweep_dir`` (job dirs at any depth), with a stale
+    ``running`` status reported as ``lost``."""
     runs = []
     for path in sorted(Path(sweep_dir).rglob(RECORD_FILE)):
         record = read_record(path.parent)
         if record is not None:
             record.setdefault("output_dir", str(path.parent))
+            record["status"] = effective_status(record)
             runs.append(record)
     return runs
 
@@ -62,20 +66,17 @@ def load_runs(sweep_dir: str | Path) -> list[dict[str, Any]]:
 def group_runs(runs: list[dict[str, Any]]) -> list[Group]:
     groups: dict[tuple[str, int], Group] = {}
     for r in runs:
-        key = (str(r.get("activation")), int(r.get("depth") or _depth_from_overrides(r) or 0))
+        key = (str(r.get("activation")), int(r.get("depth") or _configured_depth(r) or 0))
         groups.setdefault(key, Group(*key)).runs.append(r)
     return [groups[k] for k in sorted(groups)]
 
 
-def _depth_from_overrides(record: dict[str, Any]) -> int | None:
-    # a run that failed before building its model has no depth; its overrides may say it
-    for override in record.get("overrides", []):
-        if override.startswith("model.depth="):
-            try:
-                return int(override.split("=", 1)[1])
-            except ValueError:
-                return None
-    return None
+def _configured_depth(record: dict[str, Any]) -> int | None:
+    # a run that failed before building its model has no depth; its resolved config says it
+    model = (record.get("config") or {}).get("model") or {}
+    shape = model.get("hidden_shape")
+    depth = len(shape) if isinstance(shape, list) else model.get("depth")
+    return depth if isinstance(depth, int) else None
 
 
 def _fmt(mean: float | None, std: float | None, scale: float = 1.0, digits: int = 2) -> str:
@@ -86,14 +87,14 @@ def _fmt(mean: float | None, std: float | None, scale: float = 1.0, digits: int 
 
 
 def write_csv(groups: list[Group], path: Path) -> Path:
-    columns = ["activation", "depth", "runs", *STATUSES]
+    columns = ["activation", "depth", "runs", *REPORTED_STATUSES]
     for metric in METRICS:
         columns += [f"{metric}_mean", f"{metric}_std"]
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(columns)
         for g in groups:
-            row: list[Any] = [g.activation, g.depth, len(g.runs), *(g.count(s) for s in STATUSES)]
+            row: list[Any] = [g.activation, g.depth, len(g.runs), *(g.count(s) for s in REPORTED_STATUSES)]
             for metric in METRICS:
                 mean, std = g.mean_std(metric)
                 row += ["" if mean is None else f"{mean:.6g}", "" if std is None else f"{std:.6g}"]
@@ -119,63 +120,24 @@ def markdown_table(groups: list[Group]) -> str:
 
 
 def plot_heatmap(groups: list[Group], path: Path) -> Path:
-    from actlab.plotting import plt, save_figure
+    from actlab.plotting import plot_heatmap as draw
 
     activations = sorted({g.activation for g in groups})
     depths = sorted({g.depth for g in groups})
     cells = {(g.activation, g.depth): g.mean_std("test/acc")[0] for g in groups}
-    grid = [[cells.get((a, d)) for d in depths] for a in activations]
-    values = [[math.nan if v is None else 100 * v for v in row] for row in grid]
-    fig, ax = plt.subplots(figsize=(1.2 * len(depths) + 3, 0.4 * len(activations) + 1.5))
-    image = ax.imshow(values, cmap="viridis", aspect="auto")
-    ax.set_xticks(range(len(depths)), [str(d) for d in depths])
-    ax.set_yticks(range(len(activations)), activations)
-    ax.set_xlabel("depth (hidden layers)")
-    ax.set_title("test accuracy (%), mean over seeds")
-    for i, row in enumerate(values):
-        for j, v in enumerate(row):
-            if not math.isnan(v):
-                ax.text(
-                    j,
-                    i,
-                    f"{v:.1f}",
-                    ha="center",
-                    va="center",
-                    fontsize=8,
-                    color="white" if v < 60 else "black",
-                )
-    fig.colorbar(image, ax=ax)
-    fig.tight_layout()
-    return save_figure(fig, path)
+    percent = [[math.nan if cells.get((a, d)) is None else 100 * cells[(a, d)] for d in depths] for a in activations]
+    return draw(activations, depths, percent, path)
 
 
 def plot_learning_curves(groups: list[Group], path: Path, metric: str = "val/acc") -> Path:
-    from actlab.plotting import plt, save_figure
+    from actlab.plotting import plot_learning_curves as draw
 
-    by_activation: dict[str, list[Group]] = defaultdict(list)
+    curves: dict[str, dict[int, list[list[float]]]] = defaultdict(dict)
     for g in groups:
-        by_activation[g.activation].append(g)
-    n = len(by_activation)
-    cols = min(4, n)
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False)
-    for ax, (activation, cell) in zip(axes.flat, sorted(by_activation.items())):
-        for g in cell:
-            curves = [r["history"][metric] for r in g.runs if r.get("history", {}).get(metric)]
-            if not curves:
-                continue
-            length = max(len(c) for c in curves)
-            mean = [statistics.fmean(c[e] for c in curves if len(c) > e and c[e] is not None) for e in range(length)]
-            ax.plot(range(1, length + 1), mean, label=f"depth {g.depth} (n={len(curves)})")
-        ax.set_title(activation, fontsize=10)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(metric)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    for ax in list(axes.flat)[n:]:
-        ax.axis("off")
-    fig.tight_layout()
-    return save_figure(fig, path)
+        seeds = [r["history"][metric] for r in g.runs if (r.get("history") or {}).get(metric)]
+        if seeds:
+            curves[g.activation][g.depth] = seeds
+    return draw(curves, metric, path)
 
 
 def summarize(sweep_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
@@ -186,7 +148,7 @@ def summarize(sweep_dir: str | Path, out_dir: str | Path | None = None) -> list[
     groups = group_runs(runs)
     out = Path(out_dir or sweep_dir)
     out.mkdir(parents=True, exist_ok=True)
-    statuses = ", ".join(f"{sum(r.get('status') == s for r in runs)} {s}" for s in STATUSES)
+    statuses = ", ".join(f"{sum(r.get('status') == s for r in runs)} {s}" for s in REPORTED_STATUSES)
     markdown = f"# Sweep summary: {Path(sweep_dir).name}\n\n{len(runs)} runs: {statuses}.\n\n"
     markdown += markdown_table(groups)
     (out / "summary.md").write_text(markdown)

@@ -1,14 +1,14 @@
-"""One training run, from a composed config to its record. Importable without Hydra's CLI."""
+"""One training run, from a composed config to its record. Importable without Hydra's CLI.
+
+:func:`run` is a list of steps: resume or start the record, set up the process, build data
+and model, build the trainer, fit, test, write the HPARAMS row, say how it went.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
-import signal
-import statistics
 import time
-import traceback
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -16,22 +16,22 @@ import lightning as L
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from actlab.callbacks import DivergedError, DivergenceMonitor, InterruptionCheckpoint, RunHistory
-from actlab.callbacks.diagnostic import Diagnostic
+from actlab.callbacks import DivergenceMonitor, InterruptionCheckpoint, RunHistory
 from actlab.classifier import Classifier
-from actlab.hparams import run_hparams, write_hparams
-from actlab.record import read_record, write_record
+from actlab.console import is_terminal, quiet_third_party_noise, summary_line
+from actlab.errors import ConfigError
+from actlab.models.simple_network import build_activation
+from actlab.record import RunRecord, read_record
+from actlab.tensorboard import run_hparams, write_hparams
 
 log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
-HPARAM_METRICS = ("test/acc", "test/loss", "val/acc", "dead/overall", "near_dead/overall")
-
-
-class ConfigError(ValueError):
-    """A config value that cannot work, caught before any training starts."""
+HPARAM_METRICS = ("test/acc", "test/loss", "val/acc_best", "dead/overall", "near_dead/overall")
 
 
 def validate_config(cfg: DictConfig) -> None:
@@ -42,6 +42,22 @@ def validate_config(cfg: DictConfig) -> None:
     max_epochs = cfg.trainer.get("max_epochs")
     if max_epochs is not None and max_epochs != -1 and max_epochs < 1:
         raise ConfigError(f"trainer.max_epochs must be >= 1 (or -1 for no limit), got {max_epochs}")
+    check_accelerator(cfg.trainer.get("accelerator", "auto"))
+
+
+def check_accelerator(accelerator: str) -> None:
+    """An accelerator this machine lacks fails here, saying what torch sees and the fix."""
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "no CUDA support"
+        raise ConfigError(
+            f"trainer={accelerator} asks for a CUDA GPU, but torch {torch.__version__} ({build}) sees none "
+            "(torch.cuda.is_available() is False); use trainer=cpu, or trainer=auto to take a GPU when there is one"
+        )
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(
+            f"trainer=mps asks for Apple's Metal GPU, but torch {torch.__version__} sees none "
+            "(torch.backends.mps.is_available() is False); use trainer=cpu or trainer=auto"
+        )
 
 
 def _instantiate_group(group: DictConfig | None) -> list[Any]:
@@ -74,19 +90,111 @@ def _build(cfg: DictConfig, **kwargs: Any) -> Any:
         raise
 
 
-def build_run(cfg: DictConfig) -> tuple[L.LightningDataModule, Classifier]:
-    """Data and model from the config (no trainer): the part tests and benchmarks share."""
+def build_activation_factory(cfg: DictConfig) -> Any:
+    """The activation factory of ``cfg.activation``, tried once on a small batch: a field of
+    the wrong type (``activation.negative_slope=abc``) fails here, naming the field values."""
+    factory = _build(cfg)
+    try:
+        build_activation(factory, 4)(torch.linspace(-2, 2, 8).reshape(2, 4))
+    except Exception as err:
+        fields = {k: v for k, v in OmegaConf.to_container(cfg).items() if not k.startswith("_")}
+        raise ConfigError(
+            f"activation {cfg._target_} cannot be evaluated with fields {fields}: {type(err).__name__}: {err}"
+        ) from err
+    return factory
+
+
+def build_data_and_classifier(cfg: DictConfig) -> tuple[L.LightningDataModule, Classifier]:
+    """The DataModule and the LightningModule of a config (no trainer). The model's input and
+    output sizes come from the DataModule, so a data change cannot mismatch the network."""
     validate_config(cfg)
     datamodule = _build(cfg.data)
-    activation = _build(cfg.activation)
-    net = _build(cfg.model, activation=activation)
-    module = Classifier(
-        net=net,
-        optimizer=_build(cfg.optimizer),
+    net = _build(
+        cfg.model,
+        activation=build_activation_factory(cfg.activation),
+        input_size=datamodule.input_size,
         num_classes=datamodule.num_classes,
-        compile=cfg.get("compile", False),
     )
-    return datamodule, module
+    return datamodule, Classifier(net=net, optimizer=_build(cfg.optimizer), compile=cfg.get("compile", False))
+
+
+def build_trainer(cfg: DictConfig, record: RunRecord | None, output_dir: Path) -> L.Trainer:
+    """The Trainer of ``cfg.trainer`` with the run's bookkeeping callbacks around the
+    configured ones: divergence first (stop before the diagnostics see NaNs), the history
+    last (it times the rest). The progress bar is on only where stdout is a terminal."""
+    progress = bool(cfg.trainer.get("enable_progress_bar", True)) and is_terminal()
+    configured = [c for c in _instantiate_group(cfg.get("callbacks")) if progress or not isinstance(c, ProgressBar)]
+    callbacks = [
+        DivergenceMonitor(),
+        *configured,
+        InterruptionCheckpoint(output_dir / CHECKPOINT_DIR),
+        RunHistory(record, log_epochs=not progress),
+    ]
+    loggers = _instantiate_group(cfg.get("logger"))
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, enable_progress_bar=progress)
+
+
+def _checkpoint_loads(path: Path) -> bool:
+    try:
+        torch.load(path, map_location="cpu", weights_only=False)
+        return True
+    except Exception:  # truncated, corrupt, or not a checkpoint at all
+        return False
+
+
+def resume_checkpoint(output_dir: Path) -> tuple[str | None, str | None]:
+    """The checkpoint to resume from: ``last.ckpt``, else the newest other checkpoint of the
+    run that loads, else none (a fresh start). Returns it and a warning when it is not
+    ``last.ckpt`` although there was one."""
+    directory = output_dir / CHECKPOINT_DIR
+    last = directory / "last.ckpt"
+    others = sorted((p for p in directory.glob("*.ckpt") if p != last), key=lambda p: p.stat().st_mtime, reverse=True)
+    candidates = ([last] if last.is_file() else []) + others
+    for path in candidates:
+        if _checkpoint_loads(path):
+            warning = None if path == last or not last.is_file() else f"{last} does not load; resuming from {path}"
+            return str(path), warning
+    if candidates:
+        return None, f"no checkpoint of {directory} loads ({', '.join(p.name for p in candidates)}); starting afresh"
+    return None, None
+
+
+def configure_process(cfg: DictConfig, parallel_jobs: int | None) -> None:
+    """Process-wide settings of a run: matmul precision, threads, seeds, quiet dependencies."""
+    quiet_third_party_noise()
+    torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
+    threads = cfg.get("threads") or default_threads(parallel_jobs)
+    if threads:
+        torch.set_num_threads(threads)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+
+def _call(trainer: L.Trainer, method: str, *args: Any, **kwargs: Any) -> Any:
+    """``trainer.fit`` / ``trainer.test``, with Ctrl-C surfacing as KeyboardInterrupt
+    (Lightning turns it into ``sys.exit(1)`` after its own graceful shutdown)."""
+    try:
+        return getattr(trainer, method)(*args, **kwargs)
+    except SystemExit as err:
+        if isinstance(err, SIGTERMException) or trainer.state.status != TrainerStatus.INTERRUPTED:
+            raise
+        raise KeyboardInterrupt from err
+
+
+def fit_and_test(cfg: DictConfig, trainer: L.Trainer, module: Classifier, datamodule, record: RunRecord,
+                 resume_from: str | None) -> None:  # fmt: skip
+    start = time.perf_counter()
+    try:
+        _call(trainer, "fit", module, datamodule=datamodule, ckpt_path=resume_from)
+    finally:
+        record.update(fit_time_s=time.perf_counter() - start)
+    record.update(resumed_from=trainer.ckpt_path)  # ours, or Lightning's own SLURM requeue checkpoint
+    # A finished fit has spent its SLURM requeue checkpoints; left in place, Lightning would
+    # load them into the model for trainer.test() (any ckpt_path=None under SLURM means "hpc").
+    for spent in Path(trainer.default_root_dir).glob("hpc_ckpt_*.ckpt"):
+        spent.unlink()
+    if cfg.get("test_after_fit", True):
+        (results,) = _call(trainer, "test", module, datamodule=datamodule, verbose=False)
+        record.update(**{k: v for k, v in results.items() if k.startswith("test/")})
 
 
 def run(
@@ -100,97 +208,50 @@ def run(
 
     ``parallel_jobs`` is how many runs share this machine (local_parallel's n_jobs); with
     ``threads: null`` each then gets its share of the cores (see ``default_threads``).
-    Returns the run record (also written to ``output_dir/metrics.json``). A diverging loss
-    is recorded as ``diverged`` and returns normally; errors are recorded as ``failed`` and
-    re-raised; Ctrl-C/SIGTERM is recorded as ``interrupted`` (after a checkpoint) and exits.
+    Returns the run record (also ``output_dir/metrics.json``; :class:`RunRecord` says how
+    each ending is recorded). With ``resume=true`` a completed run is skipped and any other
+    resumes from its newest checkpoint that loads.
     """
     output_dir = Path(output_dir)
     previous = read_record(output_dir)
-    if cfg.get("resume") and previous and previous.get("status") == "completed":
-        log.info("resume: %s already completed, skipping", output_dir)
-        return previous
-    last_ckpt = output_dir / CHECKPOINT_DIR / "last.ckpt"
-    resume_from = str(last_ckpt) if cfg.get("resume") and last_ckpt.is_file() else None
-
-    record: dict[str, Any] = {
-        "status": "running",
-        "activation": activation,
-        "overrides": list(overrides or []),
-        "seed": cfg.get("seed"),
-        "output_dir": str(output_dir),
-        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "config": OmegaConf.to_container(cfg, resolve=True),
-        "resumed_from": resume_from,
-    }
-    write_record(output_dir, record)
-    history = RunHistory()
-    interruption = InterruptionCheckpoint(output_dir / CHECKPOINT_DIR)
+    resume_from, resume_warning = None, None
+    if cfg.get("resume"):
+        if previous and previous.get("status") == "completed":
+            log.info("resume: %s already completed, skipping", output_dir)
+            return previous
+        resume_from, resume_warning = resume_checkpoint(output_dir)
+        if resume_warning:
+            log.warning("resume: %s", resume_warning)
+    record = RunRecord(
+        output_dir,
+        activation=activation,
+        overrides=list(overrides or []),
+        seed=cfg.get("seed"),
+        config=OmegaConf.to_container(cfg, resolve=True),
+        resumed_from=resume_from,
+        resume_warning=resume_warning,
+        # a fallback that cannot continue the last attempt keeps that attempt's history here
+        previous_attempt=_attempt(previous) if previous and resume_warning else None,
+    )
     trainer = None
-    fit_start = time.perf_counter()
     try:
-        torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
-        threads = cfg.get("threads") or default_threads(parallel_jobs)
-        if threads:
-            torch.set_num_threads(threads)
-        L.seed_everything(cfg.seed, workers=True, verbose=False)
-        datamodule, module = build_run(cfg)
-        record.update(
-            depth=module.net.depth,
-            hidden_shape=module.net.hidden_shape,
-            num_parameters=sum(p.numel() for p in module.parameters()),
-        )
-        # divergence first (stop before diagnostics see NaNs); history last (it times the rest)
-        callbacks = [DivergenceMonitor(), *_instantiate_group(cfg.get("callbacks")), interruption, history]
-        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=_instantiate_group(cfg.get("logger")))
-        record["accelerator"] = type(trainer.accelerator).__name__.replace("Accelerator", "").lower()
-        fit_start = time.perf_counter()
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
-        record["fit_time_s"] = time.perf_counter() - fit_start
-        record["resumed_from"] = trainer.ckpt_path  # ours, or Lightning's own SLURM requeue checkpoint
-        # A finished fit has spent its SLURM requeue checkpoints; left in place, Lightning would
-        # load them into the model for trainer.test() (any ckpt_path=None under SLURM means "hpc").
-        for spent in Path(trainer.default_root_dir).glob("hpc_ckpt_*.ckpt"):
-            spent.unlink()
-        if cfg.get("test_after_fit", True):
-            (results,) = trainer.test(module, datamodule=datamodule, verbose=False)
-            record.update({k: v for k, v in results.items() if k.startswith("test/")})
-        record["status"] = "completed"
-        write_hparams(trainer.loggers, run_hparams(cfg, activation), HPARAM_METRICS)
-    except DivergedError as err:
-        log.warning("run diverged: %s", err)
-        record.update(status="diverged", error=str(err))
-    except BaseException as err:
-        if interruption.interrupted or isinstance(err, KeyboardInterrupt):
-            record.update(status="interrupted", error=f"{type(err).__name__}: {err}")
-            if isinstance(err, SIGTERMException):  # a bare SystemExit would exit with status 0
-                raise SystemExit(128 + signal.SIGTERM) from err
-            raise
-        record.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
-        raise
+        with record:
+            configure_process(cfg, parallel_jobs)
+            datamodule, module = build_data_and_classifier(cfg)
+            net = module.net
+            record.update(depth=net.depth, hidden_shape=net.hidden_shape,
+                          num_parameters=sum(p.numel() for p in module.parameters()))  # fmt: skip
+            trainer = build_trainer(cfg, record, output_dir)
+            record.update(accelerator=type(trainer.accelerator).__name__.replace("Accelerator", "").lower())
+            fit_and_test(cfg, trainer, module, datamodule, record, resume_from)
     finally:
-        record.setdefault("fit_time_s", time.perf_counter() - fit_start)
-        _finalise_record(record, trainer, history)
-        write_record(output_dir, record)
-    return record
+        log.info(summary_line(record.data))
+    if record.data["status"] == "completed":
+        metrics = {k: record.data.get(k) for k in HPARAM_METRICS}
+        write_hparams(trainer.loggers, run_hparams(record.data), metrics, trainer.global_step)
+    return record.data
 
 
-def _finalise_record(record: dict[str, Any], trainer: L.Trainer | None, history: RunHistory) -> None:
-    record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    record["epoch_times_s"] = history.epoch_times
-    record["epoch_time_s"] = statistics.median(history.epoch_times) if history.epoch_times else None
-    record["history"] = dict(history.history)
-    record["epochs_completed"] = trainer.fit_loop.epoch_progress.current.completed if trainer else 0
-    val_acc = history.history.get("val/acc", [])
-    record["val/acc_last"] = val_acc[-1] if val_acc else None
-    record["val/acc_best"] = max(val_acc) if val_acc else None
-    if trainer is not None:
-        for callback in trainer.callbacks:
-            if hasattr(callback, "record_metrics"):
-                record.update(callback.record_metrics())
-        diagnostics = [c for c in trainer.callbacks if isinstance(c, Diagnostic)]
-        if diagnostics:  # seconds of each epoch_times_s entry spent in them (None: not timed here)
-            timed = [
-                [c.epoch_seconds[e] for c in diagnostics if e in c.epoch_seconds]
-                for e in range(len(history.epoch_times))
-            ]
-            record["diagnostics_epoch_s"] = [sum(seconds) if seconds else None for seconds in timed]
+def _attempt(record: dict[str, Any]) -> dict[str, Any]:
+    keys = ("status", "started_at", "updated_at", "epochs_completed", "history", "epoch_times_s")
+    return {k: record.get(k) for k in keys}

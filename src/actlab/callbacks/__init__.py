@@ -1,10 +1,11 @@
-"""Lightning callbacks: run bookkeeping and the diagnostics of SPEC section 5."""
+"""Lightning callbacks: run bookkeeping (history, divergence, interruption) and the
+diagnostics (gradients, layer outputs, dead neurons, activation parameters)."""
 
 from actlab.callbacks.activation_parameters import ActivationParameterMonitor
 from actlab.callbacks.activation_plot import ActivationPlot
-from actlab.callbacks.dead_neurons import DeadNeuronCounter, DeadNeuronMonitor, dead_neuron_ratios, scan_dead_neurons
-from actlab.callbacks.divergence import DivergedError, DivergenceMonitor
-from actlab.callbacks.gradient_histograms import GradientHistograms
+from actlab.callbacks.dead_neurons import DeadNeuronCounter, DeadNeuronMonitor, dead_neuron_metrics, scan_dead_neurons
+from actlab.callbacks.divergence import DivergenceMonitor
+from actlab.callbacks.gradient_histograms import GradientHistograms, weight_gradients
 from actlab.callbacks.interruption import InterruptionCheckpoint
 from actlab.callbacks.layer_outputs import LayerOutputHistograms
 from actlab.callbacks.run_history import RunHistory
@@ -14,12 +15,12 @@ __all__ = [
     "ActivationPlot",
     "DeadNeuronCounter",
     "DeadNeuronMonitor",
-    "DivergedError",
     "DivergenceMonitor",
     "GradientHistograms",
     "InterruptionCheckpoint",
     "LayerOutputHistograms",
     "RunHistory",
-    "dead_neuron_ratios",
+    "dead_neuron_metrics",
     "scan_dead_neurons",
+    "weight_gradients",
 ]

@@ -30,6 +30,7 @@ class ActivationParameterMonitor(Diagnostic):
                     scalars[f"{tag}_mean"] = float(values.mean())
                     self.log_histogram(trainer, tag, values, step)
             weights = getattr(activation, "weights", None)
+            weights = weights.detach() if isinstance(weights, torch.Tensor) else None
             if isinstance(weights, torch.Tensor):
                 scalars.update({f"{prefix}/weight_{k}": float(w) for k, w in enumerate(weights)})
         if scalars:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import lightning as L
 
-from actlab.callbacks.diagnostic import TB_LOGGER
+from actlab.tensorboard import tensorboard_writers
 
 
 class ActivationPlot(L.Callback):
@@ -12,10 +12,10 @@ class ActivationPlot(L.Callback):
     derivative on [-5, 5]) to TensorBoard before training starts."""
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        tensorboards = [logger for logger in trainer.loggers if type(logger).__name__ == TB_LOGGER]
-        if trainer.global_step or not tensorboards:
+        writers = tensorboard_writers(trainer.loggers)
+        if trainer.global_step or not writers:
             return
         from actlab.plotting import activation_figure
 
-        for logger in tensorboards:  # add_figure closes the figure
-            logger.experiment.add_figure("activation/shape", activation_figure(pl_module.net.activations[0]), 0)
+        for writer in writers:
+            writer.add_figure("activation/shape", activation_figure(pl_module.net.activations[0]), 0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import lightning as L
@@ -66,7 +65,7 @@ def scan_dead_neurons(
     near_dead_fraction: float = 0.99,
     batch_size: int = 2048,
     settle_early: bool = True,
-) -> tuple[list[DeadNeuronCounter], int]:
+) -> list[DeadNeuronCounter]:
     """Counts dead and near-dead neurons of every hidden layer of ``net`` over ``inputs``.
 
     Exact, yet often cheap: after each batch the deepest layers whose answer is
@@ -74,8 +73,8 @@ def scan_dead_neurons(
     still undecided; once none is, the scan stops. A layer holding a dead neuron is only
     settled by the whole set, so a network with dead neurons pays for the full pass (up to its
     deepest such layer) and a healthy one for a few thousand samples. ``settle_early=False``
-    always runs the full pass (same result). Returns the counters and the number of samples
-    that went through the first layer.
+    always runs the full pass (same result). Returns one counter per hidden layer (each
+    knows how many samples it saw).
     """
     total = len(inputs)
     counters = [DeadNeuronCounter(near_dead_tol, total) for _ in net.linears]
@@ -86,18 +85,20 @@ def scan_dead_neurons(
         start += batch_size
         while settle_early and layers > 0 and counters[layers - 1].settled(near_dead_fraction):
             layers -= 1
-    return counters, min(start, total)
+    return counters
 
 
-def dead_neuron_ratios(layer_batches: Iterable[Sequence[torch.Tensor]]) -> list[float]:
-    """Per-layer fraction of dead neurons, given per-batch lists of each layer's outputs."""
-    counters: list[DeadNeuronCounter] = []
-    for outputs in layer_batches:
-        if not counters:
-            counters = [DeadNeuronCounter() for _ in outputs]
-        for counter, out in zip(counters, outputs):
-            counter.update(out)
-    return [float(c.dead().float().mean()) for c in counters]
+def dead_neuron_metrics(counters: list[DeadNeuronCounter], near_dead_fraction: float = 0.99) -> dict[str, float]:
+    """``dead/layer_i``, ``dead/overall``, ``near_dead/layer_i`` and ``near_dead/overall``
+    (fractions of neurons) from one scan's counters."""
+    dead = [c.dead() for c in counters]
+    near = [c.near_dead(near_dead_fraction) for c in counters]
+    total = sum(len(d) for d in dead)
+    metrics = {f"dead/layer_{i}": float(d.float().mean()) for i, d in enumerate(dead)}
+    metrics["dead/overall"] = sum(int(d.sum()) for d in dead) / total
+    metrics.update({f"near_dead/layer_{i}": float(n.float().mean()) for i, n in enumerate(near)})
+    metrics["near_dead/overall"] = sum(int(n.sum()) for n in near) / total
+    return metrics
 
 
 class DeadNeuronMonitor(Diagnostic):
@@ -133,41 +134,35 @@ class DeadNeuronMonitor(Diagnostic):
         super().__init__(every_n_epochs, figures_dir)
         self.probe_size, self.batch_size, self.settle_early = probe_size, batch_size, settle_early
         self.near_dead_tol, self.near_dead_fraction = near_dead_tol, near_dead_fraction
-        self.history: list[tuple[int, list[float], list[float]]] = []  # (step, dead, near-dead)
+        self.measurements, self.widths = 0, []
+        self.at_init: list[float] | None = None  # dead ratio per layer at the first measurement
+        self.latest: dict[str, float] = {}  # the last measurement's metrics
+        self.latest_ratios: list[float] = []
 
     @torch.inference_mode()
     def measure(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
         inputs, _ = probe_batch(trainer, self.probe_size)
-        counters, _ = scan_dead_neurons(
+        counters = scan_dead_neurons(
             pl_module.net, inputs, self.near_dead_tol, self.near_dead_fraction, self.batch_size, self.settle_early
         )
-        dead = [c.dead() for c in counters]
-        near = [c.near_dead(self.near_dead_fraction) for c in counters]
-        dead_ratios = [float(d.float().mean()) for d in dead]
-        near_ratios = [float(n.float().mean()) for n in near]
-        total = sum(len(d) for d in dead)
-        metrics = {f"dead/layer_{i}": r for i, r in enumerate(dead_ratios)}
-        metrics["dead/overall"] = float(sum(int(d.sum()) for d in dead) / total)
-        metrics.update({f"near_dead/layer_{i}": r for i, r in enumerate(near_ratios)})
-        metrics["near_dead/overall"] = float(sum(int(n.sum()) for n in near) / total)
-        self.history.append((step, dead_ratios, near_ratios))
-        self.latest = metrics
+        metrics = dead_neuron_metrics(counters, self.near_dead_fraction)
+        dead_ratios = [metrics[f"dead/layer_{i}"] for i in range(len(counters))]
+        self.at_init = dead_ratios if self.at_init is None else self.at_init
+        self.latest, self.latest_ratios = metrics, dead_ratios
+        self.widths = [len(c.fired) for c in counters]
+        self.measurements += 1
         self.log_scalars(trainer, metrics, step)
 
-    def record_metrics(self) -> dict[str, float]:
-        """The last measurement, for the run record."""
-        if not self.history:
-            return {}
-        out = dict(self.latest)
-        out["dead/at_init"] = self.history[0][1]
-        return out
+    def record_fields(self) -> dict:
+        """The last measurement and the per-layer dead ratios at initialisation."""
+        return {**self.latest, "dead/at_init": self.at_init} if self.latest else {}
 
     def save_figure(self, directory: Path) -> None:
-        if not self.history:
+        if self.at_init is None:
             return
         from actlab.plotting import plot_dead_ratios
 
-        series = {"at init": self.history[0][1]}
-        if len(self.history) > 1:
-            series["final"] = self.history[-1][1]
-        plot_dead_ratios(series, directory / "dead_neurons.png")
+        series = {"at init": self.at_init}
+        if self.measurements > 1:
+            series["final"] = self.latest_ratios
+        plot_dead_ratios(series, self.widths, directory / "dead_neurons.png")

@@ -8,15 +8,13 @@ from pathlib import Path
 import lightning as L
 import torch
 
-TB_LOGGER = "TensorBoardLogger"
+from actlab.tensorboard import add_histogram
 
 
 def probe_batch(trainer: L.Trainer, size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``size`` training samples (all of them for None), already on the training
-    device: the in-memory tensors of actlab's DataModule, so every measurement sees the same
-    fixed probe set."""
-    datamodule = trainer.datamodule
-    return datamodule.train_x[:size], datamodule.train_y[:size]
+    device (the DataModule's ``probe_set``), so every measurement sees the same fixed probe set."""
+    return trainer.datamodule.probe_set(size)
 
 
 class Diagnostic(L.Callback):
@@ -24,7 +22,9 @@ class Diagnostic(L.Callback):
 
     The network is measured in eval mode (deterministic: no RReLU noise) and restored to
     its mode afterwards; nothing a diagnostic does touches the optimiser's gradients.
-    Subclasses implement ``measure`` and may implement ``save_figure``.
+    Subclasses implement ``measure`` and may implement ``save_figure`` and
+    ``record_fields``. ``epoch_seconds[epoch]`` is the wall time of each epoch-end
+    measurement (the run record's ``diagnostics_epoch_s`` adds them up).
     """
 
     def __init__(self, every_n_epochs: int = 1, figures_dir: str | None = None) -> None:
@@ -63,6 +63,10 @@ class Diagnostic(L.Callback):
     def save_figure(self, directory: Path) -> None:
         """Write this diagnostic's static PNG(s) into ``directory`` (optional)."""
 
+    def record_fields(self) -> dict:
+        """What this diagnostic adds to the run record (optional)."""
+        return {}
+
     @staticmethod
     def log_scalars(trainer: L.Trainer, metrics: dict[str, float], step: int) -> None:
         for logger in trainer.loggers:
@@ -70,13 +74,7 @@ class Diagnostic(L.Callback):
 
     @staticmethod
     def log_histogram(trainer: L.Trainer, tag: str, values: torch.Tensor, step: int) -> None:
-        values = values.detach().float().flatten()
-        values = values[torch.isfinite(values)]  # a diverging run must not crash its diagnostics
-        if values.numel() == 0:
-            return
-        for logger in trainer.loggers:
-            if type(logger).__name__ == TB_LOGGER:
-                logger.experiment.add_histogram(tag, values.cpu(), step)
+        add_histogram(trainer.loggers, tag, values, step)
 
 
 def layer_name(index: int, linear: torch.nn.Linear) -> str:

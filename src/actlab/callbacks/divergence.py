@@ -5,18 +5,16 @@ from __future__ import annotations
 import lightning as L
 import torch
 
-
-class DivergedError(RuntimeError):
-    """The training loss became NaN or infinite."""
+from actlab.errors import DivergedError
 
 
 class DivergenceMonitor(L.Callback):
-    """Raise DivergedError once the training loss is NaN/inf.
+    """Raise :class:`~actlab.errors.DivergedError` once the training loss is NaN/inf: the
+    one divergence check of a run.
 
     Checks the step's loss every ``check_every_n_steps`` steps and the epoch's last step
     (each check is one host sync on a GPU). Once weights are NaN every later loss is too, so
-    the epoch-end check catches any divergence the periodic ones skipped. (The Classifier
-    also checks its epoch-mean training loss.)
+    the epoch-end check catches any divergence the periodic ones skipped.
     """
 
     def __init__(self, check_every_n_steps: int = 50) -> None:

@@ -9,13 +9,21 @@ import torch.nn.functional as F
 from actlab.callbacks.diagnostic import LayerDistributions, layer_name, probe_batch
 
 
+def weight_gradients(net: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> list[torch.Tensor]:
+    """The cross-entropy gradient of every Linear layer's weight (hidden layers, then the
+    head) on one batch, by ``torch.autograd.grad``: the optimiser's ``.grad`` buffers are
+    never touched. A layer the loss does not reach gets zeros."""
+    linears = [*net.linears, net.head]
+    with torch.enable_grad(), torch.inference_mode(False):
+        loss = F.cross_entropy(net(inputs), targets)
+        grads = torch.autograd.grad(loss, [linear.weight for linear in linears], allow_unused=True)
+    return [torch.zeros_like(l.weight) if g is None else g for g, l in zip(grads, linears)]
+
+
 class GradientHistograms(LayerDistributions):
     """Histogram ``grad/layer_i_<in>x<out>`` and scalar ``grad_norm/layer_i`` of every Linear
-    layer's weight gradient (output layer included) on a fixed probe batch.
-
-    Gradients come from ``torch.autograd.grad`` on the probe's cross-entropy, so the
-    optimiser's ``.grad`` buffers are never touched.
-    """
+    layer's weight gradient (output layer included) on a fixed probe batch
+    (:func:`weight_gradients`)."""
 
     figure_name = "gradient_histograms.png"
     xlabel = "weight gradient"
@@ -23,20 +31,12 @@ class GradientHistograms(LayerDistributions):
     def __init__(self, probe_size: int = 1024, every_n_epochs: int = 1, figures_dir: str | None = None) -> None:
         super().__init__(every_n_epochs, figures_dir)
         self.probe_size = probe_size
-        self.norms: list[tuple[int, list[float]]] = []  # (step, norm per layer)
 
     def measure(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
         net = pl_module.net
-        linears = [*net.linears, net.head]
-        x, y = probe_batch(trainer, self.probe_size)
-        with torch.enable_grad(), torch.inference_mode(False):
-            loss = F.cross_entropy(net(x), y)
-            grads = torch.autograd.grad(loss, [linear.weight for linear in linears], allow_unused=True)
-        grads = [torch.zeros_like(l.weight) if g is None else g for g, l in zip(grads, linears)]
-        names = [layer_name(i, linear) for i, linear in enumerate(linears)]
-        norms = [float(g.norm()) for g in grads]
-        self.norms.append((step, norms))
-        self.log_scalars(trainer, {f"grad_norm/layer_{i}": n for i, n in enumerate(norms)}, step)
+        grads = weight_gradients(net, *probe_batch(trainer, self.probe_size))
+        names = [layer_name(i, linear) for i, linear in enumerate([*net.linears, net.head])]
+        self.log_scalars(trainer, {f"grad_norm/layer_{i}": float(g.norm()) for i, g in enumerate(grads)}, step)
         for name, grad in zip(names, grads):
             self.log_histogram(trainer, f"grad/{name}", grad, step)
         self.remember(names, grads)

@@ -1,28 +1,44 @@
-"""Per-epoch history of a run: epoch wall times and the logged epoch metrics."""
+"""Per-epoch history of a run, kept in its record: epoch wall times, the time spent in the
+diagnostics, and the logged epoch metrics."""
 
 from __future__ import annotations
 
+import logging
 import math
+import statistics
 import time
 from collections import defaultdict
 
 import lightning as L
 
+from actlab.callbacks.diagnostic import Diagnostic
+from actlab.record import RunRecord
+
+log = logging.getLogger(__name__)
+
 
 class RunHistory(L.Callback):
-    """Records each epoch's wall time and every epoch-level ``train/*`` and ``val/*`` metric.
+    """Records each epoch's wall time, the seconds of it spent in the diagnostics, and every
+    epoch-level ``train/*`` and ``val/*`` metric, and writes them into the run record after
+    every epoch (the record's heartbeat: a run killed outright keeps its history so far).
 
     The epoch time runs from the start of the training epoch to the end of the callbacks'
-    epoch-end hooks: training steps, validation, and any diagnostics callback placed before
-    this one (the trainer builder puts this callback last so that their cost is counted).
-    The module logs its training metrics in its own epoch-end hook, which Lightning runs
-    after the callbacks', so an epoch's metrics are collected when the next epoch starts or
-    training ends. ``history[key]`` is a list over epochs: what the run record and the sweep
-    summary's learning curves are made of.
+    epoch-end hooks: training steps, validation, and the diagnostics (the trainer builder puts
+    this callback last so that their cost is counted). The module logs its training metrics in
+    its own epoch-end hook, which Lightning runs after the callbacks', so an epoch's metrics
+    are collected, and the record written, when the next epoch starts or training ends.
+    ``history[key]`` is a list over epochs: what the learning curves are made of.
+
+    Args:
+        record: the run record to keep up to date (None: only collect).
+        log_epochs: log one line per epoch (for logs that are not a terminal, where the
+            progress bar is off).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, record: RunRecord | None = None, log_epochs: bool = False) -> None:
+        self.record, self.log_epochs = record, log_epochs
         self.epoch_times: list[float] = []
+        self.diagnostics_times: list[float | None] = []
         self.history: dict[str, list[float]] = defaultdict(list)
         self._epoch_start = 0.0
         self._pending = False
@@ -37,9 +53,16 @@ class RunHistory(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
         self.epoch_times.append(time.perf_counter() - self._epoch_start)
+        epoch = trainer.current_epoch
+        seconds = [c.epoch_seconds[epoch] for c in trainer.callbacks if isinstance(c, Diagnostic)
+                   if epoch in c.epoch_seconds]  # fmt: skip
+        self.diagnostics_times.append(sum(seconds) if seconds else None)
         self._pending = True
 
     def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
+        self._collect(trainer)
+
+    def on_exception(self, trainer: L.Trainer, pl_module, exception: BaseException) -> None:
         self._collect(trainer)
 
     def _collect(self, trainer: L.Trainer) -> None:
@@ -50,14 +73,40 @@ class RunHistory(L.Callback):
             if key.startswith(("train/", "val/")):
                 value = float(value)
                 self.history[key].append(value if math.isfinite(value) else float("nan"))
+        if self.log_epochs:
+            metrics = "  ".join(f"{k} {v[-1]:.4f}" for k, v in sorted(self.history.items()) if v)
+            log.info("epoch %d/%s  %s  (%.1f s)", len(self.epoch_times), trainer.max_epochs, metrics,
+                     self.epoch_times[-1])  # fmt: skip
+        if self.record is not None:
+            self.record.update(**self.record_fields(trainer))
+            self.record.write()
+
+    def record_fields(self, trainer: L.Trainer | None) -> dict:
+        """The run record's history fields (and the diagnostics' own fields, e.g. dead ratios)."""
+        val_acc = self.history.get("val/acc", [])
+        fields = {
+            "epochs_completed": len(self.epoch_times),
+            "epoch_times_s": self.epoch_times,
+            "epoch_time_s": statistics.median(self.epoch_times) if self.epoch_times else None,
+            "diagnostics_epoch_s": self.diagnostics_times,
+            "history": dict(self.history),
+            "val/acc_last": val_acc[-1] if val_acc else None,
+            "val/acc_best": max(val_acc) if val_acc else None,
+        }
+        for callback in trainer.callbacks if trainer else []:
+            if isinstance(callback, Diagnostic):
+                fields.update(callback.record_fields())
+        return fields
 
     def state_dict(self) -> dict:
         # A checkpoint taken between an epoch's end and the next epoch's start (a SIGTERM
         # lands there) must carry that finished epoch's metrics: they are logged by now.
         if self._trainer is not None:
             self._collect(self._trainer)
-        return {"epoch_times": self.epoch_times, "history": dict(self.history)}
+        return {"epoch_times": self.epoch_times, "diagnostics_times": self.diagnostics_times,
+                "history": dict(self.history)}  # fmt: skip
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.epoch_times = list(state_dict.get("epoch_times", []))
+        self.diagnostics_times = list(state_dict.get("diagnostics_times", [None] * len(self.epoch_times)))
         self.history = defaultdict(list, state_dict.get("history", {}))

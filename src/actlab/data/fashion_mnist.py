@@ -147,7 +147,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
     """
 
     num_classes = NUM_CLASSES
-    input_shape = (28, 28)
+    input_size = 28 * 28  # features per flattened image: what the model's first layer takes
 
     def __init__(
         self,
@@ -202,10 +202,16 @@ class FashionMNISTDataModule(L.LightningDataModule):
     def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
         # Batches are slices of tensors that already live on the training device: skip
         # Lightning's generic collection walk, a measurable cost per CPU step.
-        images, labels = batch
-        if images.device == device and labels.device == device:
+        if isinstance(batch, tuple) and all(isinstance(t, torch.Tensor) and t.device == device for t in batch):
             return batch
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+    def probe_set(self, size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``size`` training samples (all for None), on the training device: the
+        fixed probe set the diagnostics measure the network on."""
+        if self.train_x is None:
+            raise RuntimeError("probe_set() needs the data: call setup() first")
+        return self.train_x[:size], self.train_y[:size]
 
     def train_dataloader(self) -> TensorBatchLoader:
         return TensorBatchLoader(self.train_x, self.train_y, self.batch_size, shuffle=True)

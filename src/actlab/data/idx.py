@@ -42,15 +42,3 @@ def read_idx(path: str | Path) -> torch.Tensor:
         )
     array = np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
     return torch.from_numpy(array.astype(dtype.newbyteorder("="), copy=True))
-
-
-def write_idx(path: str | Path, array: np.ndarray) -> None:
-    """Write a uint8 array as an IDX file (gzip-compressed if ``path`` ends in ``.gz``).
-
-    Used to build small synthetic datasets for tests and demos.
-    """
-    array = np.ascontiguousarray(array, dtype=np.uint8)
-    payload = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    payload += array.tobytes()
-    path = Path(path)
-    path.write_bytes(gzip.compress(payload) if path.suffix == ".gz" else payload)

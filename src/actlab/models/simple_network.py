@@ -42,6 +42,8 @@ class SimpleNetwork(nn.Module):
         hidden_shape: explicit hidden widths; wins over ``depth``.
         depth: number of hidden layers tapering linearly 256 -> 64 (used when
             ``hidden_shape`` is None; 4 gives the default [256, 192, 128, 64]).
+        input_size, num_classes: features per input and classes of the task (the training
+            code takes both from the DataModule).
         share_activation: reuse ONE activation instance in every layer, as the textbook's
             code did (a trainable activation then has one parameter set for the whole net).
         init: weight initialisation: ``default`` (PyTorch's), ``kaiming`` (He, normal,
@@ -69,6 +71,7 @@ class SimpleNetwork(nn.Module):
         if init not in INITS:
             raise ValueError(f"unknown model.init {init!r}; choose one of: {', '.join(INITS)}")
         self.hidden_shape, self.share_activation, self.init = hidden_shape, share_activation, init
+        self.input_size, self.num_classes = input_size, num_classes
 
         shared = build_activation(activation, hidden_shape[0]) if share_activation else None
         self.flatten = nn.Flatten()

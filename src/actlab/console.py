@@ -1,0 +1,67 @@
+"""What a run prints: one closing line that says how it went, and none of the third-party
+noise a first run would otherwise show."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+# fragments of Lightning's info lines that are advertisements, not information
+_LIGHTNING_NOISE = ("litlogger",)
+# warnings that concern neither actlab's users nor anything they can change
+_WARNINGS = (
+    # Lightning 2.6 on torch >= 2.9 (a dependency's deprecation, fixed upstream)
+    r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
+    # printed on every machine that has SLURM's client tools, even when not in a job
+    r".*The `srun` command is available on your system but is not used.*",
+)
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, fragments: tuple[str, ...]) -> None:
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(fragment in str(record.msg) for fragment in self.fragments)
+
+
+def quiet_third_party_noise() -> None:
+    """Filter Lightning's cloud-logger tip and the dependency warnings above (idempotent)."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)  # whichever of the two Lightning's rank_zero_info uses
+        if not any(isinstance(f, _DropMessages) for f in logger.filters):
+            logger.addFilter(_DropMessages(_LIGHTNING_NOISE))
+    for message in _WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+
+
+def is_terminal() -> bool:
+    """Whether stdout is a terminal (a progress bar is readable there, and floods a log file)."""
+    return sys.stdout.isatty()
+
+
+def _percent(value: Any) -> str:
+    return f"{100 * value:.2f}%" if isinstance(value, (int, float)) else "-"
+
+
+def summary_line(record: dict[str, Any]) -> str:
+    """One line: status, test and best validation accuracy, epochs, median epoch time, where
+    the record is and how to look at the run in TensorBoard."""
+    output_dir = Path(record.get("output_dir", "."))
+    epoch_s = record.get("epoch_time_s")
+    parts = [
+        f"run {record.get('status')}",
+        f"test acc {_percent(record.get('test/acc'))}",
+        f"best val acc {_percent(record.get('val/acc_best'))}",
+        f"{record.get('epochs_completed', 0)} epochs",
+        f"{epoch_s:.2f} s/epoch" if isinstance(epoch_s, (int, float)) else "- s/epoch",
+        f"record {output_dir / 'metrics.json'}",
+        f"view: tensorboard --logdir {output_dir}",
+    ]
+    if record.get("error"):
+        parts.insert(1, f"error: {record['error'].splitlines()[0][:200]}")
+    return " | ".join(parts)
