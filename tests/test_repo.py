@@ -17,8 +17,15 @@ def test_ci_runs_the_readme_test_command():
 
 def test_generated_outputs_are_ignored():
     ignored = (REPO / ".gitignore").read_text().split()
-    for path in ("/outputs/", ".venv/", "/data/", "*.ckpt"):
+    for path in ("/outputs/*", ".venv/", "/data/", "*.ckpt"):
         assert path in ignored
+
+
+def test_the_outputs_folder_is_in_the_tree_with_its_readme():
+    import subprocess
+
+    tracked = subprocess.run(["git", "ls-files", "outputs"], cwd=REPO, capture_output=True, text=True).stdout.split()
+    assert tracked == ["outputs/README.md"] or not (REPO / ".git").exists()
 
 
 def test_code_is_lint_clean():

@@ -200,7 +200,10 @@ def test_summary_of_a_synthetic_sweep_has_the_known_numbers(tmp_path):
 def test_summarize_script_on_a_real_partial_sweep(tmp_path, fake_data_dir):
     result, sweep_dir = sweep(tmp_path, fake_data_dir, "experiment=smoke", "activation=relu", "model.depth=1")
     assert result.returncode == 0, result.stderr[-3000:]
-    write_record(sweep_dir / "still-running", {"status": "running", "activation": "relu", "depth": 1})
+    write_record(
+        sweep_dir / "still-running",
+        {"status": "running", "activation": "relu", "depth": 1, "updated_at": datetime.now(timezone.utc).isoformat()},
+    )
     out = subprocess.run([sys.executable, str(REPO / "scripts" / "summarize.py"), str(sweep_dir)],
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert out.returncode == 0, out.stderr

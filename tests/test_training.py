@@ -7,8 +7,9 @@ from conftest import compose_train, data_overrides, run_train_cli
 from omegaconf import OmegaConf
 
 from actlab.config import group_options
-from actlab.record import read_record
-from actlab.training import ConfigError, run
+from actlab.errors import ConfigError
+from actlab.record import read_record, write_record
+from actlab.training import run
 
 GROUPS = ["activation", "model", "data", "optimizer", "trainer", "callbacks", "logger", "debug", "paths"]
 RECORD_KEYS = {
@@ -148,3 +149,101 @@ def test_runs_sharing_a_machine_split_its_threads(monkeypatch):
     assert default_threads(4) == 2 and default_threads(16) == 1
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")
     assert default_threads(None) == 3
+
+
+def test_a_bad_activation_field_fails_when_the_activation_is_built(tmp_path, fake_data_dir):
+    with pytest.raises(ConfigError, match="negative_slope.*abc"):
+        train_in_process(tmp_path, fake_data_dir, ["activation=leaky_relu", "activation.negative_slope=abc"])
+    assert read_record(tmp_path / "run")["status"] == "failed"
+
+
+def test_the_model_takes_its_input_and_class_counts_from_the_data(tmp_path, fake_data_dir):
+    from actlab.training import build_data_and_classifier
+
+    cfg = compose_train(data_overrides(fake_data_dir), output_dir=tmp_path)
+    datamodule, module = build_data_and_classifier(cfg)
+    assert module.net.linears[0].in_features == datamodule.input_size == 784
+    assert module.net.head.out_features == datamodule.num_classes == 10
+    with pytest.raises(Exception, match="num_classes"):  # not a model setting any more
+        compose_train(["model.num_classes=5"], output_dir=tmp_path)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_trainer_gpu_without_cuda_says_what_torch_sees_and_the_fix(tmp_path, fake_data_dir):
+    with pytest.raises(ConfigError, match=r"trainer=gpu asks for a CUDA GPU.*sees none.*trainer=cpu"):
+        train_in_process(tmp_path, fake_data_dir, ["trainer=gpu"])
+    assert "trainer=cpu" in read_record(tmp_path / "run")["error"]
+
+
+def test_a_run_ends_with_one_line_saying_how_it_went_and_no_noise(tmp_path, fake_data_dir):
+    result = run_train_cli(["trainer.max_epochs=2", *data_overrides(fake_data_dir)[:-2]], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    (run_dir,) = (tmp_path / "outputs" / "runs").iterdir()
+    record = read_record(run_dir)
+    (last,) = [line for line in output.splitlines() if "run completed |" in line]
+    assert f"test acc {100 * record['test/acc']:.2f}%" in last and "2 epochs" in last
+    assert f"record {run_dir / 'metrics.json'}" in last and f"tensorboard --logdir {run_dir}" in last
+    # not a terminal: one line per epoch instead of a progress bar
+    assert "epoch 1/2" in output and "epoch 2/2" in output and "Epoch 0:" not in output and "it/s]" not in output
+    for noise in ("litlogger", "LeafSpec", "`srun` command", "Total FLOPs: 0"):
+        assert noise not in output
+
+
+def test_sigkill_leaves_the_history_so_far_and_resume_continues(tmp_path, fake_data_dir):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    from actlab.record import effective_status
+
+    run_dir = tmp_path / "run"
+    args = [*data_overrides(fake_data_dir), f"hydra.run.dir={run_dir}", "trainer.max_epochs=40", "callbacks=none",
+            "data.batch_size=32", "logger=csv"]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 120
+    while (read_record(run_dir) or {}).get("epochs_completed", 0) < 2:  # the heartbeat after each epoch
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # no handler runs: only what was written survives
+    proc.wait(timeout=60)
+    record = read_record(run_dir)
+    assert record["status"] == "running" and record["updated_at"]
+    done = record["epochs_completed"]
+    assert 2 <= done < 40 and len(record["history"]["val/acc"]) == done == len(record["epoch_times_s"])
+    from datetime import datetime, timedelta
+
+    later = datetime.fromisoformat(record["updated_at"]) + timedelta(hours=1)
+    assert effective_status(record, later) == "lost"
+
+    result = run_train_cli([*args, "resume=true", "trainer.max_epochs=42"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed = read_record(run_dir)
+    assert resumed["status"] == "completed" and resumed["epochs_completed"] == 42
+    assert resumed["resumed_from"].endswith("last.ckpt") and resumed["resume_warning"] is None
+
+
+def test_a_corrupt_last_checkpoint_falls_back_and_never_loses_the_history(tmp_path, fake_data_dir):
+    first, out = train_in_process(tmp_path, fake_data_dir, ["trainer.max_epochs=3", "callbacks=none"])
+    checkpoints = out / "checkpoints"
+    (best,) = checkpoints.glob("best_epoch=*.ckpt")
+    best_epoch = int(best.stem.split("=")[1])
+    write_record(out, {**first, "status": "interrupted"})
+    (checkpoints / "last.ckpt").write_bytes(b"not a checkpoint")
+    resumed, _ = train_in_process(tmp_path, fake_data_dir, ["trainer.max_epochs=4", "callbacks=none", "resume=true"])
+    assert resumed["status"] == "completed" and resumed["resumed_from"] == str(best)
+    assert "last.ckpt does not load" in resumed["resume_warning"]
+    assert resumed["epochs_completed"] == 4  # the best epoch's history, then the epochs after it
+    assert resumed["history"]["val/acc"][: best_epoch + 1] == first["history"]["val/acc"][: best_epoch + 1]
+    assert resumed["previous_attempt"]["history"] == first["history"]  # the abandoned attempt is kept
+
+    for path in checkpoints.glob("*.ckpt"):
+        path.write_bytes(b"")
+    write_record(out, {**resumed, "status": "interrupted"})
+    fresh, _ = train_in_process(tmp_path, fake_data_dir, ["trainer.max_epochs=1", "callbacks=none", "resume=true"])
+    assert fresh["status"] == "completed" and fresh["resumed_from"] is None
+    assert "starting afresh" in fresh["resume_warning"] and fresh["previous_attempt"]["epochs_completed"] == 4
