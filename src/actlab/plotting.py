@@ -136,6 +136,7 @@ def plot_layer_histograms(
         ax.set_title(name, fontsize=9)
         ax.set_xlabel(xlabel, fontsize=8)
         ax.ticklabel_format(axis="x", style="sci", scilimits=(-2, 3))
+    axes.flat[0].set_ylabel("count", fontsize=8)
     axes.flat[0].legend(fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path)

@@ -208,35 +208,44 @@ class _UniformCubicSpline(torch.autograd.Function):
     """sum_i c_i B_i(x) on a uniform knot grid starting at ``first_knot``, ``scale`` intervals
     per unit. Interval m of the grid meets bases m-3..m; with c padded by three zeros on each
     side (the bases that do not exist at the ends) they are c_pad[m + j], j = 0..3. Gathering
-    those four beats both the full Cox-de Boor basis and autograd's scatter for indexing."""
+    those four beats both the full Cox-de Boor basis and autograd's scatter for indexing.
+    Written in the ``setup_context`` style with a generated vmap rule (packed sweeps stack one
+    spline per member)."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, x, coefficients, first_knot, scale):
-        intervals = coefficients.numel() + 3
+    def forward(x, coefficients, first_knot, scale):
+        intervals = coefficients.shape[-1] + 3
         position = (x - first_knot) * scale
         interval = torch.floor(position)
         u = position - interval
         inside = (interval >= 0) & (interval < intervals)  # False for NaN too
         index = torch.where(inside, interval, 0).long()
         padded = F.pad(coefficients, (3, 3))
-        spline = sum(padded.take(index + j) * w for j, w in enumerate(_cubic_weights(u))) / 6
+        spline = sum(padded[index + j] * w for j, w in enumerate(_cubic_weights(u))) / 6
+        return torch.where(inside, spline, 0.0), u, index, inside, padded
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, u, index, inside, padded = output
+        ctx.mark_non_differentiable(u, index, inside, padded)
         ctx.save_for_backward(u, index, inside, padded)
-        ctx.scale = scale
-        return torch.where(inside, spline, 0.0)
+        ctx.scale = inputs[3]
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_output):
+    def backward(ctx, grad_output, *_unused):
         u, index, inside, padded = ctx.saved_tensors
         g = torch.where(inside, grad_output, 0.0) / 6
         grad_x = grad_coefficients = None
         if ctx.needs_input_grad[0]:
-            slope = sum(padded.take(index + j) * w for j, w in enumerate(_cubic_weight_slopes(u)))
+            slope = sum(padded[index + j] * w for j, w in enumerate(_cubic_weight_slopes(u)))
             grad_x = g * slope * ctx.scale
         if ctx.needs_input_grad[1]:
             flat_index = torch.cat([(index + j).reshape(-1) for j in range(4)])
             contributions = torch.cat([(g * w).reshape(-1) for w in _cubic_weights(u)])
-            grad_padded = torch.zeros_like(padded).scatter_add_(0, flat_index, contributions)
+            grad_padded = torch.zeros_like(padded).index_add(0, flat_index, contributions)
             grad_coefficients = grad_padded[3:-3]
         return grad_x, grad_coefficients, None, None
 
@@ -288,7 +297,7 @@ class BSpline(nn.Module):
         r""":math:`\sum_i c_i B_i(x)` from the four bases that are non-zero at each x."""
         scale = self.grid_size / (2 * self.grid_range)  # knot intervals per unit of x
         first_knot = -self.grid_range - self.order / scale  # knots[0], without a device sync
-        return _UniformCubicSpline.apply(x, self.coefficients.to(x.dtype), first_knot, scale)
+        return _UniformCubicSpline.apply(x, self.coefficients.to(x.dtype), first_knot, scale)[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base_weight.to(x.dtype) * F.silu(x) + self.spline_weight.to(x.dtype) * self.spline(x)

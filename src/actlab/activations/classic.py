@@ -10,9 +10,15 @@ from torch import nn
 
 
 class _HeavisideFunction(torch.autograd.Function):
+    generate_vmap_rule = True  # runs under torch.func.vmap (packed sweeps)
+
     @staticmethod
-    def forward(ctx, x: torch.Tensor, threshold: float) -> torch.Tensor:
+    def forward(x: torch.Tensor, threshold: float) -> torch.Tensor:
         return (x > threshold).to(x.dtype)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        pass
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
