@@ -65,12 +65,13 @@ class Classifier(L.LightningModule):
         if isinstance(getattr(net, "input_size", None), int):
             self.example_input_array = torch.zeros(1, net.input_size)
         self.optimizer_factory = optimizer
-        self.forward_net = torch.compile(net) if compile else net
+        # in a list: the compiled wrapper is not a second copy of the net's weights in checkpoints
+        self._compiled = [torch.compile(net)] if compile else []
         # ModuleDict keys may not shadow nn.Module attributes ("train"), hence the suffix
         self.epoch_metrics = nn.ModuleDict({f"{stage}_metrics": EpochAccumulator() for stage in STAGES})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_net(x)
+        return self._compiled[0](x) if self._compiled else self.net(x)
 
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         x, y = batch

@@ -188,6 +188,9 @@ def fit_and_test(cfg: DictConfig, trainer: L.Trainer, module: Classifier, datamo
     finally:
         record.update(fit_time_s=time.perf_counter() - start)
     record.update(resumed_from=trainer.ckpt_path)  # ours, or Lightning's own SLURM requeue checkpoint
+    # a resumed fit with no epoch left to run calls no epoch hooks: take the restored history
+    (history,) = (c for c in trainer.callbacks if isinstance(c, RunHistory))
+    record.update(**history.record_fields(trainer))
     # A finished fit has spent its SLURM requeue checkpoints; left in place, Lightning would
     # load them into the model for trainer.test() (any ckpt_path=None under SLURM means "hpc").
     for spent in Path(trainer.default_root_dir).glob("hpc_ckpt_*.ckpt"):

@@ -61,9 +61,16 @@ class RunHistory(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
         self._collect(trainer)
+        self._write(trainer)  # also when no epoch was left to run (resuming a finished fit)
 
     def on_exception(self, trainer: L.Trainer, pl_module, exception: BaseException) -> None:
         self._collect(trainer)
+        self._write(trainer)
+
+    def _write(self, trainer: L.Trainer) -> None:
+        if self.record is not None:
+            self.record.update(**self.record_fields(trainer))
+            self.record.write()
 
     def _collect(self, trainer: L.Trainer) -> None:
         if not self._pending:
@@ -77,9 +84,7 @@ class RunHistory(L.Callback):
             metrics = "  ".join(f"{k} {v[-1]:.4f}" for k, v in sorted(self.history.items()) if v)
             log.info("epoch %d/%s  %s  (%.1f s)", len(self.epoch_times), trainer.max_epochs, metrics,
                      self.epoch_times[-1])  # fmt: skip
-        if self.record is not None:
-            self.record.update(**self.record_fields(trainer))
-            self.record.write()
+        self._write(trainer)
 
     def record_fields(self, trainer: L.Trainer | None) -> dict:
         """The run record's history fields (and the diagnostics' own fields, e.g. dead ratios)."""

@@ -1,0 +1,155 @@
+"""K SimpleNetworks of one shape as one module: stacked Linear weights applied as batched
+matrix products, each member's activation applied to its own slice."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from actlab.models import SimpleNetwork
+
+
+class ActivationGroup(nn.Module):
+    """The activations of one layer for the members that share an activation config.
+
+    Parameter-free activations are elementwise, so one module applies to the whole
+    ``(members, batch, width)`` slice at once (RReLU's training noise then comes from one draw
+    for the group). Trainable ones keep one parameter set per member, stacked along dim 0,
+    and run under ``torch.func.vmap``.
+    """
+
+    def __init__(self, activations: list[nn.Module]) -> None:
+        super().__init__()
+        first = activations[0]
+        self.trainable = any(True for _ in first.parameters())
+        if not self.trainable:
+            self.shared = first
+            return
+        params, buffers = stack_module_state(activations)
+        self.params = nn.ParameterDict({k.replace(".", "__"): nn.Parameter(v) for k, v in params.items()})
+        for name, value in buffers.items():
+            self.register_buffer(f"buffer__{name.replace('.', '__')}", value)
+        self.template = [copy.deepcopy(first).to("meta")]  # a list: not a submodule, no parameters of its own
+
+    def stacked_state(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        params = {k.replace("__", "."): v for k, v in self.params.items()}
+        buffers = {k[len("buffer__") :].replace("__", "."): v for k, v in self.named_buffers() if "." not in k}
+        return params, buffers
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.trainable:
+            return self.shared(x)
+        params, buffers = self.stacked_state()
+        template = self.template[0]
+        return vmap(lambda p, b, h: functional_call(template, (p, b), (h,)), randomness="different")(params, buffers, x)
+
+
+class StackedNetwork(nn.Module):
+    """``members`` SimpleNetworks of one hidden shape as one module.
+
+    Input ``(K, batch, ...)``, output ``(K, batch, classes)``: member k sees its own batch and
+    its own weights; nothing couples members (the loss of one never reaches another's
+    gradients). ``activation_keys[k]`` names member k's activation config: members with the
+    same key share one :class:`ActivationGroup` per layer.
+
+    Built from the members' own modules (each made from its own seed, exactly as a single
+    run makes it), whose values it copies; :meth:`member_state_dict` gives them back in
+    SimpleNetwork's layout, for checkpoints and per-member figures.
+    """
+
+    def __init__(self, members: list[SimpleNetwork], activation_keys: list[str]) -> None:
+        super().__init__()
+        shapes = {tuple(m.hidden_shape) for m in members}
+        if len(shapes) != 1 or any(m.share_activation for m in members):
+            raise ValueError("a pack needs members of one hidden shape, each with its own activations per layer")
+        if len(activation_keys) != len(members):
+            raise ValueError(f"{len(activation_keys)} activation keys for {len(members)} members")
+        self.size, self.hidden_shape = len(members), list(members[0].hidden_shape)
+        linears = [[*m.linears, m.head] for m in members]
+        self.weights = nn.ParameterList(
+            nn.Parameter(torch.stack([layers[i].weight.detach() for layers in linears]).clone())
+            for i in range(len(linears[0]))
+        )
+        self.biases = nn.ParameterList(
+            nn.Parameter(torch.stack([layers[i].bias.detach() for layers in linears]).clone())
+            for i in range(len(linears[0]))
+        )
+        keys = sorted(set(activation_keys), key=activation_keys.index)
+        self.group_members = [[k for k, key in enumerate(activation_keys) if key == group] for group in keys]
+        for i, members_of in enumerate(self.group_members):
+            self.register_buffer(f"group_index_{i}", torch.tensor(members_of), persistent=False)
+        self.activations = nn.ModuleList(
+            nn.ModuleList(
+                ActivationGroup([members[k].activations[layer] for k in group]) for group in self.group_members
+            )
+            for layer in range(len(self.hidden_shape))
+        )
+        # each member's own layout (on the meta device: no memory), for member_network; a plain
+        # list, so they are not submodules
+        self.member_templates = [copy.deepcopy(m).to("meta") for m in members]
+
+    @property
+    def depth(self) -> int:
+        return len(self.hidden_shape)
+
+    def _activate(self, layer: int, h: torch.Tensor) -> torch.Tensor:
+        groups = self.activations[layer]
+        if len(groups) == 1:
+            return groups[0](h)
+        out = torch.empty_like(h)
+        for i, group in enumerate(groups):
+            index = getattr(self, f"group_index_{i}")
+            out = out.index_copy(0, index, group(h.index_select(0, index)))
+        return out
+
+    def _linear(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.biases[i].unsqueeze(1), h, self.weights[i].transpose(1, 2))
+
+    def forward_hidden(self, x: torch.Tensor, layers: int | None = None) -> list[torch.Tensor]:
+        """Post-activation outputs ``(K, batch, width)`` of the first ``layers`` hidden layers."""
+        h = x.flatten(2)
+        outputs = []
+        for layer in range(self.depth if layers is None else layers):
+            h = self._activate(layer, self._linear(layer, h))
+            outputs.append(h)
+        return outputs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.forward_hidden(x)
+        return self._linear(self.depth, hidden[-1])
+
+    def linear_weights(self) -> list[nn.Parameter]:
+        """The stacked ``(K, out, in)`` weights of the hidden layers, then the head."""
+        return list(self.weights)
+
+    def member_slots(self, k: int) -> dict[str, tuple[torch.Tensor, int | None]]:
+        """Where member ``k``'s tensors live: SimpleNetwork state-dict name -> (stacked tensor,
+        index along dim 0), or (the one shared tensor, None) for a parameter-free group's buffers."""
+        slots: dict[str, tuple[torch.Tensor, int | None]] = {}
+        for i in range(self.depth):
+            slots[f"linears.{i}.weight"], slots[f"linears.{i}.bias"] = (self.weights[i], k), (self.biases[i], k)
+        slots["head.weight"], slots["head.bias"] = (self.weights[-1], k), (self.biases[-1], k)
+        for layer, groups in enumerate(self.activations):
+            for group, members_of in zip(groups, self.group_members):
+                if k not in members_of:
+                    continue
+                if not group.trainable:
+                    slots.update({f"activations.{layer}.{n}": (v, None) for n, v in group.shared.state_dict().items()})
+                    continue
+                params, buffers = group.stacked_state()
+                j = members_of.index(k)
+                slots.update({f"activations.{layer}.{n}": (v, j) for n, v in {**params, **buffers}.items()})
+        return slots
+
+    def member_state_dict(self, k: int) -> dict[str, torch.Tensor]:
+        """Member ``k``'s weights as a SimpleNetwork state dict."""
+        return {name: (v if j is None else v[j]).detach().clone() for name, (v, j) in self.member_slots(k).items()}
+
+    def member_network(self, k: int) -> SimpleNetwork:
+        """Member ``k`` as a SimpleNetwork of its own (a copy, on this module's device)."""
+        net = copy.deepcopy(self.member_templates[k]).to_empty(device=self.weights[0].device)
+        net.load_state_dict(self.member_state_dict(k))
+        return net
