@@ -136,7 +136,8 @@ class _MemberState:
 class PackTrainer:
     """Trains ``members`` (configs equal but for seed and activation) as one StackedNetwork."""
 
-    def __init__(self, members: list[Member], pack_id: str = "pack", parallel_jobs: int | None = None) -> None:
+    def __init__(self, members: list[Member], pack_id: str = "pack", parallel_jobs: int | None = None,
+                 log_file: str | None = None) -> None:  # fmt: skip
         if not members:
             raise ValueError("a pack needs at least one member")
         keys = {pack_key(m.cfg) for m in members}
@@ -145,7 +146,7 @@ class PackTrainer:
         self.members, self.pack_id = members, pack_id
         self.cfg = members[0].cfg
         refuse_what_would_couple_members(self.cfg)
-        self.parallel_jobs = parallel_jobs
+        self.parallel_jobs, self.log_file = parallel_jobs, log_file
 
     # -- building ---------------------------------------------------------------------------
 
@@ -234,7 +235,7 @@ class PackTrainer:
             overrides=list(member.overrides),
             seed=member.cfg.get("seed"),
             config=OmegaConf.to_container(member.cfg, resolve=True),
-            pack={"id": self.pack_id, "size": len(self.members), "index": index},
+            pack={"id": self.pack_id, "size": len(self.members), "index": index, "log": self.log_file},
         )
         record.__enter__()
         return record
@@ -408,9 +409,10 @@ class PackTrainer:
                 final = {key: state.record.data.get(key) for key in HPARAM_METRICS}
                 write_hparams(state.loggers, run_hparams(state.record.data), final, self.global_step)
         except (KeyboardInterrupt, SIGTERMException) as interruption:
+            # every member's last.ckpt is its last finished epoch (written as each epoch ends):
+            # resume=true continues from there, the interrupted epoch's part is run again
             for state in self.states:
                 if not state.finished:
-                    save_member_checkpoint(self, state, "last.ckpt")
                     self._finish(state, interruption)
             signum = signal.SIGTERM if isinstance(interruption, SIGTERMException) else signal.SIGINT
             raise SystemExit(128 + signum) from interruption
@@ -428,7 +430,8 @@ class PackTrainer:
                 diagnostic.save_figure(diagnostic.figures_dir)
 
 
-def train_pack(members: list[Member], pack_id: str = "pack", parallel_jobs: int | None = None) -> list[dict]:
+def train_pack(members: list[Member], pack_id: str = "pack", parallel_jobs: int | None = None,
+               log_file: str | None = None) -> list[dict]:  # fmt: skip
     """Train ``members`` as one pack (see :class:`PackTrainer`); members whose record says
     ``completed`` are skipped when their config asks to resume."""
     todo = [m for m in members if not (m.cfg.get("resume") and (read_record(m.output_dir) or {}).get("status")
@@ -437,7 +440,7 @@ def train_pack(members: list[Member], pack_id: str = "pack", parallel_jobs: int 
     if not todo:
         return done
     with _sigterm_raises():
-        return done + PackTrainer(todo, pack_id, parallel_jobs).fit_and_test()
+        return done + PackTrainer(todo, pack_id, parallel_jobs, log_file).fit_and_test()
 
 
 class _sigterm_raises:

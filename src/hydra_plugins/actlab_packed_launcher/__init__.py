@@ -1,0 +1,1 @@
+"""actlab's `packed` Hydra launcher (found by Hydra once actlab is installed)."""

@@ -1,0 +1,169 @@
+"""``hydra/launcher=packed``: a sweep's jobs grouped into packs, each trained in one process.
+
+Jobs whose composed configs are equal but for ``seed`` and the activation (its choice and
+fields) form packs of at most ``pack_size`` members, each trained as one StackedNetwork by
+:func:`actlab.pack.training.train_pack`; a job that fits no pack (alone in its group, or
+with settings a pack cannot honour) runs as an ordinary single run. ``n_jobs`` packs run at a
+time, each in its own process, sharing the cores (or one GPU). Every job still gets its own
+directory with ``.hydra/``, ``metrics.json``, checkpoints and TensorBoard, as if it ran alone.
+"""
+
+import logging
+import multiprocessing
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PackedLauncherConf:
+    _target_: str = "hydra_plugins.actlab_packed_launcher.packed_launcher.PackedLauncher"
+    # most runs trained together in one pack
+    pack_size: int = 64
+    # packs (or single runs) at a time, each in its own process
+    n_jobs: int = 1
+
+
+ConfigStore.instance().store(group="hydra/launcher", name="actlab_packed", node=PackedLauncherConf, provider="actlab")
+
+
+def _as_member(cfg: DictConfig) -> Any:
+    """Phase one's task: the job's config, resolved while Hydra still knows its directory."""
+    from actlab.pack.training import Member
+
+    hydra_cfg = HydraConfig.get()
+    resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    return Member(resolved, Path(hydra_cfg.runtime.output_dir), hydra_cfg.runtime.choices.get("activation"),
+                  list(hydra_cfg.overrides.task))  # fmt: skip
+
+
+def group_into_packs(members: list, pack_size: int) -> tuple[list[list[int]], list[int]]:
+    """Indices of ``members`` grouped into packs (by :func:`~actlab.pack.training.pack_key`,
+    at most ``pack_size`` each) and the indices that run alone."""
+    from actlab.errors import ConfigError
+    from actlab.pack.training import pack_key, refuse_what_would_couple_members
+
+    groups: dict[str, list[int]] = {}
+    alone = []
+    for i, member in enumerate(members):
+        try:
+            refuse_what_would_couple_members(member.cfg)
+        except ConfigError:
+            alone.append(i)
+            continue
+        groups.setdefault(pack_key(member.cfg), []).append(i)
+    packs = []
+    for indices in groups.values():
+        for start in range(0, len(indices), pack_size):
+            chunk = indices[start : start + pack_size]
+            if len(chunk) > 1:
+                packs.append(chunk)
+            else:
+                alone += chunk
+    return packs, sorted(alone)
+
+
+def _log_to(path: Path) -> logging.Handler:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    logging.getLogger().addHandler(handler)
+    logging.getLogger().setLevel(logging.INFO)
+    return handler
+
+
+def run_work(kind: str, members: list, pack_id: str, log_file: str, parallel_jobs: int | None) -> list[dict]:
+    """One unit of a packed sweep, in this process: a pack, or one single run. Returns the
+    members' records (a failure is in its record; the exception is not re-raised)."""
+    from actlab.pack.training import train_pack
+    from actlab.record import read_record
+    from actlab.training import run
+
+    handler = _log_to(Path(log_file))
+    try:
+        if kind == "pack":
+            train_pack(members, pack_id, parallel_jobs, log_file)
+        else:
+            (member,) = members
+            run(member.cfg, member.output_dir, member.activation, member.overrides, parallel_jobs)
+    except Exception:
+        log.exception("%s %s failed", kind, pack_id)
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    return [read_record(m.output_dir) or {"status": "failed", "error": "no record written"} for m in members]
+
+
+class PackedLauncher(Launcher):
+    def __init__(self, pack_size: int = 64, n_jobs: int = 1) -> None:
+        if pack_size < 1 or n_jobs < 1:
+            raise ValueError(f"hydra.launcher.pack_size and n_jobs must be >= 1, got {pack_size}, {n_jobs}")
+        self.pack_size, self.n_jobs = pack_size, n_jobs
+        self.config: DictConfig | None = None
+        self.hydra_context: HydraContext | None = None
+        self.task_function: TaskFunction | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+
+    def _prepare(self, overrides: Sequence[str], idx: int) -> JobReturn:
+        """Compose job ``idx`` and lay out its directory (``.hydra/``) exactly as Hydra's basic
+        launcher would, without running it: the JobReturn's value is the job's Member."""
+        sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        with open_dict(sweep_config):
+            sweep_config.hydra.job.id = f"{sweep_config.hydra.job.name}_{idx}"
+            sweep_config.hydra.job.num = idx
+        HydraConfig.instance().set_config(sweep_config)
+        return run_job(_as_member, sweep_config, "hydra.sweep.dir", "hydra.sweep.subdir", self.hydra_context,
+                       configure_logging=False)  # fmt: skip
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        setup_globals()
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        prepared = [self._prepare(o, initial_job_idx + i) for i, o in enumerate(job_overrides)]
+        members = [job.return_value for job in prepared]
+        packs, alone = group_into_packs(members, self.pack_size)
+        log.info("packed launcher: %d jobs -> %d packs (%s members) + %d single runs, %d at a time, in %s",
+                 len(members), len(packs), "+".join(str(len(p)) for p in packs) or "0", len(alone), self.n_jobs,
+                 sweep_dir)  # fmt: skip
+        for i, job in enumerate(prepared):
+            log.info("\t#%d : %s", initial_job_idx + i, " ".join(filter_overrides(job.overrides)))
+        work = [("pack", [members[i] for i in p], f"pack-{n}", str(sweep_dir / ".packs" / f"pack-{n}.log"), p)
+                for n, p in enumerate(packs)]  # fmt: skip
+        work += [("single", [members[i]], f"job-{i}", str(members[i].output_dir / "train.log"), [i]) for i in alone]
+        parallel = self.n_jobs if self.n_jobs > 1 else None
+        records: dict[int, dict] = {}
+        if self.n_jobs == 1:
+            for kind, group, name, log_file, indices in work:
+                records.update(zip(indices, run_work(kind, group, name, log_file, parallel)))
+        else:
+            context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch state
+            with ProcessPoolExecutor(max_workers=self.n_jobs, mp_context=context) as pool:
+                futures = [(pool.submit(run_work, kind, group, name, log_file, parallel), indices)
+                           for kind, group, name, log_file, indices in work]  # fmt: skip
+                for future, indices in futures:
+                    records.update(zip(indices, future.result()))
+        return [self._result(job, records[i]) for i, job in enumerate(prepared)]
+
+    @staticmethod
+    def _result(job: JobReturn, record: dict) -> JobReturn:
+        status = record.get("status")
+        if status in ("completed", "diverged"):  # a diverging loss is a result, as in a single run
+            job.status, job.return_value = JobStatus.COMPLETED, record.get("val/acc_best")
+        else:
+            job.status = JobStatus.FAILED
+            job.return_value = RuntimeError(f"{job.working_dir}: {status}: {record.get('error')}")
+        return job

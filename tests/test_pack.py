@@ -1,0 +1,205 @@
+"""Packed sweeps: a pack's members are the runs `python train.py <their overrides>` would do."""
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import REPO, compose_train, data_overrides, run_train_cli
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from actlab.config import CONFIG_DIR, group_options
+from actlab.errors import ConfigError
+from actlab.models import SimpleNetwork
+from actlab.pack import StackedNetwork
+from actlab.pack.training import Member, PackTrainer, train_pack
+from actlab.record import read_record
+from actlab.training import run
+
+
+def activation_factory(name):
+    return instantiate(OmegaConf.load(CONFIG_DIR / "activation" / f"{name}.yaml"))
+
+
+@pytest.mark.parametrize("train_mode", [False, True])
+def test_every_activation_in_a_pack_matches_its_unpacked_network(train_mode):
+    names = group_options("activation")
+    nets = []
+    for i, name in enumerate(names * 2):  # two members each: groups of trainable ones run under vmap
+        torch.manual_seed(i)
+        nets.append(SimpleNetwork(activation_factory(name), hidden_shape=[24, 16]).train(train_mode))
+    keys = names * 2
+    stacked = StackedNetwork(nets, keys).train(train_mode)
+    x = torch.randn(len(nets), 6, 784)
+    y = stacked(x)
+    for k, (name, net) in enumerate(zip(keys, nets)):
+        if name == "rrelu" and train_mode:
+            continue  # random slopes: same law, not the same draws
+        upstream = torch.randn(6, 10)
+        (expected,) = [net(x[k])]
+        assert torch.allclose(y[k], expected, atol=1e-5), name
+        grads = torch.autograd.grad((y[k] * upstream).sum(), list(stacked.parameters()), allow_unused=True,
+                                    retain_graph=True)  # fmt: skip
+        mine = dict(zip([n for n, _ in stacked.named_parameters()], grads))
+        theirs = dict(zip([n for n, _ in net.named_parameters()], torch.autograd.grad(
+            (expected * upstream).sum(), list(net.parameters()), allow_unused=True)))  # fmt: skip
+        for layer in range(2):
+            assert torch.allclose(mine[f"weights.{layer}"][k], theirs[f"linears.{layer}.weight"], atol=1e-5), name
+        assert torch.allclose(mine["weights.2"][k], theirs["head.weight"], atol=1e-5), name
+        others = [j for j in range(len(nets)) if j != k]
+        assert not mine["weights.0"][others].any(), name  # one member's loss reaches no other member
+
+
+def members_for(tmp_path, fake_data_dir, specs, extra=()):
+    base = [*data_overrides(fake_data_dir), "trainer.max_epochs=2", *extra]
+    members = []
+    for seed, activation, *fields in specs:
+        out = tmp_path / "pack" / f"{activation}-{seed}"
+        overrides = [f"seed={seed}", f"activation={activation}", *fields]
+        members.append(Member(compose_train([*base, *overrides], out), out, activation, overrides))
+    return members, base
+
+
+def single_run(tmp_path, base, seed, activation, *fields):
+    out = tmp_path / "single" / f"{activation}-{seed}"
+    return run(compose_train([*base, f"seed={seed}", f"activation={activation}", *fields], out), out, activation), out
+
+
+def checkpoint_weights(run_dir):
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_pack_members_equal_their_separate_runs(tmp_path, fake_data_dir, optimizer):
+    specs = [(1, "relu"), (2, "relu"), (3, "staf"), (4, "prelu")]
+    members, base = members_for(tmp_path, fake_data_dir, specs, [f"optimizer={optimizer}", "callbacks=none"])
+    records = train_pack(members, "p")
+    assert [r["status"] for r in records] == ["completed"] * 4
+    assert [r["pack"]["index"] for r in records] == [0, 1, 2, 3] and {r["pack"]["size"] for r in records} == {4}
+    for (seed, activation), member, packed in zip(specs, members, records):
+        alone, out = single_run(tmp_path, [*base, f"optimizer={optimizer}", "callbacks=none"], seed, activation)
+        for key in ("train/loss", "val/acc", "val/loss"):
+            assert packed["history"][key] == pytest.approx(alone["history"][key], abs=1e-5), (activation, key)
+        assert packed["test/acc"] == pytest.approx(alone["test/acc"], abs=1e-6)
+        a, b = checkpoint_weights(out), checkpoint_weights(member.output_dir)
+        assert set(a) == set(b)
+        for name in a:
+            assert torch.allclose(a[name], b[name], atol=1e-5), (activation, name)
+
+
+def test_a_diverging_member_is_recorded_and_frozen_and_the_others_go_on(tmp_path, fake_data_dir):
+    specs = [(1, "relu"), (2, "relu"), (3, "leaky_relu", "activation.negative_slope=nan")]
+    members, base = members_for(tmp_path, fake_data_dir, specs, ["callbacks=none"])
+    records = train_pack(members, "p")
+    assert [r["status"] for r in records] == ["completed", "completed", "diverged"]
+    assert "nan" in records[2]["error"] and records[2]["epochs_completed"] < 2
+    alone, _ = single_run(tmp_path, [*base, "callbacks=none"], 2, "relu")
+    assert records[1]["history"]["train/loss"] == pytest.approx(alone["history"]["train/loss"], abs=1e-5)
+
+
+def test_diagnostics_reach_each_members_tensorboard_and_record(tmp_path, fake_data_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    members, _ = members_for(tmp_path, fake_data_dir, [(1, "relu"), (2, "staf")])
+    records = train_pack(members, "p")
+    for member, record in zip(members, records):
+        assert record["status"] == "completed" and record["dead/overall"] is not None
+        assert len(record["diagnostics_epoch_s"]) == 2 and len(record["dead/at_init"]) == 4
+        acc = EventAccumulator(str(member.output_dir / "tensorboard"), size_guidance={"histograms": 0})
+        acc.Reload()
+        assert [e.step for e in acc.Histograms("grad/layer_0_784x256")] == [0, 3, 6]
+        assert {"dead/overall", "train/loss", "val/acc", "test/acc", "grad_norm/layer_0"} <= set(acc.Tags()["scalars"])
+        assert "activation/shape" in acc.Tags()["images"]
+        assert {p.name for p in (member.output_dir / "figures").iterdir()} == {
+            "gradient_histograms.png", "layer_outputs.png", "dead_neurons.png"}  # fmt: skip
+
+
+def test_what_would_couple_members_is_refused(tmp_path, fake_data_dir):
+    members, _ = members_for(tmp_path, fake_data_dir, [(1, "relu"), (2, "relu")], ["+trainer.gradient_clip_val=1.0"])
+    with pytest.raises(ConfigError, match="gradient_clip_val"):
+        PackTrainer(members)
+    mixed, _ = members_for(tmp_path, fake_data_dir, [(1, "relu"), (2, "relu", "optimizer.lr=0.1")])
+    with pytest.raises(ConfigError, match="equal configs"):
+        PackTrainer(mixed)
+
+
+def test_a_single_run_resumes_from_a_pack_members_checkpoint(tmp_path, fake_data_dir):
+    members, base = members_for(tmp_path, fake_data_dir, [(1, "relu"), (2, "tanh")], ["callbacks=none"])
+    train_pack(members, "p")
+    member = members[1]
+    cfg = compose_train([*base, "callbacks=none", "seed=2", "activation=tanh", "trainer.max_epochs=3",
+                         "resume=true"], member.output_dir)  # fmt: skip
+    from omegaconf import open_dict
+
+    record = read_record(member.output_dir)
+    with open_dict(cfg):  # the record says completed; a longer run continues from it
+        record["status"] = "interrupted"
+    from actlab.record import write_record
+
+    write_record(member.output_dir, record)
+    resumed = run(cfg, member.output_dir, "tanh")
+    assert resumed["status"] == "completed" and resumed["resumed_from"].endswith("last.ckpt")
+    assert resumed["epochs_completed"] == 3 and len(resumed["history"]["val/acc"]) == 3
+    assert resumed["history"]["val/acc"][:2] == record["history"]["val/acc"]
+
+
+def packed_sweep(tmp_path, fake_data_dir, *args):
+    from test_sweeps import generated_data_overrides
+
+    sweep_dir = tmp_path / "sweep"
+    overrides = ["-m", "hydra/launcher=packed", *args, *generated_data_overrides(fake_data_dir),
+                 f"hydra.sweep.dir={sweep_dir}"]  # fmt: skip
+    return overrides, sweep_dir
+
+
+def test_packed_launcher_groups_the_sweep_and_writes_every_job_as_if_alone(tmp_path, fake_data_dir):
+    overrides, sweep_dir = packed_sweep(tmp_path, fake_data_dir, "experiment=smoke", "seed=1,2",
+                                        "hydra.launcher.pack_size=3")  # fmt: skip
+    result = run_train_cli(overrides, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = {p.parent.name: read_record(p.parent) for p in sweep_dir.glob("*/metrics.json")}
+    assert len(records) == 8 and all(r["status"] == "completed" for r in records.values())
+    # two depths -> two groups of 4, cut at pack_size 3: packs of 3 and single runs of 1
+    sizes = sorted((r.get("pack") or {}).get("size", 1) for r in records.values())
+    assert sizes == [1, 1, 3, 3, 3, 3, 3, 3]
+    for name, record in records.items():
+        assert (sweep_dir / name / ".hydra" / "config.yaml").is_file()
+        assert f"seed={record['seed']}" in name and record["depth"] == int(name.split("model.depth=")[1][0])
+    summary = subprocess.run([sys.executable, str(REPO / "scripts" / "summarize.py"), str(sweep_dir)],
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert summary.returncode == 0 and "8 runs: 0 running, 8 completed" in summary.stdout
+
+
+def test_packed_launcher_in_parallel_processes(tmp_path, fake_data_dir):
+    overrides, sweep_dir = packed_sweep(tmp_path, fake_data_dir, "experiment=smoke", "hydra.launcher.n_jobs=2")
+    result = run_train_cli(overrides, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [read_record(p.parent) for p in sweep_dir.glob("*/metrics.json")]
+    assert len(records) == 4 and all(r["status"] == "completed" and r["pack"]["size"] == 2 for r in records)
+
+
+def test_sigterm_checkpoints_the_pack_and_resume_finishes_it(tmp_path, fake_data_dir):
+    overrides, sweep_dir = packed_sweep(tmp_path, fake_data_dir, "activation=relu,tanh", "trainer.max_epochs=40",
+                                        "callbacks=none", "data.batch_size=32", "logger=csv")  # fmt: skip
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *overrides], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 120
+    while not list(sweep_dir.glob("*/checkpoints/last.ckpt")):
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    records = [read_record(p.parent) for p in sweep_dir.glob("*/metrics.json")]
+    assert [r["status"] for r in records] == ["interrupted"] * 2
+    stopped = records[0]["epochs_completed"]
+    assert 1 <= stopped < 40
+
+    result = run_train_cli([*overrides, "resume=true"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for path in sweep_dir.glob("*/metrics.json"):
+        record = read_record(path.parent)
+        assert record["status"] == "completed" and record["epochs_completed"] == 40
+        assert len(record["history"]["val/acc"]) == 40 and record["resumed_from"].endswith("last.ckpt")
