@@ -4,6 +4,7 @@ measured in one process on the same data, model, optimiser and device; prints th
     python scripts/benchmark.py                          # CPU, ReLU, real data
     python scripts/benchmark.py --device cuda --activation staf --versus relu
     python scripts/benchmark.py --activations            # per-activation forward/backward table
+    python scripts/benchmark.py --pack 8                 # 8 runs: separate processes vs one pack vs floor
 
 Self-contained: it reads the FashionMNIST files itself and drives actlab only through its
 public entry points (the composed config and ``actlab.training.run``, whose run record
@@ -319,6 +320,118 @@ def activation_speed(names: list[str], device: str = "cpu", shape: tuple[int, in
     return results
 
 
+def stacked_hand_loop(files: dict[str, Path], activation: str, device: torch.device, members: int, epochs: int,
+                      steps: int | None, batch_size: int = 128, val_size: int = 5000) -> Timing:  # fmt: skip
+    """The floor for training ``members`` models at once in eager PyTorch: stacked weights,
+    batched matrix products, one SGD over the stacked tensors, each member its own batches;
+    plus the validation pass. No framework, no bookkeeping."""
+    images = normalise(read_idx(files["train_images"])).to(device).flatten(1)
+    labels = read_idx(files["train_labels"]).long().to(device)
+    train_x, train_y, val_x, val_y = images[val_size:], labels[val_size:], images[:val_size], labels[:val_size]
+    nets = [_network(activation, torch.device("cpu")) for _ in range(members)]
+    layers = [[*net.linears, net.head] for net in nets]
+    weights = [torch.stack([m[i].weight.detach() for m in layers]).to(device).requires_grad_() for i in range(5)]
+    biases = [torch.stack([m[i].bias.detach() for m in layers]).to(device).requires_grad_() for i in range(5)]
+    act = nets[0].activations[0].to(device)
+    optimizer = torch.optim.SGD([*weights, *biases], lr=1e-3, momentum=0.9)
+    n = len(train_y) if steps is None else min(len(train_y), steps * batch_size)
+
+    def forward(h: torch.Tensor) -> torch.Tensor:
+        for i in range(4):
+            h = act(torch.baddbmm(biases[i].unsqueeze(1), h, weights[i].transpose(1, 2)))
+        return torch.baddbmm(biases[4].unsqueeze(1), h, weights[4].transpose(1, 2))
+
+    def epoch() -> None:
+        orders = torch.stack([torch.randperm(len(train_y)) for _ in range(members)]).to(device)
+        for start in range(0, n, batch_size):
+            idx = orders[:, start : start + batch_size]
+            logits = forward(train_x[idx])
+            loss = F.cross_entropy(logits.flatten(0, 1), train_y[idx].flatten(), reduction="none")
+            optimizer.zero_grad(set_to_none=True)
+            loss.view(members, -1).mean(1).sum().backward()
+            optimizer.step()
+        with torch.inference_mode():
+            correct = torch.zeros(members, device=device, dtype=torch.long)
+            for start in range(0, len(val_y), 1024):
+                xb = val_x[start : start + 1024]
+                correct += (forward(xb.expand(members, *xb.shape)).argmax(-1) == val_y[start : start + 1024]).sum(1)
+            correct.tolist()
+
+    return Timing(f"stacked hand loop ({members} models)", _time_epochs(epoch, epochs, device))
+
+
+def sweep_wall_time(launcher: list[str], members: int, activation: str, device: torch.device, epochs: int,
+                    steps: int | None, data_dir: str | None, system_dir: str | None) -> tuple[float, list]:  # fmt: skip
+    """Wall time of ``python train.py -m seed=1..members`` with ``launcher`` overrides
+    (start-up, data loading and testing included) and the runs' records."""
+    import json
+    import subprocess
+    import sys
+
+    sweep_dir = Path(tempfile.mkdtemp(prefix="actlab-bench-sweep-"))
+    overrides = ["-m", f"seed={','.join(str(s) for s in range(1, members + 1))}", f"activation={activation}",
+                 f"trainer={'gpu' if device.type == 'cuda' else 'cpu'}", f"trainer.max_epochs={epochs}",
+                 "callbacks=none", "data.download=false", f"hydra.sweep.dir={sweep_dir}", *launcher]  # fmt: skip
+    if data_dir:
+        overrides.append(f"data.data_dir={data_dir}")
+    if system_dir is not None:
+        overrides.append(f"data.system_dir={system_dir or 'null'}")
+    if steps is not None:
+        overrides += [f"trainer.limit_train_batches={steps}", f"trainer.limit_val_batches={max(1, steps // 10)}"]
+    train = Path(__file__).resolve().parents[1] / "train.py"
+    try:
+        start = time.perf_counter()
+        result = subprocess.run([sys.executable, str(train), *overrides], capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        if result.returncode != 0:
+            raise RuntimeError(f"benchmark sweep {launcher} failed: {result.stderr[-2000:]}")
+        records = [json.loads(p.read_text()) for p in sweep_dir.glob("*/metrics.json")]
+        return wall, records
+    finally:
+        shutil.rmtree(sweep_dir, ignore_errors=True)
+
+
+def pack_benchmark(device: str, activation: str, members: int, epochs: int, steps: int | None,
+                   data_dir: str | None, system_dir: str | None) -> str:  # fmt: skip
+    """Model-epochs per second of ``members`` runs done four ways, and the pack's per-model
+    epoch against the stacked hand loop's (the arithmetic floor of eager PyTorch)."""
+    torch_device = torch.device(device)
+    files = find_files(data_dir, DEBIAN_DIR if system_dir is None else system_dir)
+    floor = stacked_hand_loop(files, activation, torch_device, members, max(2, epochs), steps)
+    ways = {
+        "separate processes, basic launcher": ["hydra/launcher=basic"],
+        "separate processes, local_parallel n_jobs=2": ["hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2"],
+        f"one pack of {members} (hydra/launcher=packed)": ["hydra/launcher=packed"],
+    }
+    lines = [f"device={device} activation={activation} runs={members} epochs={epochs} torch threads="
+             f"{torch.get_num_threads()} (diagnostics off)", "",
+             f"{'way':<48} {'wall s':>8} {'model-epochs/s':>15}"]  # fmt: skip
+    walls, packed_records = {}, []
+    for name, launcher in ways.items():
+        wall, records = sweep_wall_time(launcher, members, activation, torch_device, epochs, steps, data_dir,
+                                        system_dir)  # fmt: skip
+        if len(records) != members or any(r["status"] != "completed" for r in records):
+            raise RuntimeError(f"{name}: not every run completed")
+        walls[name] = wall
+        packed_records = records if "pack" in name else packed_records
+        lines.append(f"{name:<48} {wall:>8.1f} {members * epochs / wall:>15.2f}")
+    floor_epoch = statistics.median(floor.epoch_times[1:] or floor.epoch_times)
+    lines.append(f"{floor.name + ' (epochs only)':<48} {'':>8} {members / floor_epoch:>15.2f}")
+    pack_epochs = packed_records[0]["epoch_times_s"]
+    pack_epoch = statistics.median(pack_epochs[1:] or pack_epochs)  # the first epoch warms up
+    pack_name = f"one pack of {members} (hydra/launcher=packed)"
+    lines += [
+        "",
+        f"per-model epoch: pack {pack_epoch / members:.3f} s, stacked hand loop {floor_epoch / members:.3f} s",
+        f"{'pack epoch / stacked hand loop epoch':<48} = {pack_epoch / floor_epoch:.2f}",
+        f"{'local_parallel sweep wall / pack sweep wall':<48} = "
+        f"{walls['separate processes, local_parallel n_jobs=2'] / walls[pack_name]:.2f}",
+        f"{'basic sweep wall / pack sweep wall':<48} = "
+        f"{walls['separate processes, basic launcher'] / walls[pack_name]:.2f}",
+    ]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -335,6 +448,9 @@ def main() -> None:
     )
     parser.add_argument("--skip-reference", action="store_true", help="skip the (slow) textbook loop")
     parser.add_argument("--activations", action="store_true", help="time every activation on a 128x256 batch")
+    parser.add_argument("--pack", type=int, default=None, metavar="K",
+                        help="model-epochs/s of K runs: separate processes, a pack, the stacked floor")  # fmt: skip
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per run with --pack")
     args = parser.parse_args()
     if args.activations:
         print(f"{'activation':<18} {'forward us':>11} {'fwd+bwd us':>11}  (128x256 batch, {args.device})")
@@ -342,6 +458,10 @@ def main() -> None:
             print(f"{name:<18} {forward:>11.1f} {both:>11.1f}")
         return
     system_dir = None if args.system_dir is None else ("" if args.system_dir == "none" else args.system_dir)
+    if args.pack:
+        print(pack_benchmark(args.device, args.activation, args.pack, args.epochs, args.steps, args.data_dir,
+                             system_dir))  # fmt: skip
+        return
     timings = benchmark(args.device, args.activation, args.rounds, args.steps, args.data_dir, system_dir,
                         args.skip_reference, args.versus)  # fmt: skip
     print(format_report(timings, args.device, args.activation, args.versus))
