@@ -203,3 +203,26 @@ def test_sigterm_checkpoints_the_pack_and_resume_finishes_it(tmp_path, fake_data
         record = read_record(path.parent)
         assert record["status"] == "completed" and record["epochs_completed"] == 40
         assert len(record["history"]["val/acc"]) == 40 and record["resumed_from"].endswith("last.ckpt")
+
+
+def test_one_dead_neuron_scan_for_the_pack_equals_each_members_own_scan():
+    from actlab.callbacks import DeadNeuronMonitor, scan_dead_neurons
+    from actlab.pack.diagnostics import scan_members
+
+    nets = []
+    for seed, name in enumerate(["relu", "relu", "leaky_relu", "tanh"]):
+        torch.manual_seed(seed)
+        net = SimpleNetwork(activation_factory(name), hidden_shape=[64, 48, 32])
+        with torch.no_grad():  # dead and rarely-firing neurons, differently per member
+            net.linears[1].bias[seed : seed + 3] = -100.0
+            net.linears[0].bias[10:20] = -3.0 + seed
+        nets.append(net.eval())
+    stacked = StackedNetwork(nets, ["relu", "relu", "leaky_relu", "tanh"])
+    inputs = torch.randn(5000, 784)
+    monitor = DeadNeuronMonitor(batch_size=1024)
+    together = scan_members(stacked, inputs, monitor)
+    for net, mine in zip(nets, together):
+        with torch.inference_mode():
+            alone = scan_dead_neurons(net, inputs, batch_size=1024, settle_early=False)
+        for a, b in zip(mine, alone):
+            assert torch.equal(a.dead(), b.dead()) and torch.equal(a.near_dead(), b.near_dead())

@@ -145,6 +145,10 @@ class DeadNeuronMonitor(Diagnostic):
         counters = scan_dead_neurons(
             pl_module.net, inputs, self.near_dead_tol, self.near_dead_fraction, self.batch_size, self.settle_early
         )
+        self.record_counters(trainer, counters, step)
+
+    def record_counters(self, trainer: L.Trainer, counters: list[DeadNeuronCounter], step: int) -> None:
+        """Log and keep one scan's result (a packed sweep scans all its members at once)."""
         metrics = dead_neuron_metrics(counters, self.near_dead_fraction)
         dead_ratios = [metrics[f"dead/layer_{i}"] for i in range(len(counters))]
         self.at_init = dead_ratios if self.at_init is None else self.at_init

@@ -31,11 +31,12 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from actlab.callbacks import ActivationPlot
+from actlab.callbacks import ActivationPlot, DeadNeuronMonitor
 from actlab.callbacks.diagnostic import Diagnostic
 from actlab.console import summary_line
 from actlab.errors import ConfigError, DivergedError
 from actlab.pack.checkpoint import load_member_checkpoint, save_member_checkpoint
+from actlab.pack.diagnostics import scan_members
 from actlab.pack.stacked import StackedNetwork
 from actlab.record import RunRecord, read_record
 from actlab.tensorboard import run_hparams, write_hparams
@@ -317,19 +318,43 @@ class PackTrainer:
                                current_epoch=self.epoch, fast_dev_run=False, is_global_zero=True)  # fmt: skip
 
     def _run_diagnostics(self, at_start: bool) -> None:
-        for k, state in enumerate(self.states):
-            if state.finished:
-                continue
-            module = _MemberModule(self.net.member_network(k)).train()
+        """Every member's diagnostics: the dead-neuron scan once for the whole pack
+        (:func:`scan_members`), the others on each member's own network."""
+        live = [s for s in self.states if not s.finished]
+        seconds = dict.fromkeys(id(s) for s in live)
+        batched = self._scan_dead_neurons(live, at_start)
+        for state in live:
+            module = _MemberModule(self.net.member_network(state.index)).train()
             trainer = self._trainer_view(state)
             start = time.perf_counter()
             for diagnostic in state.diagnostics:
+                if isinstance(diagnostic, DeadNeuronMonitor) and batched is not None:
+                    continue  # measured for the whole pack above
                 if at_start:
                     diagnostic.on_train_start(trainer, module)
                 elif isinstance(diagnostic, Diagnostic):
                     diagnostic.on_train_epoch_end(trainer, module)
-            if not at_start:
-                state.diagnostics_times.append(time.perf_counter() - start if state.diagnostics else None)
+            seconds[id(state)] = time.perf_counter() - start + (batched or 0.0) / len(live)
+        if not at_start:
+            for state in live:
+                state.diagnostics_times.append(seconds[id(state)] if state.diagnostics else None)
+
+    def _scan_dead_neurons(self, live: list[_MemberState], at_start: bool) -> float | None:
+        """One dead-neuron scan for all live members; returns its seconds (None: the members
+        have no dead-neuron monitor)."""
+        monitors = [next((d for d in s.diagnostics if isinstance(d, DeadNeuronMonitor)), None) for s in live]
+        if not monitors or any(m is None for m in monitors):
+            return None
+        first = monitors[0]
+        due = self.global_step == 0 if at_start else (self.epoch + 1) % first.every_n_epochs == 0
+        if not due:
+            return 0.0
+        start = time.perf_counter()
+        inputs, _ = self.datamodule.probe_set(first.probe_size)
+        counters = scan_members(self.net, inputs, first)
+        for state, monitor in zip(live, monitors):
+            monitor.record_counters(self._trainer_view(state), counters[state.index], self.global_step)
+        return time.perf_counter() - start
 
     def _end_epoch(self, epoch_time: float, train: tuple, val: tuple) -> None:
         for k, state in enumerate(self.states):
