@@ -88,3 +88,46 @@ def test_preempted_job_requeues_and_resumes_from_its_own_checkpoint(cluster, lau
     assert len(record["history"]["val/acc"]) >= 30  # the history came back with the checkpoint
     assert record["test/acc"] > 0.5  # tested with the final weights, not the requeue checkpoint's
     assert not list(job_dir.glob("hpc_ckpt_*.ckpt"))  # spent requeue checkpoints are removed
+
+
+PACKED = ["hydra/launcher=packed_slurm", "hydra.launcher.slurm.cpus_per_task=1", "hydra.launcher.slurm.mem_gb=1",
+          "hydra.launcher.slurm.timeout_min=10"]  # fmt: skip
+
+
+def launch_packed(tmp_path, fake_data_dir, *args):
+    sweep_dir = tmp_path / "sweep"
+    command = [sys.executable, str(REPO / "train.py"), "-m", *args, *PACKED,
+               *generated_data_overrides(fake_data_dir), f"hydra.sweep.dir={sweep_dir}"]  # fmt: skip
+    return subprocess.Popen(
+        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ), sweep_dir
+
+
+def test_packs_run_as_slurm_array_tasks(cluster, launched, tmp_path, fake_data_dir):
+    proc, sweep_dir = launch_packed(tmp_path, fake_data_dir, "experiment=smoke", "seed=1,2")
+    launched.append(proc)
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output[-4000:]
+    assert "2 SLURM array tasks" in output  # one per depth: two packs of 4
+    records = [read_record(p.parent) for p in sweep_dir.glob("*/metrics.json")]
+    assert len(records) == 8 and all(r["status"] == "completed" and r["pack"]["size"] == 4 for r in records)
+
+
+def test_a_preempted_pack_requeues_and_resumes_its_members(cluster, launched, tmp_path, fake_data_dir):
+    proc, sweep_dir = launch_packed(tmp_path, fake_data_dir, "activation=relu,tanh", "trainer.max_epochs=30",
+                                    "callbacks=none", "data.batch_size=8", "logger=csv")  # fmt: skip
+    launched.append(proc)
+    deadline = time.time() + 300
+    while len(list(sweep_dir.glob("*/checkpoints/last.ckpt"))) < 2:  # the pack has finished an epoch
+        assert proc.poll() is None, proc.stdout.read()[-4000:]
+        assert time.time() < deadline, "pack did not start training"
+        time.sleep(0.2)
+    job_id = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split()[0]
+    # what SLURM does before a time limit or preemption: submitit's signal to the job's processes
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output[-4000:]
+    for path in sweep_dir.glob("*/metrics.json"):
+        record = read_record(path.parent)
+        assert record["status"] == "completed" and record["epochs_completed"] == 30
+        assert record["resumed_from"].endswith("last.ckpt") and len(record["history"]["val/acc"]) == 30

@@ -4,8 +4,10 @@ Jobs whose composed configs are equal but for ``seed`` and the activation (its c
 fields) form packs of at most ``pack_size`` members, each trained as one StackedNetwork by
 :func:`actlab.pack.training.train_pack`; a job that fits no pack (alone in its group, or
 with settings a pack cannot honour) runs as an ordinary single run. ``n_jobs`` packs run at a
-time, each in its own process, sharing the cores (or one GPU). Every job still gets its own
-directory with ``.hydra/``, ``metrics.json``, checkpoints and TensorBoard, as if it ran alone.
+time, each in its own process, sharing the cores (or one GPU); with ``slurm`` set, each pack
+is one task of a SLURM job array instead (submitit), requeued on preemption or time-out and
+resumed from its members' last finished epoch. Every job still gets its own directory with
+``.hydra/``, ``metrics.json``, checkpoints and TensorBoard, as if it ran alone.
 """
 
 import logging
@@ -33,6 +35,8 @@ class PackedLauncherConf:
     pack_size: int = 64
     # packs (or single runs) at a time, each in its own process
     n_jobs: int = 1
+    # SLURM settings (conf/hydra/launcher/packed_slurm.yaml): each pack one array task; None = this machine
+    slurm: dict[str, Any] | None = None
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="actlab_packed", node=PackedLauncherConf, provider="actlab")
@@ -105,11 +109,43 @@ def run_work(kind: str, members: list, pack_id: str, log_file: str, parallel_job
     return [read_record(m.output_dir) or {"status": "failed", "error": "no record written"} for m in members]
 
 
+class SlurmPackJob:
+    """One pack (or single run) as a submitit job. On preemption or time-out submitit calls
+    :meth:`checkpoint` and requeues the job; the requeued one resumes every member from its
+    ``last.ckpt`` (its last finished epoch), skipping the completed ones."""
+
+    def __call__(self, kind: str, members: list, pack_id: str, log_file: str) -> list[dict]:
+        return run_work(kind, members, pack_id, log_file, None)  # threads: the CPUs SLURM gave the task
+
+    def checkpoint(self, kind: str, members: list, pack_id: str, log_file: str) -> Any:
+        import submitit
+
+        for member in members:
+            with open_dict(member.cfg):
+                member.cfg.resume = True
+        return submitit.helpers.DelayedSubmission(self, kind, members, pack_id, log_file)
+
+
+def submit_to_slurm(work: list, settings: dict[str, Any], sweep_dir: Path) -> list[list[dict]]:
+    """Each unit of ``work`` as one task of a SLURM job array; blocks until all are done."""
+    import submitit
+
+    settings = dict(settings)
+    executor = submitit.AutoExecutor(folder=str(sweep_dir / ".submitit" / "%j"), cluster="slurm",
+                                     slurm_max_num_timeout=settings.pop("max_num_timeout", 3))  # fmt: skip
+    generic = {"timeout_min", "nodes", "tasks_per_node", "cpus_per_task", "gpus_per_node", "mem_gb", "name"}
+    executor.update_parameters(**{k if k in generic else f"slurm_{k}": v for k, v in settings.items() if v is not None})
+    jobs = executor.map_array(SlurmPackJob(), *zip(*[unit[:4] for unit in work]))
+    log.info("packed launcher: %d SLURM array tasks (%s)", len(jobs), ", ".join(j.job_id for j in jobs))
+    return [job.results()[0] for job in jobs]
+
+
 class PackedLauncher(Launcher):
-    def __init__(self, pack_size: int = 64, n_jobs: int = 1) -> None:
+    def __init__(self, pack_size: int = 64, n_jobs: int = 1, slurm: dict[str, Any] | None = None) -> None:
         if pack_size < 1 or n_jobs < 1:
             raise ValueError(f"hydra.launcher.pack_size and n_jobs must be >= 1, got {pack_size}, {n_jobs}")
         self.pack_size, self.n_jobs = pack_size, n_jobs
+        self.slurm = OmegaConf.to_container(slurm, resolve=True) if isinstance(slurm, DictConfig) else slurm
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
@@ -146,7 +182,10 @@ class PackedLauncher(Launcher):
         work += [("single", [members[i]], f"job-{i}", str(members[i].output_dir / "train.log"), [i]) for i in alone]
         parallel = self.n_jobs if self.n_jobs > 1 else None
         records: dict[int, dict] = {}
-        if self.n_jobs == 1:
+        if self.slurm is not None:
+            for unit, results in zip(work, submit_to_slurm(work, self.slurm, sweep_dir)):
+                records.update(zip(unit[4], results))
+        elif self.n_jobs == 1:
             for kind, group, name, log_file, indices in work:
                 records.update(zip(indices, run_work(kind, group, name, log_file, parallel)))
         else:
