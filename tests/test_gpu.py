@@ -39,3 +39,15 @@ def test_activations_are_finite_on_the_gpu(name, dtype):
     y = act(x)
     y.sum().backward()
     assert torch.isfinite(y).all() and torch.isfinite(x.grad).all()
+
+
+def test_a_pack_trains_on_the_gpu_and_matches_its_separate_run(tmp_path, fake_data_dir):
+    from test_pack import members_for, single_run
+
+    members, base = members_for(tmp_path, fake_data_dir, [(1, "relu"), (2, "staf"), (3, "bspline")], ["trainer=gpu"])
+    from actlab.pack.training import train_pack
+
+    records = train_pack(members, "gpu")
+    assert all(r["status"] == "completed" and r["accelerator"] == "cuda" for r in records)
+    alone, _ = single_run(tmp_path, [*base, "trainer=gpu"], 2, "staf")
+    assert records[1]["history"]["train/loss"] == pytest.approx(alone["history"]["train/loss"], abs=1e-4)

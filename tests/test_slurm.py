@@ -30,9 +30,9 @@ def cluster():
         yield
 
 
-def launch(tmp_path, fake_data_dir, *args):
+def launch(tmp_path, fake_data_dir, *args, launcher=LAUNCHER):
     sweep_dir = tmp_path / "sweep"
-    command = [sys.executable, str(REPO / "train.py"), "-m", *args, *LAUNCHER,
+    command = [sys.executable, str(REPO / "train.py"), "-m", *args, *launcher,
                *generated_data_overrides(fake_data_dir), f"hydra.sweep.dir={sweep_dir}"]  # fmt: skip
     return subprocess.Popen(
         command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -94,17 +94,8 @@ PACKED = ["hydra/launcher=packed_slurm", "hydra.launcher.slurm.cpus_per_task=1",
           "hydra.launcher.slurm.timeout_min=10"]  # fmt: skip
 
 
-def launch_packed(tmp_path, fake_data_dir, *args):
-    sweep_dir = tmp_path / "sweep"
-    command = [sys.executable, str(REPO / "train.py"), "-m", *args, *PACKED,
-               *generated_data_overrides(fake_data_dir), f"hydra.sweep.dir={sweep_dir}"]  # fmt: skip
-    return subprocess.Popen(
-        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    ), sweep_dir
-
-
 def test_packs_run_as_slurm_array_tasks(cluster, launched, tmp_path, fake_data_dir):
-    proc, sweep_dir = launch_packed(tmp_path, fake_data_dir, "experiment=smoke", "seed=1,2")
+    proc, sweep_dir = launch(tmp_path, fake_data_dir, "experiment=smoke", "seed=1,2", launcher=PACKED)
     launched.append(proc)
     output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, output[-4000:]
@@ -114,8 +105,8 @@ def test_packs_run_as_slurm_array_tasks(cluster, launched, tmp_path, fake_data_d
 
 
 def test_a_preempted_pack_requeues_and_resumes_its_members(cluster, launched, tmp_path, fake_data_dir):
-    proc, sweep_dir = launch_packed(tmp_path, fake_data_dir, "activation=relu,tanh", "trainer.max_epochs=30",
-                                    "callbacks=none", "data.batch_size=8", "logger=csv")  # fmt: skip
+    proc, sweep_dir = launch(tmp_path, fake_data_dir, "activation=relu,tanh", "trainer.max_epochs=30",
+                             "callbacks=none", "data.batch_size=8", "logger=csv", launcher=PACKED)  # fmt: skip
     launched.append(proc)
     deadline = time.time() + 300
     while len(list(sweep_dir.glob("*/checkpoints/last.ckpt"))) < 2:  # the pack has finished an epoch
