@@ -14,8 +14,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep_dir", type=Path, help="a Hydra multirun directory")
     parser.add_argument("--out", type=Path, default=None, help="where to write (default: the sweep dir)")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="another sweep whose test accuracy to show beside this one's (e.g. the textbook protocol)",
+    )
     args = parser.parse_args()
-    for path in summarize(args.sweep_dir, args.out):
+    for path in summarize(args.sweep_dir, args.out, args.baseline):
         print(path)
     print((args.out or args.sweep_dir).joinpath("summary.md").read_text())
 

@@ -66,11 +66,11 @@ def data_overrides(data_dir: Path) -> list[str]:
     ]
 
 
-def compose_train(overrides: list[str], output_dir: Path | None = None) -> DictConfig:
+def compose_train(overrides: list[str], output_dir: Path | None = None, **kwargs) -> DictConfig:
     """Compose conf/train.yaml like `python train.py <overrides>` would, outside Hydra's CLI."""
     extra = [f"paths.output_dir={output_dir}"] if output_dir is not None else []
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose("train", overrides=[*overrides, *extra])
+        return compose("train", overrides=[*overrides, *extra], **kwargs)
 
 
 def run_train_cli(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:

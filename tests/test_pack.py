@@ -226,3 +226,20 @@ def test_one_dead_neuron_scan_for_the_pack_equals_each_members_own_scan():
             alone = scan_dead_neurons(net, inputs, batch_size=1024, settle_early=False)
         for a, b in zip(mine, alone):
             assert torch.equal(a.dead(), b.dead()) and torch.equal(a.near_dead(), b.near_dead())
+
+
+def test_a_pack_follows_the_fair_protocol_like_its_separate_runs(tmp_path, fake_data_dir):
+    """Early stopping per member, a shared cosine schedule, testing each member's best epoch."""
+    protocol = ["callbacks=none", "trainer.max_epochs=6", "callbacks.early_stopping.patience=1", "test_ckpt=best",
+                "scheduler=cosine", "optimizer.lr=0.05"]  # fmt: skip
+    specs = [(1, "relu"), (2, "tanh"), (3, "staf")]
+    members, base = members_for(tmp_path, fake_data_dir, specs, protocol)
+    records = train_pack(members, "p")
+    for (seed, activation), packed in zip(specs, records):
+        alone, _ = single_run(tmp_path, [*base, *protocol], seed, activation)
+        for key in ("epochs_completed", "stopped_epoch", "best_epoch"):
+            assert packed[key] == alone[key], (activation, key, packed[key], alone[key])
+        assert packed["history"]["train/lr"] == pytest.approx(alone["history"]["train/lr"])
+        assert packed["test_ckpt"]["epoch"] == alone["test_ckpt"]["epoch"] == alone["best_epoch"]
+        for key in ("test/acc", "test/f1", "test/acc_class_3"):
+            assert packed[key] == pytest.approx(alone[key], abs=1e-5), (activation, key)

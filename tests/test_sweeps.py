@@ -177,7 +177,9 @@ def test_summary_of_a_synthetic_sweep_has_the_known_numbers(tmp_path):
         "summary.csv",
         "summary.md",
         "accuracy_heatmap.png",
+        "test_accuracy.png",
         "learning_curves.png",
+        "learning_curves_overlaid.png",
     }
     assert all(p.stat().st_size > 0 for p in paths)
     import csv
@@ -195,6 +197,10 @@ def test_summary_of_a_synthetic_sweep_has_the_known_numbers(tmp_path):
     markdown = (tmp_path / "out" / "summary.md").read_text()
     assert "| relu | 2 | 85.00 ± 7.07 | 0.400 ± 0.141 | 15.0 ± 7.1 |" in markdown
     assert "8 runs: 1 running, 4 completed, 1 failed, 1 diverged, 0 interrupted, 1 lost" in markdown
+    # with a baseline sweep (here: itself) its test accuracy stands beside each row
+    summarize(tmp_path / "sweep", tmp_path / "compared", baseline_dir=tmp_path / "sweep")
+    compared = (tmp_path / "compared" / "summary.md").read_text()
+    assert "baseline test acc (%)" in compared and compared.count("85.00 ± 7.07") == 2
 
 
 def test_summarize_script_on_a_real_partial_sweep(tmp_path, fake_data_dir):

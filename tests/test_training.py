@@ -11,7 +11,7 @@ from actlab.errors import ConfigError
 from actlab.record import read_record, write_record
 from actlab.training import run
 
-GROUPS = ["activation", "model", "data", "optimizer", "trainer", "callbacks", "logger", "debug", "paths"]
+GROUPS = ["activation", "model", "data", "optimizer", "scheduler", "trainer", "callbacks", "logger", "debug", "paths"]
 RECORD_KEYS = {
     "status", "overrides", "activation", "depth", "hidden_shape", "seed", "epochs_completed",
     "test/acc", "test/loss", "val/acc_best", "val/acc_last", "fit_time_s", "epoch_time_s",

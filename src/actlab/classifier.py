@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
+
+from actlab.tensorboard import tensorboard_writers
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 STAGES = ("train", "val", "test")
@@ -46,29 +50,39 @@ class EpochAccumulator(nn.Module):
 class Classifier(L.LightningModule):
     """Cross-entropy classification of ``net``'s logits.
 
-    Logs ``{train,val,test}/{loss,acc}`` once per epoch: the exact mean loss and accuracy
-    over every sample of the epoch, accumulated on the device (no per-step host syncs).
-    A loss that stops being finite is the DivergenceMonitor callback's to catch.
+    Logs once per epoch ``{train,val,test}/{loss,acc}``: the exact mean loss and accuracy over
+    every sample of the epoch, accumulated on the device (no per-step host syncs); and, for
+    validation and testing, torchmetrics' macro F1 ``{val,test}/f1`` and the per-class
+    accuracies ``test/acc_class_k``, plus a confusion-matrix image in TensorBoard after
+    testing. ``train/lr`` is the learning rate of each epoch. A loss that stops being finite
+    is the DivergenceMonitor callback's to catch.
 
     Args:
-        net: the network (e.g. SimpleNetwork); its ``input_size`` (when it has one) gives
-            the model summary an example input, so it can show sizes and FLOPs.
+        net: the network (e.g. SimpleNetwork); its ``input_size`` and ``num_classes`` (when it
+            has them) give the model summary an example input and the metrics their classes.
         optimizer: a factory taking the parameters (what a ``_partial_: true`` optimizer
             config instantiates to).
+        scheduler: a learning-rate schedule from ``actlab.schedulers`` (a ``_partial_``
+            factory of the optimiser and the run's length), or None for a constant rate.
         compile: wrap ``net`` in ``torch.compile`` for the forward pass.
     """
 
-    def __init__(self, net: nn.Module, optimizer: OptimizerFactory, compile: bool = False) -> None:
+    def __init__(self, net: nn.Module, optimizer: OptimizerFactory, scheduler: Callable | None = None,
+                 compile: bool = False) -> None:  # fmt: skip
         super().__init__()
-        self.save_hyperparameters(logger=False, ignore=["net", "optimizer"])
+        self.save_hyperparameters(logger=False, ignore=["net", "optimizer", "scheduler"])
         self.net = net
         if isinstance(getattr(net, "input_size", None), int):
             self.example_input_array = torch.zeros(1, net.input_size)
-        self.optimizer_factory = optimizer
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         # in a list: the compiled wrapper is not a second copy of the net's weights in checkpoints
         self._compiled = [torch.compile(net)] if compile else []
         # ModuleDict keys may not shadow nn.Module attributes ("train"), hence the suffix
         self.epoch_metrics = nn.ModuleDict({f"{stage}_metrics": EpochAccumulator() for stage in STAGES})
+        classes = getattr(net, "num_classes", 10)
+        self.f1 = nn.ModuleDict({s: MulticlassF1Score(classes, average="macro") for s in ("val", "test")})
+        self.class_accuracy = MulticlassAccuracy(classes, average=None)
+        self.confusion = MulticlassConfusionMatrix(classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._compiled[0](x) if self._compiled else self.net(x)
@@ -78,6 +92,12 @@ class Classifier(L.LightningModule):
         logits = self(x)
         loss = F.cross_entropy(logits, y)
         self.epoch_metrics[f"{stage}_metrics"].update(loss, logits, y)
+        if stage != "train":  # torchmetrics costs ~100 us a call: kept off the training step
+            predictions = logits.argmax(dim=1)
+            self.f1[stage].update(predictions, y)
+            if stage == "test":
+                self.class_accuracy.update(predictions, y)
+                self.confusion.update(predictions, y)
         return loss
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -89,20 +109,46 @@ class Classifier(L.LightningModule):
     def test_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "test")
 
-    def _log_epoch(self, stage: str) -> dict[str, torch.Tensor]:
+    def _log_epoch(self, stage: str, extra: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         values = self.epoch_metrics[f"{stage}_metrics"].compute_and_reset()
-        self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, prog_bar=stage == "val")
+        if stage != "train":
+            values["f1"] = self.f1[stage].compute()
+            self.f1[stage].reset()
+        self.log_dict({f"{stage}/{k}": v for k, v in {**values, **(extra or {})}.items()}, prog_bar=stage == "val")
         return values
 
+    def on_train_epoch_start(self) -> None:
+        # the rate this epoch trains at (Lightning steps epoch schedules before on_train_epoch_end)
+        self._epoch_lr = torch.tensor(float(self.trainer.optimizers[0].param_groups[0]["lr"]))
+
     def on_train_epoch_end(self) -> None:
-        self._log_epoch("train")
+        lr = getattr(self, "_epoch_lr", None)
+        self._log_epoch("train", {"lr": lr} if lr is not None else None)
 
     def on_validation_epoch_end(self) -> None:
-        if not self.trainer.sanity_checking:
-            self._log_epoch("val")
+        if self.trainer.sanity_checking:
+            self.f1["val"].reset()
+            self.epoch_metrics["val_metrics"].compute_and_reset()
+            return
+        self._log_epoch("val")
 
     def on_test_epoch_end(self) -> None:
-        self._log_epoch("test")
+        per_class = self.class_accuracy.compute()
+        self.class_accuracy.reset()
+        self._log_epoch("test", {f"acc_class_{k}": v for k, v in enumerate(per_class)})
+        confusion = self.confusion.compute().cpu()
+        self.confusion.reset()
+        writers = tensorboard_writers(self.loggers)
+        if writers:
+            from actlab.plotting import confusion_matrix_figure
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.optimizer_factory(self.parameters())
+            for writer in writers:
+                writer.add_figure("test/confusion_matrix", confusion_matrix_figure(confusion), self.global_step)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        epochs = max(1, self.trainer.max_epochs or 1)
+        steps_per_epoch = max(1, self.trainer.estimated_stepping_batches // epochs)
+        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer, epochs, steps_per_epoch)}

@@ -161,10 +161,15 @@ def plot_dead_ratios(series: Mapping[str, Sequence[float]], widths: Sequence[int
 
 def plot_heatmap(rows: Sequence[str], columns: Sequence[int], percent: Sequence[Sequence[float]],
                  path: str | Path, title: str = "test accuracy (%), mean over seeds") -> Path:  # fmt: skip
-    """Activation x depth heat-map of percentages (NaN = no value)."""
+    """Activation x depth heat-map of percentages (NaN = no value). The colour range covers
+    the bulk of the cells (down to 10 points below their median): one failed activation
+    (sigmoid's 10 %) must not spend the whole scale; cells below it show the darkest colour
+    and keep their number."""
+    finite = sorted(v for row in percent for v in row if not math.isnan(v))
+    low = max(finite[0], statistics.median(finite) - 10) if finite else 0.0
     fig = Figure(figsize=(1.2 * len(columns) + 3, 0.4 * len(rows) + 1.5))
     ax = fig.add_subplot()
-    image = ax.imshow(percent, cmap="viridis", aspect="auto")
+    image = ax.imshow(percent, cmap="viridis", aspect="auto", vmin=low, vmax=finite[-1] if finite else 100)
     ax.set_xticks(range(len(columns)), [str(d) for d in columns])
     ax.set_yticks(range(len(rows)), rows)
     ax.set_xlabel("depth (hidden layers)")
@@ -172,7 +177,8 @@ def plot_heatmap(rows: Sequence[str], columns: Sequence[int], percent: Sequence[
     for i, row in enumerate(percent):
         for j, v in enumerate(row):
             if not math.isnan(v):
-                ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=8, color="white" if v < 60 else "black")
+                dark = v < low + 0.5 * ((finite[-1] if finite else 100) - low)
+                ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=8, color="white" if dark else "black")
     fig.colorbar(image, ax=ax)
     fig.tight_layout()
     return save_figure(fig, path)
@@ -199,5 +205,83 @@ def plot_learning_curves(curves: Mapping[str, Mapping[int, Sequence[Sequence[flo
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def confusion_matrix_figure(counts: torch.Tensor, labels: Sequence[str] | None = None) -> Figure:
+    """A confusion matrix (rows: true class, columns: predicted), each row normalised to
+    the fraction of its class, with the counts' percentages written in the cells."""
+    rates = counts.float() / counts.sum(1, keepdim=True).clamp(min=1)
+    n = len(rates)
+    labels = list(labels) if labels else [str(k) for k in range(n)]
+    fig = Figure(figsize=(0.5 * n + 2, 0.5 * n + 1.5))
+    ax = fig.add_subplot()
+    image = ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), labels, fontsize=7)
+    ax.set_yticks(range(n), labels, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(n):
+        for j in range(n):
+            if rates[i, j] >= 0.005:
+                ax.text(j, i, f"{100 * rates[i, j]:.0f}", ha="center", va="center", fontsize=6,
+                        color="white" if rates[i, j] > 0.5 else "black")  # fmt: skip
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return fig
+
+
+def _palette(n: int) -> list:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def plot_overlaid_curves(curves: Mapping[str, Sequence[Sequence[float]]], metric: str, path: str | Path) -> Path:
+    """One line per label on shared axes: the mean over seeds of ``metric`` per epoch with a
+    band of ± one standard deviation (``curves[label]`` = one list per seed)."""
+    fig = Figure(figsize=(8, 5))
+    ax = fig.add_subplot()
+    for color, (label, seeds) in zip(_palette(len(curves)), sorted(curves.items())):
+        length = max(len(c) for c in seeds)
+        columns = [[c[e] for c in seeds if len(c) > e and c[e] is not None] for e in range(length)]
+        mean = [statistics.fmean(v) for v in columns]
+        std = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in columns]
+        epochs = range(1, length + 1)
+        ax.plot(epochs, mean, color=color, label=f"{label} (n={len(seeds)})", lw=1.5)
+        ax.fill_between(epochs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                        color=color, alpha=0.15, lw=0)  # fmt: skip
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_accuracy_bars(rows: Sequence[tuple[str, float, float | None]], path: str | Path,
+                       baseline: Mapping[str, float] | None = None,
+                       xlabel: str = "test accuracy (%), mean ± std over seeds") -> Path:  # fmt: skip
+    """Horizontal bars sorted by value, with error bars; ``baseline[label]`` is drawn as a
+    marker beside each bar (e.g. the textbook protocol's number)."""
+    rows = sorted(rows, key=lambda r: r[1])
+    fig = Figure(figsize=(7, 0.32 * len(rows) + 1.2))
+    ax = fig.add_subplot()
+    positions = range(len(rows))
+    ax.barh(positions, [r[1] for r in rows], xerr=[r[2] or 0.0 for r in rows], color="#4c72b0", alpha=0.85,
+            error_kw={"elinewidth": 1, "capsize": 2})  # fmt: skip
+    if baseline:
+        marks = [(i, baseline[r[0]]) for i, r in enumerate(rows) if r[0] in baseline]
+        ax.scatter([m[1] for m in marks], [m[0] for m in marks], marker="|", s=120, color="#c44e52", zorder=3,
+                   label="baseline")  # fmt: skip
+        ax.legend(fontsize=8, loc="lower right")
+    ax.set_yticks(list(positions), [r[0] for r in rows], fontsize=8)
+    values = [r[1] for r in rows] + (list(baseline.values()) if baseline else [])
+    bulk = sorted(values)[len(values) // 4] if values else 0.0
+    ax.set_xlim(max(0.0, bulk - 5), max(values) + 1 if values else 100)  # the differences that matter
+    ax.set_xlabel(xlabel)
+    ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return save_figure(fig, path)

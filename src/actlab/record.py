@@ -35,7 +35,8 @@ SCHEMA_DEFAULTS: dict[str, Any] = {
     "activation": None, "overrides": [], "seed": None, "config": None, "depth": None, "hidden_shape": None,
     "num_parameters": None, "accelerator": None, "resumed_from": None, "epochs_completed": 0,
     "epoch_times_s": [], "epoch_time_s": None, "diagnostics_epoch_s": [], "history": {}, "val/acc_last": None,
-    "val/acc_best": None, "test/acc": None, "test/loss": None, "fit_time_s": None,
+    "val/acc_best": None, "best_epoch": None, "stopped_epoch": None, "test_ckpt": None, "test/acc": None,
+    "test/loss": None, "fit_time_s": None,
 }  # fmt: skip
 
 

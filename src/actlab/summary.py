@@ -17,7 +17,7 @@ from typing import Any
 
 from actlab.record import LOST, RECORD_FILE, STATUSES, effective_status, read_record
 
-METRICS = ("test/acc", "test/loss", "dead/overall", "epoch_time_s")
+METRICS = ("test/acc", "test/f1", "test/loss", "dead/overall", "epoch_time_s", "best_epoch")
 # what a summary counts: the written statuses, and `lost` for running records gone silent
 REPORTED_STATUSES = (*STATUSES, LOST)
 
@@ -41,6 +41,15 @@ class Group:
             if r.get("status") == "completed" and isinstance(value, (int, float)) and math.isfinite(value):
                 out.append(float(value))
         return out
+
+    @property
+    def label(self) -> str:
+        return f"{self.activation} (depth {self.depth})"
+
+    def learning_rates(self) -> str:
+        """The runs' ``optimizer.lr`` values (what a fair protocol chose per activation)."""
+        rates = sorted({float(((r.get("config") or {}).get("optimizer") or {}).get("lr", math.nan)) for r in self.runs})
+        return ", ".join(f"{lr:g}" for lr in rates if math.isfinite(lr)) or "—"
 
     def mean_std(self, metric: str) -> tuple[float | None, float | None]:
         """Mean and sample standard deviation (n-1); std is None for a single run."""
@@ -102,10 +111,16 @@ def write_csv(groups: list[Group], path: Path) -> Path:
     return path
 
 
-def markdown_table(groups: list[Group]) -> str:
+def markdown_table(groups: list[Group], baseline: dict[tuple[str, int], Group] | None = None) -> str:
+    """One row per (activation, depth); with a ``baseline`` sweep's groups, its test accuracy
+    beside each row (e.g. the textbook protocol's number beside the fair protocol's)."""
     header = (
         "| activation | depth | test acc (%) | test loss | dead (%) | epoch (s) | completed | failed | diverged "
-        "| other |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        "| other | lr | best epoch |"
+        + (" baseline test acc (%) |" if baseline else "")
+        + "\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        + ("---:|" if baseline else "")
+        + "\n"
     )
     rows = []
     for g in groups:
@@ -114,7 +129,8 @@ def markdown_table(groups: list[Group]) -> str:
             f"| {g.activation} | {g.depth} | {_fmt(*g.mean_std('test/acc'), scale=100)} "
             f"| {_fmt(*g.mean_std('test/loss'), digits=3)} | {_fmt(*g.mean_std('dead/overall'), scale=100, digits=1)} "
             f"| {_fmt(*g.mean_std('epoch_time_s'))} | {g.count('completed')} | {g.count('failed')} "
-            f"| {g.count('diverged')} | {other} |"
+            f"| {g.count('diverged')} | {other} | {g.learning_rates()} | {_fmt(*g.mean_std('best_epoch'), digits=1)} |"
+            + (f" {_baseline_cell(baseline, g)} |" if baseline else "")
         )
     return header + "\n".join(rows) + "\n"
 
@@ -129,6 +145,43 @@ def plot_heatmap(groups: list[Group], path: Path) -> Path:
     return draw(activations, depths, percent, path)
 
 
+def _baseline_cell(baseline: dict[tuple[str, int], Group], group: Group) -> str:
+    other = baseline.get((group.activation, group.depth))
+    return _fmt(*other.mean_std("test/acc"), scale=100) if other else "—"
+
+
+def _curves(groups: list[Group], metric: str) -> dict[str, list[list[float]]]:
+    curves = {}
+    for g in groups:
+        seeds = [r["history"][metric] for r in g.runs if (r.get("history") or {}).get(metric)]
+        if seeds:
+            curves[g.activation if len({x.depth for x in groups}) == 1 else g.label] = seeds
+    return curves
+
+
+def plot_overlaid_curves(groups: list[Group], path: Path, metric: str = "val/acc") -> Path:
+    from actlab.plotting import plot_overlaid_curves as draw
+
+    return draw(_curves(groups, metric), metric, path)
+
+
+def plot_accuracy_bars(groups: list[Group], path: Path, baseline: dict[tuple[str, int], Group] | None = None) -> Path:
+    from actlab.plotting import plot_accuracy_bars as draw
+
+    one_depth = len({g.depth for g in groups}) == 1
+    rows, marks = [], {}
+    for g in groups:
+        mean, std = g.mean_std("test/acc")
+        if mean is None:
+            continue
+        label = g.activation if one_depth else g.label
+        rows.append((label, 100 * mean, None if std is None else 100 * std))
+        other = (baseline or {}).get((g.activation, g.depth))
+        if other is not None and other.mean_std("test/acc")[0] is not None:
+            marks[label] = 100 * other.mean_std("test/acc")[0]
+    return draw(rows, path, marks or None)
+
+
 def plot_learning_curves(groups: list[Group], path: Path, metric: str = "val/acc") -> Path:
     from actlab.plotting import plot_learning_curves as draw
 
@@ -140,21 +193,30 @@ def plot_learning_curves(groups: list[Group], path: Path, metric: str = "val/acc
     return draw(curves, metric, path)
 
 
-def summarize(sweep_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
-    """Write summary.csv, summary.md, accuracy_heatmap.png and learning_curves.png."""
+def summarize(sweep_dir: str | Path, out_dir: str | Path | None = None,
+              baseline_dir: str | Path | None = None) -> list[Path]:  # fmt: skip
+    """Write summary.csv, summary.md, accuracy_heatmap.png, test_accuracy.png (sorted, with
+    error bars), learning_curves.png (a panel per activation) and
+    learning_curves_overlaid.png (every group on shared axes, mean ± std bands). With a
+    ``baseline_dir`` sweep, its test accuracies stand beside this one's."""
     runs = load_runs(sweep_dir)
     if not runs:
         raise FileNotFoundError(f"no {RECORD_FILE} found below {sweep_dir}; is it a sweep directory?")
     groups = group_runs(runs)
+    baseline = None
+    if baseline_dir is not None:
+        baseline = {(g.activation, g.depth): g for g in group_runs(load_runs(baseline_dir))}
     out = Path(out_dir or sweep_dir)
     out.mkdir(parents=True, exist_ok=True)
     statuses = ", ".join(f"{sum(r.get('status') == s for r in runs)} {s}" for s in REPORTED_STATUSES)
     markdown = f"# Sweep summary: {Path(sweep_dir).name}\n\n{len(runs)} runs: {statuses}.\n\n"
-    markdown += markdown_table(groups)
+    markdown += markdown_table(groups, baseline)
     (out / "summary.md").write_text(markdown)
     return [
         write_csv(groups, out / "summary.csv"),
         out / "summary.md",
         plot_heatmap(groups, out / "accuracy_heatmap.png"),
+        plot_accuracy_bars(groups, out / "test_accuracy.png", baseline),
         plot_learning_curves(groups, out / "learning_curves.png"),
+        plot_overlaid_curves(groups, out / "learning_curves_overlaid.png"),
     ]

@@ -16,7 +16,7 @@ import lightning as L
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, ProgressBar
 from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
@@ -39,6 +39,8 @@ def validate_config(cfg: DictConfig) -> None:
     lr = cfg.optimizer.get("lr")
     if lr is None or not float(lr) > 0:
         raise ConfigError(f"optimizer.lr must be > 0, got {lr}")
+    if cfg.get("test_ckpt", "last") not in ("last", "best"):
+        raise ConfigError(f"test_ckpt must be last or best, got {cfg.get('test_ckpt')!r}")
     max_epochs = cfg.trainer.get("max_epochs")
     if max_epochs is not None and max_epochs != -1 and max_epochs < 1:
         raise ConfigError(f"trainer.max_epochs must be >= 1 (or -1 for no limit), got {max_epochs}")
@@ -64,7 +66,8 @@ def _instantiate_group(group: DictConfig | None) -> list[Any]:
     """Instantiate every entry of a name -> config mapping (callbacks, loggers); None entries are off."""
     if not group:
         return []
-    return [instantiate(entry) for entry in group.values() if entry is not None and "_target_" in entry]
+    built = [instantiate(entry) for entry in group.values() if entry is not None and "_target_" in entry]
+    return [item for item in built if item is not None]  # a factory may say "off" (early_stopping)
 
 
 def default_threads(parallel_jobs: int | None) -> int | None:
@@ -115,7 +118,10 @@ def build_data_and_classifier(cfg: DictConfig) -> tuple[L.LightningDataModule, C
         input_size=datamodule.input_size,
         num_classes=datamodule.num_classes,
     )
-    return datamodule, Classifier(net=net, optimizer=_build(cfg.optimizer), compile=cfg.get("compile", False))
+    scheduler = _build(cfg.scheduler) if cfg.get("scheduler") else None
+    classifier = Classifier(net=net, optimizer=_build(cfg.optimizer), scheduler=scheduler,
+                            compile=cfg.get("compile", False))  # fmt: skip
+    return datamodule, classifier
 
 
 def build_trainer(cfg: DictConfig, record: RunRecord | None, output_dir: Path) -> L.Trainer:
@@ -195,9 +201,27 @@ def fit_and_test(cfg: DictConfig, trainer: L.Trainer, module: Classifier, datamo
     # load them into the model for trainer.test() (any ckpt_path=None under SLURM means "hpc").
     for spent in Path(trainer.default_root_dir).glob("hpc_ckpt_*.ckpt"):
         spent.unlink()
+    stopper = next((c for c in trainer.callbacks if isinstance(c, EarlyStopping)), None)
+    record.update(stopped_epoch=stopper.stopped_epoch if stopper and stopper.stopped_epoch else None)
     if cfg.get("test_after_fit", True):
-        (results,) = _call(trainer, "test", module, datamodule=datamodule, verbose=False)
+        checkpoint, epoch = tested_checkpoint(cfg.get("test_ckpt", "last"), trainer, record)
+        (results,) = _call(trainer, "test", module, datamodule=datamodule, ckpt_path=checkpoint, verbose=False)
+        record.update(test_ckpt={"which": cfg.get("test_ckpt", "last"), "epoch": epoch, "path": checkpoint})
         record.update(**{k: v for k, v in results.items() if k.startswith("test/")})
+
+
+def tested_checkpoint(which: str, trainer: L.Trainer, record: RunRecord) -> tuple[str | None, int | None]:
+    """The checkpoint ``test_ckpt`` names (None: the weights in memory, i.e. the last epoch's)
+    and the epoch it holds: ``best`` is the ModelCheckpoint that monitors val/acc."""
+    if which == "last":
+        return None, record.data["epochs_completed"] - 1 if record.data.get("epochs_completed") else None
+    if which != "best":
+        raise ConfigError(f"test_ckpt must be last or best, got {which!r}")
+    best = next((c.best_model_path for c in trainer.callbacks
+                 if isinstance(c, ModelCheckpoint) and c.monitor == "val/acc" and c.best_model_path), None)  # fmt: skip
+    if best is None:
+        raise ConfigError("test_ckpt=best needs the val/acc ModelCheckpoint (callbacks.model_checkpoint)")
+    return best, int(torch.load(best, map_location="cpu", weights_only=False)["epoch"])
 
 
 def run(

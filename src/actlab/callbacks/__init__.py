@@ -5,6 +5,7 @@ from actlab.callbacks.activation_parameters import ActivationParameterMonitor
 from actlab.callbacks.activation_plot import ActivationPlot
 from actlab.callbacks.dead_neurons import DeadNeuronCounter, DeadNeuronMonitor, dead_neuron_metrics, scan_dead_neurons
 from actlab.callbacks.divergence import DivergenceMonitor
+from actlab.callbacks.early_stopping import early_stopping
 from actlab.callbacks.gradient_histograms import GradientHistograms, weight_gradients
 from actlab.callbacks.interruption import InterruptionCheckpoint
 from actlab.callbacks.layer_outputs import LayerOutputHistograms
@@ -21,6 +22,7 @@ __all__ = [
     "LayerOutputHistograms",
     "RunHistory",
     "dead_neuron_metrics",
+    "early_stopping",
     "scan_dead_neurons",
     "weight_gradients",
 ]

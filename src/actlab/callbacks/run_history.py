@@ -97,6 +97,8 @@ class RunHistory(L.Callback):
             "history": dict(self.history),
             "val/acc_last": val_acc[-1] if val_acc else None,
             "val/acc_best": max(val_acc) if val_acc else None,
+            # 0-based, as in Lightning's epoch numbers and the best_epoch=NNN.ckpt names
+            "best_epoch": max(range(len(val_acc)), key=val_acc.__getitem__) if val_acc else None,
         }
         for callback in trainer.callbacks if trainer else []:
             if isinstance(callback, Diagnostic):

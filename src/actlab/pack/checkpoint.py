@@ -82,7 +82,7 @@ def save_member_checkpoint(trainer: PackTrainer, state: _MemberState, name: str)
             }
         },  # fmt: skip
         "optimizer_states": [_member_optimizer_state(trainer, k)],
-        "lr_schedulers": [],
+        "lr_schedulers": [trainer.scheduler["scheduler"].state_dict()] if trainer.scheduler else [],
         "hparams_name": "kwargs",
         "hyper_parameters": {"compile": False},
         # read by a pack that resumes; Lightning ignores it

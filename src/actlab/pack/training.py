@@ -33,13 +33,15 @@ from torch import nn
 
 from actlab.callbacks import ActivationPlot, DeadNeuronMonitor
 from actlab.callbacks.diagnostic import Diagnostic
+from actlab.callbacks.early_stopping import metric_mode
 from actlab.console import summary_line
 from actlab.errors import ConfigError, DivergedError
 from actlab.pack.checkpoint import load_member_checkpoint, save_member_checkpoint
 from actlab.pack.diagnostics import scan_members
 from actlab.pack.stacked import StackedNetwork
+from actlab.plotting import confusion_matrix_figure
 from actlab.record import RunRecord, read_record
-from actlab.tensorboard import run_hparams, write_hparams
+from actlab.tensorboard import run_hparams, tensorboard_writers, write_hparams
 from actlab.training import (
     CHECKPOINT_DIR,
     HPARAM_METRICS,
@@ -110,6 +112,24 @@ def _limit(limit: Any, batches: int) -> int:
     return min(batches, int(limit))
 
 
+def classification_metrics(confusion: torch.Tensor, loss_sum: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per member, from its confusion matrix ``(K, C, C)`` (rows true, columns predicted) and
+    summed loss: mean loss, accuracy, macro F1 (torchmetrics' definition: a class with no true
+    and no predicted sample scores 0), per-class accuracy (recall), the matrix itself."""
+    confusion = confusion.double()
+    count = confusion.sum((1, 2)).clamp(min=1)
+    hits = confusion.diagonal(dim1=1, dim2=2)
+    true, predicted = confusion.sum(2), confusion.sum(1)
+    f1 = torch.where(true + predicted > 0, 2 * hits / (true + predicted).clamp(min=1), 0.0)
+    return {
+        "loss": (loss_sum / count).float(),
+        "acc": (hits.sum(1) / count).float(),
+        "f1": f1.mean(1).float(),
+        "class_acc": (hits / true.clamp(min=1)).float(),
+        "confusion": confusion.long(),
+    }
+
+
 class _MemberModule(nn.Module):
     """What a diagnostic callback needs of a LightningModule: the member's network."""
 
@@ -130,6 +150,9 @@ class _MemberState:
     diagnostics_times: list[float | None] = field(default_factory=list)
     history: dict[str, list[float]] = field(default_factory=dict)
     best_val: float = -1.0
+    best_monitored: float | None = None
+    waited: int = 0
+    stopped_epoch: int | None = None
     finished: bool = False
     checkpoint: dict | None = None
 
@@ -182,6 +205,7 @@ class PackTrainer:
         self.active = torch.ones(len(self.members), dtype=torch.bool, device=self.device)
         self.frozen: dict[int, dict[str, torch.Tensor]] = {}
         self.global_step, self.epoch = 0, 0
+        self._build_scheduler()
         self._restore_optimizer()
 
     def _resume_member(self, state: _MemberState, net: nn.Module) -> None:
@@ -205,6 +229,19 @@ class PackTrainer:
         state.checkpoint = checkpoint
         state.record.update(resumed_from=str(path))
 
+    def _build_scheduler(self) -> None:
+        """One learning-rate schedule for the whole pack (every member's lr is the same
+        function of the step count); ``plateau``, which follows each run's own metric, cannot be."""
+        self.scheduler = None
+        if not self.cfg.get("scheduler"):
+            return
+        if self.cfg.scheduler.get("_target_", "").endswith(".plateau"):
+            raise ConfigError("scheduler=plateau follows each run's own val metric and cannot be packed; "
+                              "use hydra/launcher=basic or another scheduler")  # fmt: skip
+        dm, epochs = self.datamodule, max(1, self.cfg.trainer.get("max_epochs") or 1)
+        steps = _limit(self.cfg.trainer.get("limit_train_batches"), -(-len(dm.train_y) // dm.batch_size))
+        self.scheduler = instantiate(self.cfg.scheduler)(self.optimizer, epochs, steps)
+
     def _restore_optimizer(self) -> None:
         """The pack optimiser's state, stacked from the resumed members' own states."""
         resumed = [s for s in self.states if s.checkpoint is not None]
@@ -216,6 +253,8 @@ class PackTrainer:
                               "or missing; resume them with hydra/launcher=basic")  # fmt: skip
         self.epoch = epochs.pop() + 1
         self.global_step = resumed[0].checkpoint["global_step"]
+        if self.scheduler is not None and resumed[0].checkpoint["lr_schedulers"]:
+            self.scheduler["scheduler"].load_state_dict(resumed[0].checkpoint["lr_schedulers"][0])
         for state in resumed:
             names = [name for name, _ in self.net.member_templates[state.index].named_parameters()]
             member_state = state.checkpoint["optimizer_states"][0]["state"]
@@ -246,11 +285,12 @@ class PackTrainer:
     def _orders(self, n: int) -> torch.Tensor:
         return torch.stack([torch.randperm(n, generator=s.generator) for s in self.states]).to(self.device)
 
-    def _train_epoch(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _train_epoch(self) -> dict[str, torch.Tensor]:
         dm, trainer_cfg = self.datamodule, self.cfg.trainer
         x, y, batch = dm.train_x, dm.train_y, dm.batch_size
         steps = _limit(trainer_cfg.get("limit_train_batches"), -(-len(y) // batch))
         orders = self._orders(len(y))
+        epoch_lr = float(self.optimizer.param_groups[0]["lr"])  # the rate this epoch starts at
         k = len(self.members)
         loss_sum = torch.zeros(k, dtype=torch.float64, device=self.device)
         correct = torch.zeros(k, dtype=torch.long, device=self.device)
@@ -264,6 +304,8 @@ class PackTrainer:
             self.optimizer.zero_grad(set_to_none=True)
             torch.where(self.active, losses, 0.0).sum().backward()
             self.optimizer.step()
+            if self.scheduler is not None and self.scheduler["interval"] == "step":
+                self.scheduler["scheduler"].step()
             self.global_step += 1
             self._restore_frozen()
             with torch.no_grad():
@@ -272,16 +314,20 @@ class PackTrainer:
             count += targets.shape[1]
             if self.global_step % CHECK_EVERY_N_STEPS == 0 or step == steps - 1:
                 self._check_divergence(losses.detach())
-        return (loss_sum / max(count, 1)).float(), correct.double().div(max(count, 1)).float()
+        return {"loss": (loss_sum / max(count, 1)).float(), "acc": correct.double().div(max(count, 1)).float(),
+                "lr": torch.full((k,), epoch_lr)}  # fmt: skip
 
     @torch.no_grad()
-    def _evaluate(self, x: torch.Tensor, y: torch.Tensor, limit: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def _evaluate(self, x: torch.Tensor, y: torch.Tensor, limit: Any) -> dict[str, torch.Tensor]:
+        """Every member's mean loss, accuracy, macro F1, per-class accuracy and confusion
+        matrix (the metrics a single run logs through torchmetrics) on ``x, y``."""
         dm, k = self.datamodule, len(self.members)
+        classes = self.net.weights[-1].shape[1]
         batch = dm.eval_batch_size
         batches = _limit(limit, -(-len(y) // batch))
         loss_sum = torch.zeros(k, dtype=torch.float64, device=self.device)
-        correct = torch.zeros(k, dtype=torch.long, device=self.device)
-        count = 0
+        confusion = torch.zeros(k * classes * classes, dtype=torch.long, device=self.device)
+        offsets = torch.arange(k, device=self.device).unsqueeze(1) * classes * classes
         self.net.eval()
         for start in range(0, batches * batch, batch):
             xb, yb = x[start : start + batch], y[start : start + batch]
@@ -289,9 +335,9 @@ class PackTrainer:
             loss_sum += (
                 F.cross_entropy(logits.flatten(0, 1), yb.repeat(k), reduction="none").view(k, -1).sum(1).double()
             )
-            correct += (logits.argmax(-1) == yb).sum(1)
-            count += len(yb)
-        return (loss_sum / max(count, 1)).float(), correct.double().div(max(count, 1)).float()
+            cells = offsets + yb * classes + logits.argmax(-1)
+            confusion += torch.bincount(cells.flatten(), minlength=k * classes * classes)
+        return classification_metrics(confusion.view(k, classes, classes), loss_sum)
 
     def _check_divergence(self, losses: torch.Tensor) -> None:
         diverged = (~torch.isfinite(losses)) & self.active
@@ -299,14 +345,19 @@ class PackTrainer:
             state = self.states[k]
             error = DivergedError(f"training loss is {float(losses[k])} at epoch {self.epoch}, step {self.global_step}")
             log.warning("pack %s: member %d (%s) diverged: %s", self.pack_id, k, state.member.output_dir.name, error)
-            self.active[k] = False
-            self.frozen[k] = {name: v[j].detach().clone() for name, (v, j) in self.net.member_slots(k).items()
-                              if j is not None}  # fmt: skip
+            self._freeze(k)
             self._finish(state, error)
+
+    def _freeze(self, k: int) -> None:
+        """Member ``k`` takes no more steps: its loss is masked out and its weights restored
+        after every optimiser step (momentum would go on moving them)."""
+        self.active[k] = False
+        self.frozen[k] = {name: v[j].detach().clone() for name, (v, j) in self.net.member_slots(k).items()
+                          if j is not None}  # fmt: skip
 
     @torch.no_grad()
     def _restore_frozen(self) -> None:
-        for k, values in self.frozen.items():  # momentum would go on moving a frozen member
+        for k, values in self.frozen.items():
             for name, (tensor, j) in self.net.member_slots(k).items():
                 if j is not None:
                     tensor[j] = values[name]
@@ -356,25 +407,47 @@ class PackTrainer:
             monitor.record_counters(self._trainer_view(state), counters[state.index], self.global_step)
         return time.perf_counter() - start
 
-    def _end_epoch(self, epoch_time: float, train: tuple, val: tuple) -> None:
+    def _end_epoch(self, epoch_time: float, train: dict, val: dict) -> None:
         for k, state in enumerate(self.states):
-            if state.finished:
+            if state.finished or state.stopped_epoch is not None:
                 continue
-            metrics = {"train/loss": train[0][k], "train/acc": train[1][k], "val/loss": val[0][k], "val/acc": val[1][k]}
-            metrics = {name: float(v) for name, v in metrics.items()}
+            metrics = {f"train/{name}": float(v[k]) for name, v in train.items()}
+            metrics.update({f"val/{name}": float(val[name][k]) for name in ("loss", "acc", "f1")})
             for name, value in metrics.items():
                 state.history.setdefault(name, []).append(value)
             state.epoch_times.append(epoch_time)
             for logger in state.loggers:
                 logger.log_metrics({**metrics, "epoch": self.epoch}, step=self.global_step)
-            self._update_record(state)
-            state.record.write()
-            save_member_checkpoint(self, state, "last.ckpt")
             if metrics["val/acc"] > state.best_val:
                 for old in (state.member.output_dir / CHECKPOINT_DIR).glob("best_epoch=*.ckpt"):
                     old.unlink()
                 state.best_val = metrics["val/acc"]
                 save_member_checkpoint(self, state, f"best_epoch={self.epoch:03d}.ckpt")
+            save_member_checkpoint(self, state, "last.ckpt")
+            self._stop_early(state, metrics)
+            self._update_record(state)
+            state.record.write()
+        if self.scheduler is not None and self.scheduler["interval"] == "epoch":
+            self.scheduler["scheduler"].step()
+
+    def _stop_early(self, state: _MemberState, metrics: dict[str, float]) -> None:
+        """Lightning's EarlyStopping rule, per member: stop once ``monitor`` has not improved
+        by ``min_delta`` for ``patience`` epochs. A stopped member is frozen and tested with
+        the others at the end."""
+        settings = (state.member.cfg.get("callbacks") or {}).get("early_stopping") or {}
+        if settings.get("patience") is None:
+            return
+        monitor = settings.get("monitor", "val/acc")
+        sign = -1.0 if (settings.get("mode") or metric_mode(monitor)) == "min" else 1.0
+        value = sign * metrics[monitor]
+        if state.best_monitored is None or value > state.best_monitored + float(settings.get("min_delta", 0.0)):
+            state.best_monitored, state.waited = value, 0
+            return
+        state.waited += 1
+        if state.waited >= settings["patience"]:
+            state.stopped_epoch = self.epoch
+            self._freeze(state.index)
+            log.info("pack %s: member %d stopped early at epoch %d", self.pack_id, state.index, self.epoch)
 
     def _update_record(self, state: _MemberState) -> None:
         val_acc = state.history.get("val/acc", [])
@@ -384,6 +457,8 @@ class PackTrainer:
             epoch_time_s=statistics.median(state.epoch_times) if state.epoch_times else None,
             diagnostics_epoch_s=state.diagnostics_times,
             history=state.history,
+            stopped_epoch=state.stopped_epoch,
+            best_epoch=max(range(len(val_acc)), key=val_acc.__getitem__) if val_acc else None,
             **{"val/acc_last": val_acc[-1] if val_acc else None, "val/acc_best": max(val_acc) if val_acc else None},
         )
         for diagnostic in state.diagnostics:
@@ -410,7 +485,7 @@ class PackTrainer:
         try:
             self._run_diagnostics(at_start=True)
             start_fit = time.perf_counter()
-            while self.epoch < max_epochs and any(not s.finished for s in self.states):
+            while self.epoch < max_epochs and bool(self.active.any()):
                 start = time.perf_counter()
                 train = self._train_epoch()
                 val = self._evaluate(dm.val_x, dm.val_y, self.cfg.trainer.get("limit_val_batches"))
@@ -418,17 +493,12 @@ class PackTrainer:
                 self._end_epoch(time.perf_counter() - start, train, val)
                 self.epoch += 1
             fit_time = time.perf_counter() - start_fit
-            if self.cfg.get("test_after_fit", True):
-                test = self._evaluate(dm.test_x, dm.test_y, self.cfg.trainer.get("limit_test_batches"))
-            for k, state in enumerate(self.states):
-                if state.finished:
-                    continue
+            live = [state for state in self.states if not state.finished]
+            for state in live:
                 state.record.update(fit_time_s=fit_time)
-                if self.cfg.get("test_after_fit", True):
-                    state.record.update(**{"test/loss": float(test[0][k]), "test/acc": float(test[1][k])})
-                    for logger in state.loggers:
-                        logger.log_metrics({"test/loss": float(test[0][k]), "test/acc": float(test[1][k])},
-                                           step=self.global_step)  # fmt: skip
+            if self.cfg.get("test_after_fit", True):
+                self._test(live)
+            for state in live:
                 self._save_figures(state)
                 self._finish(state, None)
                 final = {key: state.record.data.get(key) for key in HPARAM_METRICS}
@@ -447,6 +517,42 @@ class PackTrainer:
                     self._finish(state, error)
             raise
         return [s.record.data for s in self.states]
+
+    def _test(self, live: list[_MemberState]) -> None:
+        """Test every live member at once, on its last weights or (``test_ckpt=best``) its
+        best epoch's, loaded from its own best checkpoint into its slot of the pack."""
+        which = self.cfg.get("test_ckpt", "last")
+        tested_epoch = {}
+        for state in live:
+            tested_epoch[state.index] = len(state.epoch_times) - 1
+            if which == "best":
+                (best,) = (state.member.output_dir / CHECKPOINT_DIR).glob("best_epoch=*.ckpt")
+                checkpoint = load_member_checkpoint(best)
+                tested_epoch[state.index] = checkpoint["epoch"]
+                self._load_member(state.index, checkpoint)
+                state.record.update(test_ckpt={"which": which, "epoch": checkpoint["epoch"], "path": str(best)})
+            else:
+                state.record.update(test_ckpt={"which": which, "epoch": tested_epoch[state.index], "path": None})
+        dm = self.datamodule
+        test = self._evaluate(dm.test_x, dm.test_y, self.cfg.trainer.get("limit_test_batches"))
+        for state in live:
+            k = state.index
+            metrics = {"test/loss": test["loss"][k], "test/acc": test["acc"][k], "test/f1": test["f1"][k],
+                       **{f"test/acc_class_{c}": v for c, v in enumerate(test["class_acc"][k])}}  # fmt: skip
+            metrics = {name: float(v) for name, v in metrics.items()}
+            state.record.update(**metrics)
+            for logger in state.loggers:
+                logger.log_metrics(metrics, step=self.global_step)
+            for writer in tensorboard_writers(state.loggers):
+                writer.add_figure("test/confusion_matrix", confusion_matrix_figure(test["confusion"][k].cpu()),
+                                  self.global_step)  # fmt: skip
+
+    @torch.no_grad()
+    def _load_member(self, k: int, checkpoint: dict) -> None:
+        state = {key[len("net.") :]: value for key, value in checkpoint["state_dict"].items()}
+        for name, (tensor, j) in self.net.member_slots(k).items():
+            if j is not None:
+                tensor[j] = state[name].to(tensor.device)
 
     def _save_figures(self, state: _MemberState) -> None:
         for diagnostic in state.diagnostics:

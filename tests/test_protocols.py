@@ -1,0 +1,138 @@
+"""Fair-comparison protocols: early stopping, testing the best checkpoint, learning-rate
+schedules, torchmetrics, and what a sweeper is given to optimise."""
+
+import pytest
+import torch
+from conftest import compose_train, data_overrides
+from test_training import train_in_process
+
+from actlab.config import group_options
+from actlab.models import SimpleNetwork
+from actlab.pack.training import classification_metrics
+
+
+def test_early_stopping_stops_a_run_that_cannot_improve(tmp_path, fake_data_dir):
+    # a learning rate this small leaves val/acc where it started: no epoch improves on the first
+    record, _ = train_in_process(
+        tmp_path,
+        fake_data_dir,
+        ["trainer.max_epochs=10", "callbacks=none", "optimizer.lr=1e-12", "callbacks.early_stopping.patience=2"],
+    )
+    assert record["status"] == "completed"
+    assert record["epochs_completed"] == 3 and record["stopped_epoch"] == 2 and record["best_epoch"] == 0
+
+
+def test_early_stopping_is_off_by_default(tmp_path, fake_data_dir):
+    record, _ = train_in_process(tmp_path, fake_data_dir, ["trainer.max_epochs=4", "callbacks=none",
+                                                           "optimizer.lr=1e-12"])  # fmt: skip
+    assert record["epochs_completed"] == 4 and record["stopped_epoch"] is None
+
+
+def evaluate_checkpoint(path, fake_data_dir, activation=torch.nn.ReLU):
+    from actlab.data import FashionMNISTDataModule
+
+    state = torch.load(path, weights_only=False)["state_dict"]
+    net = SimpleNetwork(activation)
+    net.load_state_dict({k[len("net.") :]: v for k, v in state.items() if k.startswith("net.")})
+    dm = FashionMNISTDataModule(data_dir=str(fake_data_dir), system_dir=None, download=False, val_size=128)
+    dm.setup()
+    with torch.no_grad():
+        return float((net.eval()(dm.test_x).argmax(1) == dm.test_y).float().mean())
+
+
+def test_test_ckpt_best_tests_the_best_epochs_weights(tmp_path, fake_data_dir):
+    record, out = train_in_process(tmp_path, fake_data_dir, ["trainer.max_epochs=5", "callbacks=none",
+                                                             "optimizer.lr=0.05", "test_ckpt=best"])  # fmt: skip
+    assert record["test_ckpt"]["which"] == "best" and record["test_ckpt"]["epoch"] == record["best_epoch"]
+    (best,) = (out / "checkpoints").glob("best_epoch=*.ckpt")
+    assert record["test_ckpt"]["path"] == str(best)
+    assert record["test/acc"] == pytest.approx(evaluate_checkpoint(best, fake_data_dir), abs=1e-6)
+    last, _ = train_in_process(tmp_path / "last", fake_data_dir, ["trainer.max_epochs=5", "callbacks=none",
+                                                                  "optimizer.lr=0.05"])  # fmt: skip
+    assert last["test_ckpt"] == {"which": "last", "epoch": 4, "path": None}
+    assert last["test/acc"] == pytest.approx(evaluate_checkpoint(tmp_path / "last" / "run" / "checkpoints" /
+                                                                 "last.ckpt", fake_data_dir), abs=1e-6)  # fmt: skip
+
+
+@pytest.mark.parametrize("scheduler", group_options("scheduler"))
+def test_every_scheduler_composes_and_steps(scheduler, tmp_path, fake_data_dir):
+    extra = {"step": ["scheduler.step_size=1"], "cosine": ["scheduler.warmup_epochs=1"]}.get(scheduler, [])
+    record, _ = train_in_process(tmp_path, fake_data_dir, ["trainer.max_epochs=4", "callbacks=none",
+                                                           f"scheduler={scheduler}", *extra])  # fmt: skip
+    assert record["status"] == "completed", record.get("error")
+    lr = record["history"]["train/lr"]
+    assert len(lr) == 4
+    if scheduler == "none":
+        assert lr == [pytest.approx(1e-3)] * 4
+    elif scheduler == "step":
+        assert lr == pytest.approx([1e-3, 5e-4, 2.5e-4, 1.25e-4])
+    elif scheduler == "cosine":  # one warm-up epoch from lr/2, then annealing to 0 over 3 epochs
+        assert lr[0] == pytest.approx(5e-4) and lr[1] == pytest.approx(1e-3) and lr[1] > lr[2] > lr[3]
+    elif scheduler == "onecycle":
+        assert lr[0] < max(lr) and lr[-1] < max(lr)
+
+
+def test_pack_metrics_equal_torchmetrics_on_a_tiny_set():
+    from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
+
+    torch.manual_seed(0)
+    classes, members = 4, 3
+    targets = torch.randint(0, classes, (members, 50))
+    predictions = torch.randint(0, classes, (members, 50))
+    predictions[2] = torch.where(targets[2] == 3, 0, predictions[2])  # member 2 never predicts class 3
+    cells = torch.arange(members).unsqueeze(1) * classes * classes + targets * classes + predictions
+    confusion = torch.bincount(cells.flatten(), minlength=members * classes * classes).view(members, classes, classes)
+    metrics = classification_metrics(confusion, torch.zeros(members))
+    for k in range(members):
+        assert float(metrics["f1"][k]) == pytest.approx(float(multiclass_f1_score(
+            predictions[k], targets[k], classes, average="macro")), abs=1e-6)  # fmt: skip
+        assert metrics["class_acc"][k].tolist() == pytest.approx(multiclass_accuracy(
+            predictions[k], targets[k], classes, average=None).tolist(), abs=1e-6)  # fmt: skip
+        assert float(metrics["acc"][k]) == pytest.approx(float((predictions[k] == targets[k]).float().mean()))
+
+
+def test_a_runs_f1_and_per_class_accuracy_match_a_direct_computation(tmp_path, fake_data_dir):
+    record, out = train_in_process(tmp_path, fake_data_dir, ["trainer.max_epochs=2", "callbacks=none"])
+    from actlab.data import FashionMNISTDataModule
+
+    state = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    net = SimpleNetwork(torch.nn.ReLU)
+    net.load_state_dict({k[len("net.") :]: v for k, v in state.items() if k.startswith("net.")})
+    dm = FashionMNISTDataModule(data_dir=str(fake_data_dir), system_dir=None, download=False, val_size=128)
+    dm.setup()
+    with torch.no_grad():
+        predictions = net.eval()(dm.test_x).argmax(1)
+    f1s, recalls = [], []
+    for c in range(10):
+        tp = int(((predictions == c) & (dm.test_y == c)).sum())
+        true, predicted = int((dm.test_y == c).sum()), int((predictions == c).sum())
+        f1s.append(2 * tp / (true + predicted) if true + predicted else 0.0)
+        recalls.append(tp / true if true else 0.0)
+        assert record[f"test/acc_class_{c}"] == pytest.approx(recalls[-1], abs=1e-6)
+    assert record["test/f1"] == pytest.approx(sum(f1s) / 10, abs=1e-6)
+    assert "val/f1" in record["history"]
+
+
+def test_the_sweeper_is_given_a_validation_metric(tmp_path, fake_data_dir):
+    import importlib.util
+
+    from conftest import REPO
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from actlab.record import read_record
+
+    spec = importlib.util.spec_from_file_location("train_entry", REPO / "train.py")
+    entry = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(entry)
+    out = tmp_path / "run"
+    cfg = compose_train([*data_overrides(fake_data_dir), "trainer.max_epochs=2", "callbacks=none", "logger=csv"],
+                        out, return_hydra_config=True)  # fmt: skip
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(out)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    value = entry.main.__wrapped__(cfg)  # what Hydra hands to a sweeper (Optuna, ...)
+    record = read_record(out)
+    assert value == record["val/acc_best"] == max(record["history"]["val/acc"])
