@@ -136,3 +136,32 @@ def test_the_sweeper_is_given_a_validation_metric(tmp_path, fake_data_dir):
     value = entry.main.__wrapped__(cfg)  # what Hydra hands to a sweeper (Optuna, ...)
     record = read_record(out)
     assert value == record["val/acc_best"] == max(record["history"]["val/acc"])
+
+
+def test_fair_table_script_picks_rates_on_validation_and_tests_best_checkpoints(tmp_path, fake_data_dir):
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    from actlab.summary import load_runs
+
+    extra = [*data_overrides(fake_data_dir), "trainer.max_epochs=3", "callbacks=none", "logger=csv",
+             "hydra.job.config.override_dirname.exclude_keys=[data.data_dir,data.system_dir,data.download,"
+             "data.val_size,trainer.enable_progress_bar,callbacks.progress_bar,trainer.max_epochs,callbacks,logger,"
+             "experiment,resume]"]  # fmt: skip
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "fair_table.py"), "--out", str(tmp_path / "fair"),
+                             "--activations", "relu,tanh", "--rates", "0.01,0.1", "--", *extra],
+                            capture_output=True, text=True, timeout=600, cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    chosen = json.loads((tmp_path / "fair" / "chosen_lr.json").read_text())
+    assert set(chosen) == {"relu", "tanh"} and all(set(c["tried"]) == {"0.01", "0.1"} for c in chosen.values())
+    search = load_runs(tmp_path / "fair" / "lr_search")
+    for activation, choice in chosen.items():  # the best validation score, never the test score
+        best = max((r for r in search if r["activation"] == activation), key=lambda r: r["val/acc_best"])
+        assert choice["lr"] == best["config"]["optimizer"]["lr"]
+    final = load_runs(tmp_path / "fair" / "final")
+    assert len(final) == 6 and all(r["status"] == "completed" and r["test_ckpt"]["which"] == "best" for r in final)
+    assert all(r["config"]["optimizer"]["lr"] == chosen[r["activation"]]["lr"] for r in final)
+    assert "| lr | best epoch |" in (tmp_path / "fair" / "summary.md").read_text()
