@@ -165,3 +165,32 @@ def test_fair_table_script_picks_rates_on_validation_and_tests_best_checkpoints(
     assert len(final) == 6 and all(r["status"] == "completed" and r["test_ckpt"]["which"] == "best" for r in final)
     assert all(r["config"]["optimizer"]["lr"] == chosen[r["activation"]]["lr"] for r in final)
     assert "| lr | best epoch |" in (tmp_path / "fair" / "summary.md").read_text()
+
+
+def test_a_two_trial_optuna_search_runs_offline_and_resumes_from_its_study(tmp_path, fake_data_dir):
+    pytest.importorskip("optuna")
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    search_dir = tmp_path / "search"
+    command = [sys.executable, str(REPO / "scripts" / "optuna_search.py"), "hparams_search=optuna", "activation=relu",
+               f"hparams_search.dir={search_dir}", "hparams_search.n_trials=2", "trainer.max_epochs=2",
+               "callbacks=none", "logger=csv", *data_overrides(fake_data_dir)]  # fmt: skip
+    first = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    best = json.loads((search_dir / "best.json").read_text())
+    assert best["trials"] == 2 and set(best["params"]) == {"optimizer.lr", "optimizer.weight_decay", "data.batch_size"}
+    from actlab.record import read_record
+
+    trial = read_record(best["output_dir"])
+    assert trial["status"] == "completed" and trial["val/acc_best"] == pytest.approx(best["value"])
+    assert trial["config"]["optimizer"]["lr"] == pytest.approx(best["params"]["optimizer.lr"])
+    # the same command with more trials resumes the study: the two done trials are kept
+    again = subprocess.run([*command, "hparams_search.n_trials=3"], capture_output=True, text=True, timeout=600,
+                           cwd=tmp_path)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((search_dir / "best.json").read_text())["trials"] == 3
+    assert sorted(p.name for p in search_dir.glob("trial_*")) == ["trial_000", "trial_001", "trial_002"]
