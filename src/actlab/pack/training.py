@@ -491,6 +491,9 @@ class PackTrainer:
                 val = self._evaluate(dm.val_x, dm.val_y, self.cfg.trainer.get("limit_val_batches"))
                 self._run_diagnostics(at_start=False)
                 self._end_epoch(time.perf_counter() - start, train, val)
+                log.info("pack %s: epoch %d/%d done in %.1f s, %d of %d members training on", self.pack_id,
+                         self.epoch + 1, max_epochs, time.perf_counter() - start, int(self.active.sum()),
+                         len(self.states))  # fmt: skip
                 self.epoch += 1
             fit_time = time.perf_counter() - start_fit
             live = [state for state in self.states if not state.finished]
