@@ -81,6 +81,9 @@ class StackedNetwork(nn.Module):
         self.group_members = [[k for k, key in enumerate(activation_keys) if key == group] for group in keys]
         for i, members_of in enumerate(self.group_members):
             self.register_buffer(f"group_index_{i}", torch.tensor(members_of), persistent=False)
+        # the groups' outputs, concatenated in group order, back in member order
+        order = [k for members_of in self.group_members for k in members_of]
+        self.register_buffer("member_order", torch.tensor(order).argsort(), persistent=False)
         self.activations = nn.ModuleList(
             nn.ModuleList(
                 ActivationGroup([members[k].activations[layer] for k in group]) for group in self.group_members
@@ -99,11 +102,8 @@ class StackedNetwork(nn.Module):
         groups = self.activations[layer]
         if len(groups) == 1:
             return groups[0](h)
-        out = torch.empty_like(h)
-        for i, group in enumerate(groups):
-            index = getattr(self, f"group_index_{i}")
-            out = out.index_copy(0, index, group(h.index_select(0, index)))
-        return out
+        outputs = [group(h.index_select(0, getattr(self, f"group_index_{i}"))) for i, group in enumerate(groups)]
+        return torch.cat(outputs).index_select(0, self.member_order)  # one copy, not one per group
 
     def _linear(self, i: int, h: torch.Tensor) -> torch.Tensor:
         return torch.baddbmm(self.biases[i].unsqueeze(1), h, self.weights[i].transpose(1, 2))
