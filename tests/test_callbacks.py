@@ -230,3 +230,24 @@ def test_run_history_checkpoint_taken_between_epochs_keeps_the_finished_epoch():
     assert state["history"] == {"train/loss": [0.5], "val/acc": [pytest.approx(0.8)]}
     history.on_train_epoch_start(trainer, None)  # not collected twice
     assert len(history.history["val/acc"]) == 1 and len(state["epoch_times"]) == 1
+
+
+def test_histograms_are_binned_by_torch_keep_every_finite_value_and_drop_the_rest(tmp_path):
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from actlab.tensorboard import add_histogram
+
+    logger = TensorBoardLogger(str(tmp_path), name="tb", version="")
+    values = torch.cat([torch.randn(5000), torch.tensor([float("nan"), float("inf"), -float("inf")])])
+    add_histogram([logger], "h", values, 3)
+    add_histogram([logger], "constant", torch.full((10,), 2.0), 3)
+    logger.experiment.flush()
+    acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"histograms": 0})
+    acc.Reload()
+    (event,) = acc.Histograms("h")
+    histogram = event.histogram_value
+    finite = values[torch.isfinite(values)]
+    assert event.step == 3 and histogram.num == 5000 and sum(histogram.bucket) == 5000
+    assert histogram.min == pytest.approx(float(finite.min())) and histogram.max == pytest.approx(float(finite.max()))
+    assert histogram.sum == pytest.approx(float(finite.sum()), rel=1e-4, abs=1e-3)
+    assert sum(acc.Histograms("constant")[0].histogram_value.bucket) == 10

@@ -17,14 +17,30 @@ def tensorboard_writers(loggers: Iterable[Logger]) -> list[SummaryWriter]:
     return [logger.experiment for logger in loggers if isinstance(logger, TensorBoardLogger)]
 
 
-def add_histogram(loggers: Iterable[Logger], tag: str, values: torch.Tensor, step: int) -> None:
-    """A histogram of the finite ``values`` (a diverging run must not crash its diagnostics)."""
+def add_histogram(loggers: Iterable[Logger], tag: str, values: torch.Tensor, step: int, bins: int = 64) -> None:
+    """A histogram of the finite ``values`` (a diverging run must not crash its diagnostics),
+    binned by torch where the values live (on the GPU when training there) into ``bins``
+    equal bins; only the counts and four statistics go to the host. (SummaryWriter's own
+    add_histogram bins on the CPU with numpy, ~25 ms for a 200k-weight layer.)"""
+    writers = tensorboard_writers(loggers)
     values = values.detach().float().flatten()
-    values = values[torch.isfinite(values)]
-    if values.numel() == 0:
+    if not writers or values.numel() == 0:
         return
-    for writer in tensorboard_writers(loggers):
-        writer.add_histogram(tag, values.cpu(), step)
+    low, high = torch.aminmax(values)
+    if not bool(torch.isfinite(low) & torch.isfinite(high)):  # NaN/inf present: drop them (rare)
+        values = values[torch.isfinite(values)]
+        if values.numel() == 0:
+            return
+        low, high = torch.aminmax(values)
+    top = float(high) if bool(high > low) else float(low) + max(abs(float(low)) * 1e-6, 1e-12)
+    counts = torch.histc(values, bins=bins, min=float(low), max=top)
+    limits = torch.linspace(float(low), top, bins + 1, device=values.device)[1:]
+    stats = torch.stack([low, high, values.sum(), values.square().sum()]).tolist()
+    limits, counts = limits.tolist(), counts.tolist()
+    for writer in writers:
+        writer.add_histogram_raw(tag, min=stats[0], max=stats[1], num=values.numel(), sum=stats[2],
+                                 sum_squares=stats[3], bucket_limits=limits, bucket_counts=counts,
+                                 global_step=step)  # fmt: skip
 
 
 def run_hparams(record: Mapping[str, Any]) -> dict[str, Any]:
