@@ -103,7 +103,7 @@ def test_a_diverging_member_is_recorded_and_frozen_and_the_others_go_on(tmp_path
 def test_diagnostics_reach_each_members_tensorboard_and_record(tmp_path, fake_data_dir):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    members, _ = members_for(tmp_path, fake_data_dir, [(1, "relu"), (2, "staf")])
+    members, base = members_for(tmp_path, fake_data_dir, [(1, "relu"), (2, "staf")])
     records = train_pack(members, "p")
     for member, record in zip(members, records):
         assert record["status"] == "completed" and record["dead/overall"] is not None
@@ -115,6 +115,15 @@ def test_diagnostics_reach_each_members_tensorboard_and_record(tmp_path, fake_da
         assert "activation/shape" in acc.Tags()["images"]
         assert {p.name for p in (member.output_dir / "figures").iterdir()} == {
             "gradient_histograms.png", "layer_outputs.png", "dead_neurons.png"}  # fmt: skip
+    # measured for the whole pack at once, yet each member's numbers are its own run's
+    alone, out = single_run(tmp_path, base, 2, "staf")
+    acc_alone = EventAccumulator(str(out / "tensorboard"))
+    acc_alone.Reload()
+    acc = EventAccumulator(str(members[1].output_dir / "tensorboard"))
+    acc.Reload()
+    for tag in ("grad_norm/layer_0", "grad_norm/layer_4", "output_std/layer_2", "dead/overall"):
+        packed, single = [e.value for e in acc.Scalars(tag)], [e.value for e in acc_alone.Scalars(tag)]
+        assert packed == pytest.approx(single, rel=1e-4, abs=1e-6), tag
 
 
 def test_what_would_couple_members_is_refused(tmp_path, fake_data_dir):

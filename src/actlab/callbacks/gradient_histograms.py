@@ -36,6 +36,10 @@ class GradientHistograms(LayerDistributions):
         net = pl_module.net
         grads = weight_gradients(net, *probe_batch(trainer, self.probe_size))
         names = [layer_name(i, linear) for i, linear in enumerate([*net.linears, net.head])]
+        self.record_values(trainer, names, grads, step)
+
+    def record_values(self, trainer: L.Trainer, names: list[str], grads: list[torch.Tensor], step: int) -> None:
+        """Log and keep one measurement (a packed sweep measures all its members at once)."""
         self.log_scalars(trainer, {f"grad_norm/layer_{i}": float(g.norm()) for i, g in enumerate(grads)}, step)
         for name, grad in zip(names, grads):
             self.log_histogram(trainer, f"grad/{name}", grad, step)

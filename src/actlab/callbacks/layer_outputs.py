@@ -23,8 +23,11 @@ class LayerOutputHistograms(LayerDistributions):
     def measure(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
         net = pl_module.net
         x, _ = probe_batch(trainer, self.probe_size)
-        outputs = net.forward_hidden(x)
         names = [layer_name(i, linear) for i, linear in enumerate(net.linears)]
+        self.record_values(trainer, names, net.forward_hidden(x), step)
+
+    def record_values(self, trainer: L.Trainer, names: list[str], outputs: list[torch.Tensor], step: int) -> None:
+        """Log and keep one measurement (a packed sweep measures all its members at once)."""
         scalars = {}
         for i, (name, out) in enumerate(zip(names, outputs)):
             out = out.float()

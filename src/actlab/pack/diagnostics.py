@@ -3,9 +3,34 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from actlab.callbacks.dead_neurons import DeadNeuronCounter, DeadNeuronMonitor, scan_dead_neurons
 from actlab.pack.stacked import StackedNetwork
+
+
+def layer_names(net: StackedNetwork) -> list[str]:
+    """``layer_i_<in>x<out>`` of every Linear layer (hidden ones, then the head), as a single run names them."""
+    return [f"layer_{i}_{w.shape[2]}x{w.shape[1]}" for i, w in enumerate(net.weights)]
+
+
+def member_weight_gradients(net: StackedNetwork, inputs: torch.Tensor, targets: torch.Tensor) -> list[torch.Tensor]:
+    """Every member's weight gradients ``(K, out, in)`` per layer on one probe batch, from one
+    backward pass of the summed losses (members do not interact, so member k's slice is its
+    own gradient); like :func:`~actlab.callbacks.weight_gradients`, the optimiser's ``.grad``
+    buffers are untouched."""
+    members = inputs.unsqueeze(0).expand(net.size, *inputs.shape)
+    with torch.enable_grad(), torch.inference_mode(False):
+        logits = net(members)
+        loss = F.cross_entropy(logits.flatten(0, 1), targets.repeat(net.size), reduction="none")
+        total = loss.view(net.size, -1).mean(1).sum()
+        return list(torch.autograd.grad(total, list(net.weights), allow_unused=True))
+
+
+@torch.inference_mode()
+def member_layer_outputs(net: StackedNetwork, inputs: torch.Tensor) -> list[torch.Tensor]:
+    """Every member's post-activation outputs ``(K, batch, width)`` per hidden layer."""
+    return net.forward_hidden(inputs.unsqueeze(0).expand(net.size, *inputs.shape))
 
 
 class MembersAsNeurons:

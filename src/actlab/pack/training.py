@@ -31,13 +31,13 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from actlab.callbacks import ActivationPlot, DeadNeuronMonitor
+from actlab.callbacks import ActivationPlot, DeadNeuronMonitor, GradientHistograms, LayerOutputHistograms
 from actlab.callbacks.diagnostic import Diagnostic
 from actlab.callbacks.early_stopping import metric_mode
 from actlab.console import summary_line
 from actlab.errors import ConfigError, DivergedError
 from actlab.pack.checkpoint import load_member_checkpoint, save_member_checkpoint
-from actlab.pack.diagnostics import scan_members
+from actlab.pack.diagnostics import layer_names, member_layer_outputs, member_weight_gradients, scan_members
 from actlab.pack.stacked import StackedNetwork
 from actlab.plotting import confusion_matrix_figure
 from actlab.record import RunRecord, read_record
@@ -369,26 +369,56 @@ class PackTrainer:
                                current_epoch=self.epoch, fast_dev_run=False, is_global_zero=True)  # fmt: skip
 
     def _run_diagnostics(self, at_start: bool) -> None:
-        """Every member's diagnostics: the dead-neuron scan once for the whole pack
-        (:func:`scan_members`), the others on each member's own network."""
-        live = [s for s in self.states if not s.finished]
-        seconds = dict.fromkeys(id(s) for s in live)
-        batched = self._scan_dead_neurons(live, at_start)
+        """Every member's diagnostics: gradients, layer outputs and dead neurons measured once
+        for the whole pack on the stacked network, the rest on each member's own network."""
+        live = [s for s in self.states if not s.finished and s.stopped_epoch is None]
+        due = self.global_step == 0 if at_start else True
+        start = time.perf_counter()
+        batched = self._measure_together(live, at_start) if due else set()
+        shared = (time.perf_counter() - start) / max(1, len(live))
         for state in live:
             module = _MemberModule(self.net.member_network(state.index)).train()
             trainer = self._trainer_view(state)
             start = time.perf_counter()
             for diagnostic in state.diagnostics:
-                if isinstance(diagnostic, DeadNeuronMonitor) and batched is not None:
-                    continue  # measured for the whole pack above
+                if type(diagnostic) in batched:
+                    continue
                 if at_start:
                     diagnostic.on_train_start(trainer, module)
                 elif isinstance(diagnostic, Diagnostic):
                     diagnostic.on_train_epoch_end(trainer, module)
-            seconds[id(state)] = time.perf_counter() - start + (batched or 0.0) / len(live)
-        if not at_start:
-            for state in live:
-                state.diagnostics_times.append(seconds[id(state)] if state.diagnostics else None)
+            if not at_start:
+                seconds = time.perf_counter() - start + shared
+                state.diagnostics_times.append(seconds if state.diagnostics else None)
+
+    def _measure_together(self, live: list[_MemberState], at_start: bool) -> set[type]:
+        """The diagnostics one pass over the stacked network serves for every member; returns
+        their types (each member's own instance only records its slice)."""
+        done: set[type] = set()
+        dm = self.datamodule
+        for kind, measure in ((GradientHistograms, member_weight_gradients),
+                              (LayerOutputHistograms, member_layer_outputs)):  # fmt: skip
+            instances = [next((d for d in s.diagnostics if type(d) is kind), None) for s in live]
+            if not instances or any(d is None for d in instances):
+                continue
+            first = instances[0]
+            if at_start or (self.epoch + 1) % first.every_n_epochs == 0:
+                was_training = self.net.training
+                self.net.eval()
+                try:
+                    values = measure(
+                        self.net, *dm.probe_set(first.probe_size)[: 2 if kind is GradientHistograms else 1]
+                    )
+                finally:
+                    self.net.train(was_training)
+                names = layer_names(self.net)[: len(values)]
+                for state, instance in zip(live, instances):
+                    mine = [v[state.index] for v in values]
+                    instance.record_values(self._trainer_view(state), names, mine, self.global_step)
+            done.add(kind)
+        if self._scan_dead_neurons(live, at_start) is not None:
+            done.add(DeadNeuronMonitor)
+        return done
 
     def _scan_dead_neurons(self, live: list[_MemberState], at_start: bool) -> float | None:
         """One dead-neuron scan for all live members; returns its seconds (None: the members
@@ -490,7 +520,8 @@ class PackTrainer:
                 train = self._train_epoch()
                 val = self._evaluate(dm.val_x, dm.val_y, self.cfg.trainer.get("limit_val_batches"))
                 self._run_diagnostics(at_start=False)
-                self._end_epoch(time.perf_counter() - start, train, val)
+                with _signals_deferred():  # every member's checkpoint of this epoch, or none
+                    self._end_epoch(time.perf_counter() - start, train, val)
                 log.info("pack %s: epoch %d/%d done in %.1f s, %d of %d members training on", self.pack_id,
                          self.epoch + 1, max_epochs, time.perf_counter() - start, int(self.active.sum()),
                          len(self.states))  # fmt: skip
@@ -575,6 +606,21 @@ def train_pack(members: list[Member], pack_id: str = "pack", parallel_jobs: int 
         return done
     with _sigterm_raises():
         return done + PackTrainer(todo, pack_id, parallel_jobs, log_file).fit_and_test()
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+    """SIGTERM and SIGINT wait until the block is done (then arrive as usual)."""
+    signals = {signal.SIGTERM, signal.SIGINT}
+    try:
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    except (AttributeError, ValueError):  # no pthread_sigmask here, or not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 class _sigterm_raises:
