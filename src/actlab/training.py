@@ -140,12 +140,13 @@ def build_trainer(cfg: DictConfig, record: RunRecord | None, output_dir: Path) -
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, enable_progress_bar=progress)
 
 
-def _checkpoint_loads(path: Path) -> bool:
+def load_checkpoint(path: Path) -> dict[str, Any] | None:
+    """A checkpoint's contents, or None where it does not load (truncated, corrupt, or not a
+    checkpoint at all)."""
     try:
-        torch.load(path, map_location="cpu", weights_only=False)
-        return True
-    except Exception:  # truncated, corrupt, or not a checkpoint at all
-        return False
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:
+        return None
 
 
 def resume_checkpoint(output_dir: Path) -> tuple[str | None, str | None]:
@@ -157,7 +158,7 @@ def resume_checkpoint(output_dir: Path) -> tuple[str | None, str | None]:
     others = sorted((p for p in directory.glob("*.ckpt") if p != last), key=lambda p: p.stat().st_mtime, reverse=True)
     candidates = ([last] if last.is_file() else []) + others
     for path in candidates:
-        if _checkpoint_loads(path):
+        if load_checkpoint(path) is not None:
             warning = None if path == last or not last.is_file() else f"{last} does not load; resuming from {path}"
             return str(path), warning
     if candidates:

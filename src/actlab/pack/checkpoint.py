@@ -94,11 +94,3 @@ def save_member_checkpoint(trainer: PackTrainer, state: _MemberState, name: str)
     torch.save(checkpoint, tmp)
     tmp.replace(path)
     return path
-
-
-def load_member_checkpoint(path: Path) -> dict[str, Any] | None:
-    """A member checkpoint, or None where it does not load."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception:
-        return None

@@ -36,7 +36,7 @@ from actlab.callbacks.diagnostic import Diagnostic
 from actlab.callbacks.early_stopping import metric_mode
 from actlab.console import summary_line
 from actlab.errors import ConfigError, DivergedError
-from actlab.pack.checkpoint import load_member_checkpoint, save_member_checkpoint
+from actlab.pack.checkpoint import save_member_checkpoint
 from actlab.pack.diagnostics import layer_names, member_layer_outputs, member_weight_gradients, scan_members
 from actlab.pack.stacked import StackedNetwork
 from actlab.plotting import confusion_matrix_figure
@@ -49,6 +49,7 @@ from actlab.training import (
     build_data_and_classifier,
     check_accelerator,
     configure_process,
+    load_checkpoint,
 )
 
 log = logging.getLogger(__name__)
@@ -203,7 +204,8 @@ class PackTrainer:
         self.net = StackedNetwork(nets, keys).to(self.device)
         self.optimizer = instantiate(cfg.optimizer)(self.net.parameters())
         self.active = torch.ones(len(self.members), dtype=torch.bool, device=self.device)
-        self.frozen: dict[int, dict[str, torch.Tensor]] = {}
+        # per frozen member: (stacked tensor, its index, the value to keep) for each of its tensors
+        self.frozen: dict[int, list[tuple[torch.Tensor, int, torch.Tensor]]] = {}
         self.global_step, self.epoch = 0, 0
         self._build_scheduler()
         self._restore_optimizer()
@@ -215,7 +217,7 @@ class PackTrainer:
         path = state.member.output_dir / CHECKPOINT_DIR / "last.ckpt"
         if not state.member.cfg.get("resume") or not path.is_file():
             return
-        checkpoint = load_member_checkpoint(path)
+        checkpoint = load_checkpoint(path)
         if checkpoint is None or "actlab_pack" not in checkpoint:
             log.warning("pack %s: %s is not a pack checkpoint that loads; member starts afresh", self.pack_id, path)
             state.record.update(resume_warning=f"{path} does not load as a pack checkpoint; started afresh")
@@ -352,15 +354,13 @@ class PackTrainer:
         """Member ``k`` takes no more steps: its loss is masked out and its weights restored
         after every optimiser step (momentum would go on moving them)."""
         self.active[k] = False
-        self.frozen[k] = {name: v[j].detach().clone() for name, (v, j) in self.net.member_slots(k).items()
-                          if j is not None}  # fmt: skip
+        self.frozen[k] = [(v, j, v[j].detach().clone()) for v, j in self.net.member_slots(k).values() if j is not None]
 
     @torch.no_grad()
     def _restore_frozen(self) -> None:
-        for k, values in self.frozen.items():
-            for name, (tensor, j) in self.net.member_slots(k).items():
-                if j is not None:
-                    tensor[j] = values[name]
+        for slots in self.frozen.values():
+            for tensor, j, value in slots:
+                tensor[j] = value
 
     # -- per-member bookkeeping --------------------------------------------------------------
 
@@ -561,7 +561,7 @@ class PackTrainer:
             tested_epoch[state.index] = len(state.epoch_times) - 1
             if which == "best":
                 (best,) = (state.member.output_dir / CHECKPOINT_DIR).glob("best_epoch=*.ckpt")
-                checkpoint = load_member_checkpoint(best)
+                checkpoint = load_checkpoint(best)
                 tested_epoch[state.index] = checkpoint["epoch"]
                 self._load_member(state.index, checkpoint)
                 state.record.update(test_ckpt={"which": which, "epoch": checkpoint["epoch"], "path": str(best)})
@@ -641,4 +641,4 @@ class _sigterm_raises:
             signal.signal(signal.SIGTERM, self.previous)
 
 
-__all__ = ["Member", "PackTrainer", "load_member_checkpoint", "pack_key", "train_pack"]
+__all__ = ["Member", "PackTrainer", "pack_key", "train_pack"]
