@@ -252,3 +252,18 @@ def test_a_pack_follows_the_fair_protocol_like_its_separate_runs(tmp_path, fake_
         assert packed["test_ckpt"]["epoch"] == alone["test_ckpt"]["epoch"] == alone["best_epoch"]
         for key in ("test/acc", "test/f1", "test/acc_class_3"):
             assert packed[key] == pytest.approx(alone[key], abs=1e-5), (activation, key)
+
+
+def test_a_signal_during_a_packs_epoch_end_takes_effect_after_it():
+    import os
+
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from actlab.pack.training import _signals_deferred, _sigterm_raises
+
+    finished = False
+    with _sigterm_raises(), pytest.raises(SIGTERMException), _signals_deferred():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)  # the handler runs here, and must only hold the signal
+        finished = True
+    assert finished

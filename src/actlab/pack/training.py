@@ -610,17 +610,24 @@ def train_pack(members: list[Member], pack_id: str = "pack", parallel_jobs: int 
 
 @contextlib.contextmanager
 def _signals_deferred():
-    """SIGTERM and SIGINT wait until the block is done (then arrive as usual)."""
-    signals = {signal.SIGTERM, signal.SIGINT}
+    """SIGTERM and SIGINT that arrive inside the block take effect when it ends. (Held by a
+    Python handler: masking the main thread is not enough, the kernel may hand a process
+    signal to one of torch's worker threads.)"""
+    pending: list[int] = []
+    previous = {}
     try:
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
-    except (AttributeError, ValueError):  # no pthread_sigmask here, or not the main thread
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, lambda number, frame: pending.append(number))
+    except ValueError:  # not the main thread: leave signals alone
         yield
         return
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if pending:
+            signal.raise_signal(pending[0])  # now, to the handler that was in place
 
 
 class _sigterm_raises:
