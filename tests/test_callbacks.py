@@ -182,37 +182,37 @@ def test_diagnostics_do_not_change_training(tmp_path, fake_data_dir):
 
 
 @pytest.fixture(scope="module")
-def real_trainer_stub():
+def real_data():
     dm = FashionMNISTDataModule(download=False)
     dm.setup()
-    return SimpleNamespace(datamodule=dm, loggers=[])
+    return dm
 
 
-def measure_dead(trainer, activation, seed=0):
+def measure_dead(data, activation, seed=0):
     torch.manual_seed(seed)
     net = SimpleNetwork(functools.partial(activation), hidden_shape=[2048, 1024, 1024, 512, 512, 256, 128])
     monitor = DeadNeuronMonitor(probe_size=20_000)
-    monitor.measure(trainer, SimpleNamespace(net=net), 0)
+    monitor.measure(net, data, [], 0)
     return monitor.at_init
 
 
 @requires_real_data
-def test_untrained_deep_relu_net_dies_with_depth_like_the_textbook(real_trainer_stub):
-    dead = measure_dead(real_trainer_stub, nn.ReLU)
+def test_untrained_deep_relu_net_dies_with_depth_like_the_textbook(real_data):
+    dead = measure_dead(real_data, nn.ReLU)
     # textbook: ~0, 0, 0.6, 2.9, 22, 40, 45 %
     assert dead[0] == 0 and dead[1] < 0.01
     assert dead[-1] > 0.3 and dead[-2] > 0.3 and dead[4] > 0.1
     assert dead[-1] > 10 * max(dead[:3]) + 0.2
-    assert measure_dead(real_trainer_stub, nn.SiLU) == [0.0] * 7
+    assert measure_dead(real_data, nn.SiLU) == [0.0] * 7
 
 
 @requires_real_data
-def test_sigmoid_gradients_vanish_towards_the_input(real_trainer_stub):
+def test_sigmoid_gradients_vanish_towards_the_input(real_data):
     norms = {}
     for name, activation in [("sigmoid", nn.Sigmoid), ("relu", nn.ReLU)]:
         torch.manual_seed(0)
         net = SimpleNetwork(functools.partial(activation))
-        norms[name] = [float(g.norm()) for g in weight_gradients(net, *real_trainer_stub.datamodule.probe_set(1024))]
+        norms[name] = [float(g.norm()) for g in weight_gradients(net, *real_data.probe_set(1024))]
     assert norms["sigmoid"][0] < norms["relu"][0] / 20  # input layer: > an order of magnitude
     assert norms["sigmoid"] == sorted(norms["sigmoid"])  # and shrinking layer by layer towards the input
 

@@ -15,7 +15,8 @@ from actlab.config import CONFIG_DIR, group_options
 from actlab.errors import ConfigError
 from actlab.models import SimpleNetwork
 from actlab.pack import StackedNetwork
-from actlab.pack.training import Member, PackTrainer, train_pack
+from actlab.pack.members import Member
+from actlab.pack.training import check_packable, train_pack
 from actlab.record import read_record
 from actlab.training import run
 
@@ -129,10 +130,10 @@ def test_diagnostics_reach_each_members_tensorboard_and_record(tmp_path, fake_da
 def test_what_would_couple_members_is_refused(tmp_path, fake_data_dir):
     members, _ = members_for(tmp_path, fake_data_dir, [(1, "relu"), (2, "relu")], ["+trainer.gradient_clip_val=1.0"])
     with pytest.raises(ConfigError, match="gradient_clip_val"):
-        PackTrainer(members)
+        check_packable(members)
     mixed, _ = members_for(tmp_path, fake_data_dir, [(1, "relu"), (2, "relu", "optimizer.lr=0.1")])
     with pytest.raises(ConfigError, match="equal configs"):
-        PackTrainer(mixed)
+        check_packable(mixed)
 
 
 def test_a_single_run_resumes_from_a_pack_members_checkpoint(tmp_path, fake_data_dir):
@@ -252,18 +253,3 @@ def test_a_pack_follows_the_fair_protocol_like_its_separate_runs(tmp_path, fake_
         assert packed["test_ckpt"]["epoch"] == alone["test_ckpt"]["epoch"] == alone["best_epoch"]
         for key in ("test/acc", "test/f1", "test/acc_class_3"):
             assert packed[key] == pytest.approx(alone[key], abs=1e-5), (activation, key)
-
-
-def test_a_signal_during_a_packs_epoch_end_takes_effect_after_it():
-    import os
-
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-    from actlab.pack.training import _signals_deferred, _sigterm_raises
-
-    finished = False
-    with _sigterm_raises(), pytest.raises(SIGTERMException), _signals_deferred():
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(0.05)  # the handler runs here, and must only hold the signal
-        finished = True
-    assert finished

@@ -8,7 +8,7 @@ from test_training import train_in_process
 
 from actlab.config import group_options
 from actlab.models import SimpleNetwork
-from actlab.pack.training import classification_metrics
+from actlab.pack.module import classification_metrics
 
 
 def test_early_stopping_stops_a_run_that_cannot_improve(tmp_path, fake_data_dir):

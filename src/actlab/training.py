@@ -21,7 +21,7 @@ from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from actlab.callbacks import DivergenceMonitor, InterruptionCheckpoint, RunHistory
+from actlab.callbacks import DivergenceMonitor, RunHistory
 from actlab.classifier import Classifier
 from actlab.console import is_terminal, quiet_third_party_noise, summary_line
 from actlab.errors import ConfigError
@@ -62,7 +62,7 @@ def check_accelerator(accelerator: str) -> None:
         )
 
 
-def _instantiate_group(group: DictConfig | None) -> list[Any]:
+def _instantiate_group(group: DictConfig | dict | None) -> list[Any]:
     """Instantiate every entry of a name -> config mapping (callbacks, loggers); None entries are off."""
     if not group:
         return []
@@ -128,16 +128,26 @@ def build_trainer(cfg: DictConfig, record: RunRecord | None, output_dir: Path) -
     """The Trainer of ``cfg.trainer`` with the run's bookkeeping callbacks around the
     configured ones: divergence first (stop before the diagnostics see NaNs), the history
     last (it times the rest). The progress bar is on only where stdout is a terminal."""
-    progress = bool(cfg.trainer.get("enable_progress_bar", True)) and is_terminal()
+    progress = shows_progress_bar(cfg)
     configured = [c for c in _instantiate_group(cfg.get("callbacks")) if progress or not isinstance(c, ProgressBar)]
     callbacks = [
         DivergenceMonitor(),
         *configured,
-        InterruptionCheckpoint(output_dir / CHECKPOINT_DIR),
         RunHistory(record, log_epochs=not progress),
     ]
-    loggers = _instantiate_group(cfg.get("logger"))
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, enable_progress_bar=progress)
+    return trainer_for(cfg, callbacks, _instantiate_group(cfg.get("logger")))
+
+
+def shows_progress_bar(cfg: DictConfig) -> bool:
+    """The progress bar is on where asked for and stdout is a terminal (one log line per epoch otherwise)."""
+    return bool(cfg.trainer.get("enable_progress_bar", True)) and is_terminal()
+
+
+def trainer_for(cfg: DictConfig, callbacks: list[L.Callback], loggers: list, **overrides: Any) -> L.Trainer:
+    """The Trainer of ``cfg.trainer`` with these callbacks and loggers: the one engine of single
+    runs and packs (a pack adds its checkpoint plugin and its own root directory)."""
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, enable_progress_bar=shows_progress_bar(cfg),
+                       **overrides)  # fmt: skip
 
 
 def load_checkpoint(path: Path) -> dict[str, Any] | None:

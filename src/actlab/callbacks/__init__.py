@@ -7,7 +7,6 @@ from actlab.callbacks.dead_neurons import DeadNeuronCounter, DeadNeuronMonitor, 
 from actlab.callbacks.divergence import DivergenceMonitor
 from actlab.callbacks.early_stopping import early_stopping
 from actlab.callbacks.gradient_histograms import GradientHistograms, weight_gradients
-from actlab.callbacks.interruption import InterruptionCheckpoint
 from actlab.callbacks.layer_outputs import LayerOutputHistograms
 from actlab.callbacks.run_history import RunHistory
 
@@ -18,7 +17,6 @@ __all__ = [
     "DeadNeuronMonitor",
     "DivergenceMonitor",
     "GradientHistograms",
-    "InterruptionCheckpoint",
     "LayerOutputHistograms",
     "RunHistory",
     "dead_neuron_metrics",

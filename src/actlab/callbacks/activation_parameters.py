@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import lightning as L
 import torch
+from lightning.pytorch.loggers import Logger
 
 from actlab.callbacks.diagnostic import Diagnostic
 
@@ -15,9 +15,9 @@ class ActivationParameterMonitor(Diagnostic):
     scalars ``act_param/layer_i/<name>[_k]``, larger ones as histograms plus their mean.
     A mixture also logs its softmax weights as ``act_param/layer_i/weight_k``."""
 
-    def measure(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
+    def measure(self, net: torch.nn.Module, data, loggers: list[Logger], step: int) -> None:
         scalars: dict[str, float] = {}
-        for i, activation in enumerate(pl_module.net.activations):
+        for i, activation in enumerate(net.activations):
             prefix = f"act_param/layer_{i}"
             for name, param in activation.named_parameters():
                 values = param.detach().flatten().float()
@@ -28,10 +28,10 @@ class ActivationParameterMonitor(Diagnostic):
                     scalars.update({f"{tag}_{k}": float(v) for k, v in enumerate(values)})
                 else:
                     scalars[f"{tag}_mean"] = float(values.mean())
-                    self.log_histogram(trainer, tag, values, step)
+                    self.log_histogram(loggers, tag, values, step)
             weights = getattr(activation, "weights", None)
             weights = weights.detach() if isinstance(weights, torch.Tensor) else None
             if isinstance(weights, torch.Tensor):
                 scalars.update({f"{prefix}/weight_{k}": float(w) for k, w in enumerate(weights)})
         if scalars:
-            self.log_scalars(trainer, scalars, step)
+            self.log_scalars(loggers, scalars, step)

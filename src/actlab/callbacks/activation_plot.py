@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import lightning as L
+import torch
+from lightning.pytorch.loggers import Logger
 
 from actlab.tensorboard import tensorboard_writers
 
@@ -12,10 +14,16 @@ class ActivationPlot(L.Callback):
     derivative on [-5, 5]) to TensorBoard before training starts."""
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        writers = tensorboard_writers(trainer.loggers)
-        if trainer.global_step or not writers:
+        if trainer.global_step == 0:  # not again when resuming
+            self.draw(pl_module.net, trainer.loggers)
+
+    @staticmethod
+    def draw(net: torch.nn.Module, loggers: list[Logger]) -> None:
+        """The figure of ``net``'s first activation, to the TensorBoard loggers among ``loggers``."""
+        writers = tensorboard_writers(loggers)
+        if not writers:
             return
         from actlab.plotting import activation_figure
 
         for writer in writers:
-            writer.add_figure("activation/shape", activation_figure(pl_module.net.activations[0]), 0)
+            writer.add_figure("activation/shape", activation_figure(net.activations[0]), 0)

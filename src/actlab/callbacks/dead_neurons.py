@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
 import torch
+from lightning.pytorch.loggers import Logger
 
-from actlab.callbacks.diagnostic import Diagnostic, probe_batch
+from actlab.callbacks.diagnostic import Diagnostic
 
 
 class DeadNeuronCounter:
@@ -140,14 +140,14 @@ class DeadNeuronMonitor(Diagnostic):
         self.latest_ratios: list[float] = []
 
     @torch.inference_mode()
-    def measure(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
-        inputs, _ = probe_batch(trainer, self.probe_size)
+    def measure(self, net: torch.nn.Module, data, loggers: list[Logger], step: int) -> None:
+        inputs, _ = data.probe_set(self.probe_size)
         counters = scan_dead_neurons(
-            pl_module.net, inputs, self.near_dead_tol, self.near_dead_fraction, self.batch_size, self.settle_early
+            net, inputs, self.near_dead_tol, self.near_dead_fraction, self.batch_size, self.settle_early
         )
-        self.record_counters(trainer, counters, step)
+        self.record_counters(loggers, counters, step)
 
-    def record_counters(self, trainer: L.Trainer, counters: list[DeadNeuronCounter], step: int) -> None:
+    def record_counters(self, loggers: list[Logger], counters: list[DeadNeuronCounter], step: int) -> None:
         """Log and keep one scan's result (a packed sweep scans all its members at once)."""
         metrics = dead_neuron_metrics(counters, self.near_dead_fraction)
         dead_ratios = [metrics[f"dead/layer_{i}"] for i in range(len(counters))]
@@ -155,7 +155,7 @@ class DeadNeuronMonitor(Diagnostic):
         self.latest, self.latest_ratios = metrics, dead_ratios
         self.widths = [len(c.fired) for c in counters]
         self.measurements += 1
-        self.log_scalars(trainer, metrics, step)
+        self.log_scalars(loggers, metrics, step)
 
     def record_fields(self) -> dict:
         """The last measurement and the per-layer dead ratios at initialisation."""

@@ -2,27 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import Logger
 
 from actlab.tensorboard import add_histogram
-
-
-def probe_batch(trainer: L.Trainer, size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``size`` training samples (all of them for None), already on the training
-    device (the DataModule's ``probe_set``), so every measurement sees the same fixed probe set."""
-    return trainer.datamodule.probe_set(size)
 
 
 class Diagnostic(L.Callback):
     """Runs ``measure`` once before the first training step and after every n-th epoch.
 
-    The network is measured in eval mode (deterministic: no RReLU noise) and restored to
-    its mode afterwards; nothing a diagnostic does touches the optimiser's gradients.
-    Subclasses implement ``measure`` and may implement ``save_figure`` and
+    ``measure(net, data, loggers, step)`` is a function of the network, the DataModule (its
+    fixed ``probe_set``) and where to log: the callback only decides when. (A pack calls the
+    same ``measure`` / ``record_*`` methods for each member, with the member's network and
+    loggers.) The network is measured in eval mode (deterministic: no RReLU noise) and
+    restored to its mode afterwards; nothing a diagnostic does touches the optimiser's
+    gradients. Subclasses implement ``measure`` and may implement ``save_figure`` and
     ``record_fields``. ``epoch_seconds[epoch]`` is the wall time of each epoch-end
     measurement (the run record's ``diagnostics_epoch_s`` adds them up).
     """
@@ -34,30 +33,36 @@ class Diagnostic(L.Callback):
         self.figures_dir = Path(figures_dir) if figures_dir else None
         self.epoch_seconds: dict[int, float] = {}  # wall time of each epoch-end measurement
 
+    def due(self, epoch: int) -> bool:
+        """Whether the end of ``epoch`` (0-based) is a measuring epoch."""
+        return (epoch + 1) % self.every_n_epochs == 0
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.global_step == 0:  # not again when resuming
             self._measure(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+        if self.due(trainer.current_epoch):
             start = time.perf_counter()
             self._measure(trainer, pl_module)
             self.epoch_seconds[trainer.current_epoch] = time.perf_counter() - start
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.figures_dir is not None and trainer.is_global_zero and not trainer.fast_dev_run:
+        if trainer.is_global_zero and not trainer.fast_dev_run:
+            self.write_figure()
+
+    def write_figure(self) -> None:
+        """The static PNG(s) into ``figures_dir`` (when it is set)."""
+        if self.figures_dir is not None:
             self.figures_dir.mkdir(parents=True, exist_ok=True)
             self.save_figure(self.figures_dir)
 
     def _measure(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        was_training = pl_module.training
-        pl_module.eval()
-        try:
-            self.measure(trainer, pl_module, trainer.global_step)
-        finally:
-            pl_module.train(was_training)
+        with eval_mode(pl_module):
+            self.measure(pl_module.net, trainer.datamodule, trainer.loggers, trainer.global_step)
 
-    def measure(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
+    def measure(self, net: torch.nn.Module, data, loggers: list[Logger], step: int) -> None:
+        """Measure ``net`` on ``data.probe_set(...)`` and log to ``loggers`` at ``step``."""
         raise NotImplementedError
 
     def save_figure(self, directory: Path) -> None:
@@ -68,13 +73,24 @@ class Diagnostic(L.Callback):
         return {}
 
     @staticmethod
-    def log_scalars(trainer: L.Trainer, metrics: dict[str, float], step: int) -> None:
-        for logger in trainer.loggers:
+    def log_scalars(loggers: list[Logger], metrics: dict[str, float], step: int) -> None:
+        for logger in loggers:
             logger.log_metrics(metrics, step=step)
 
     @staticmethod
-    def log_histogram(trainer: L.Trainer, tag: str, values: torch.Tensor, step: int) -> None:
-        add_histogram(trainer.loggers, tag, values, step)
+    def log_histogram(loggers: list[Logger], tag: str, values: torch.Tensor, step: int) -> None:
+        add_histogram(loggers, tag, values, step)
+
+
+@contextlib.contextmanager
+def eval_mode(module: torch.nn.Module):
+    """``module`` in eval mode inside the block, in its previous mode after it."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
 
 
 def layer_name(index: int, linear: torch.nn.Linear) -> str:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.loggers import Logger
 
-from actlab.callbacks.diagnostic import LayerDistributions, layer_name, probe_batch
+from actlab.callbacks.diagnostic import LayerDistributions, layer_name
 
 
 def weight_gradients(net: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> list[torch.Tensor]:
@@ -32,15 +32,14 @@ class GradientHistograms(LayerDistributions):
         super().__init__(every_n_epochs, figures_dir)
         self.probe_size = probe_size
 
-    def measure(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
-        net = pl_module.net
-        grads = weight_gradients(net, *probe_batch(trainer, self.probe_size))
+    def measure(self, net: torch.nn.Module, data, loggers: list[Logger], step: int) -> None:
+        grads = weight_gradients(net, *data.probe_set(self.probe_size))
         names = [layer_name(i, linear) for i, linear in enumerate([*net.linears, net.head])]
-        self.record_values(trainer, names, grads, step)
+        self.record_values(loggers, names, grads, step)
 
-    def record_values(self, trainer: L.Trainer, names: list[str], grads: list[torch.Tensor], step: int) -> None:
+    def record_values(self, loggers: list[Logger], names: list[str], grads: list[torch.Tensor], step: int) -> None:
         """Log and keep one measurement (a packed sweep measures all its members at once)."""
-        self.log_scalars(trainer, {f"grad_norm/layer_{i}": float(g.norm()) for i, g in enumerate(grads)}, step)
+        self.log_scalars(loggers, {f"grad_norm/layer_{i}": float(g.norm()) for i, g in enumerate(grads)}, step)
         for name, grad in zip(names, grads):
-            self.log_histogram(trainer, f"grad/{name}", grad, step)
+            self.log_histogram(loggers, f"grad/{name}", grad, step)
         self.remember(names, grads)

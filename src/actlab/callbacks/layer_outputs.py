@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import lightning as L
 import torch
+from lightning.pytorch.loggers import Logger
 
-from actlab.callbacks.diagnostic import LayerDistributions, layer_name, probe_batch
+from actlab.callbacks.diagnostic import LayerDistributions, layer_name
 
 
 class LayerOutputHistograms(LayerDistributions):
@@ -20,19 +20,18 @@ class LayerOutputHistograms(LayerDistributions):
         self.probe_size = probe_size
 
     @torch.inference_mode()
-    def measure(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
-        net = pl_module.net
-        x, _ = probe_batch(trainer, self.probe_size)
+    def measure(self, net: torch.nn.Module, data, loggers: list[Logger], step: int) -> None:
+        x, _ = data.probe_set(self.probe_size)
         names = [layer_name(i, linear) for i, linear in enumerate(net.linears)]
-        self.record_values(trainer, names, net.forward_hidden(x), step)
+        self.record_values(loggers, names, net.forward_hidden(x), step)
 
-    def record_values(self, trainer: L.Trainer, names: list[str], outputs: list[torch.Tensor], step: int) -> None:
+    def record_values(self, loggers: list[Logger], names: list[str], outputs: list[torch.Tensor], step: int) -> None:
         """Log and keep one measurement (a packed sweep measures all its members at once)."""
         scalars = {}
         for i, (name, out) in enumerate(zip(names, outputs)):
             out = out.float()
             scalars[f"output_mean/layer_{i}"] = float(out.mean())
             scalars[f"output_std/layer_{i}"] = float(out.std())
-            self.log_histogram(trainer, f"outputs/{name}", out, step)
-        self.log_scalars(trainer, scalars, step)
+            self.log_histogram(loggers, f"outputs/{name}", out, step)
+        self.log_scalars(loggers, scalars, step)
         self.remember(names, outputs)

@@ -33,10 +33,13 @@ class RunHistory(L.Callback):
         record: the run record to keep up to date (None: only collect).
         log_epochs: log one line per epoch (for logs that are not a terminal, where the
             progress bar is off).
+        diagnostics: the diagnostics whose time and record fields belong to this run (None:
+            the trainer's Diagnostic callbacks).
     """
 
-    def __init__(self, record: RunRecord | None = None, log_epochs: bool = False) -> None:
-        self.record, self.log_epochs = record, log_epochs
+    def __init__(self, record: RunRecord | None = None, log_epochs: bool = False,
+                 diagnostics: list[Diagnostic] | None = None) -> None:  # fmt: skip
+        self.record, self.log_epochs, self.diagnostics = record, log_epochs, diagnostics
         self.epoch_times: list[float] = []
         self.diagnostics_times: list[float | None] = []
         self.history: dict[str, list[float]] = defaultdict(list)
@@ -54,8 +57,7 @@ class RunHistory(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
         self.epoch_times.append(time.perf_counter() - self._epoch_start)
         epoch = trainer.current_epoch
-        seconds = [c.epoch_seconds[epoch] for c in trainer.callbacks if isinstance(c, Diagnostic)
-                   if epoch in c.epoch_seconds]  # fmt: skip
+        seconds = [c.epoch_seconds[epoch] for c in self._diagnostics(trainer) if epoch in c.epoch_seconds]
         self.diagnostics_times.append(sum(seconds) if seconds else None)
         self._pending = True
 
@@ -76,15 +78,22 @@ class RunHistory(L.Callback):
         if not self._pending:
             return
         self._pending = False
-        for key, value in sorted(trainer.callback_metrics.items()):
-            if key.startswith(("train/", "val/")):
-                value = float(value)
-                self.history[key].append(value if math.isfinite(value) else float("nan"))
+        for key, value in sorted(self.epoch_metrics(trainer).items()):
+            self.history[key].append(value if math.isfinite(value) else float("nan"))
         if self.log_epochs:
             metrics = "  ".join(f"{k} {v[-1]:.4f}" for k, v in sorted(self.history.items()) if v)
             log.info("epoch %d/%s  %s  (%.1f s)", len(self.epoch_times), trainer.max_epochs, metrics,
                      self.epoch_times[-1])  # fmt: skip
         self._write(trainer)
+
+    def epoch_metrics(self, trainer: L.Trainer) -> dict[str, float]:
+        """This run's epoch-level ``train/*`` and ``val/*`` metrics, as logged."""
+        return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))}
+
+    def _diagnostics(self, trainer: L.Trainer | None) -> list[Diagnostic]:
+        if self.diagnostics is not None:
+            return self.diagnostics
+        return [c for c in trainer.callbacks if isinstance(c, Diagnostic)] if trainer else []
 
     def record_fields(self, trainer: L.Trainer | None) -> dict:
         """The run record's history fields (and the diagnostics' own fields, e.g. dead ratios)."""
@@ -100,9 +109,8 @@ class RunHistory(L.Callback):
             # 0-based, as in Lightning's epoch numbers and the best_epoch=NNN.ckpt names
             "best_epoch": max(range(len(val_acc)), key=val_acc.__getitem__) if val_acc else None,
         }
-        for callback in trainer.callbacks if trainer else []:
-            if isinstance(callback, Diagnostic):
-                fields.update(callback.record_fields())
+        for diagnostic in self._diagnostics(trainer):
+            fields.update(diagnostic.record_fields())
         return fields
 
     def state_dict(self) -> dict:

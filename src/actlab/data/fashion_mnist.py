@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -41,13 +42,18 @@ class DataNotFoundError(FileNotFoundError):
 class TensorBatchLoader:
     """Iterates over ``(images[idx], labels[idx])`` batches of tensors already in memory.
 
-    Shuffling draws a fresh permutation from torch's global RNG each epoch, so a seeded run
-    sees the same batch order every time.
+    Shuffling draws a fresh permutation each epoch from ``generator`` (by default one that
+    starts from torch's global RNG state when the loader is made), so a seeded run sees the
+    same batch order every time, whatever else draws random numbers between epochs.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool) -> None:
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool,
+                 generator: torch.Generator | None = None) -> None:  # fmt: skip
         self.images, self.labels = images, labels
         self.batch_size, self.shuffle = batch_size, shuffle
+        if shuffle and generator is None:
+            generator = torch.Generator().set_state(torch.get_rng_state())
+        self.generator = generator
 
     def __len__(self) -> int:
         return -(-len(self.labels) // self.batch_size)
@@ -55,7 +61,7 @@ class TensorBatchLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.labels)
         if self.shuffle:
-            order = torch.randperm(n).to(self.labels.device, non_blocking=True)
+            order = torch.randperm(n, generator=self.generator).to(self.labels.device, non_blocking=True)
             for start in range(0, n, self.batch_size):
                 idx = order[start : start + self.batch_size]
                 yield self.images[idx], self.labels[idx]
@@ -169,6 +175,9 @@ class FashionMNISTDataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_size, self.split_seed = val_size, split_seed
         self.train_x = self.train_y = self.val_x = self.val_y = self.test_x = self.test_y = None
+        # the training batch order's random stream: saved in every checkpoint (state_dict), so
+        # a resumed run shuffles its next epochs exactly as the uninterrupted run does
+        self.shuffle_generator: torch.Generator | None = None
 
     def prepare_data(self) -> None:
         locate_fashion_mnist(self.data_dir, self.system_dir, self.download)
@@ -214,7 +223,17 @@ class FashionMNISTDataModule(L.LightningDataModule):
         return self.train_x[:size], self.train_y[:size]
 
     def train_dataloader(self) -> TensorBatchLoader:
-        return TensorBatchLoader(self.train_x, self.train_y, self.batch_size, shuffle=True)
+        if self.shuffle_generator is None:  # the seeded global stream, from here on the loader's own
+            self.shuffle_generator = torch.Generator().set_state(torch.get_rng_state())
+        return TensorBatchLoader(self.train_x, self.train_y, self.batch_size, shuffle=True,
+                                 generator=self.shuffle_generator)  # fmt: skip
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"shuffle_generator": self.shuffle_generator.get_state()} if self.shuffle_generator is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "shuffle_generator" in state_dict:
+            self.shuffle_generator = torch.Generator().set_state(state_dict["shuffle_generator"])
 
     def val_dataloader(self) -> TensorBatchLoader:
         return TensorBatchLoader(self.val_x, self.val_y, self.eval_batch_size, shuffle=False)

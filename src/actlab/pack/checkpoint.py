@@ -1,96 +1,151 @@
-"""A pack member's checkpoints, in the format of a single run's: Lightning's checkpoint dict,
-so ``resume=true`` on the single run (``python train.py <its overrides> resume=true``)
-continues from it, and a pack resumes from its members' checkpoints."""
+"""A pack's checkpoints are its members' own: Lightning's checkpoint of the pack, split into
+one checkpoint per member in the format of a single run's (``python train.py <its
+overrides> resume=true`` continues from it), and joined back to resume a pack.
+
+Splitting happens where Lightning writes (a CheckpointIO plugin), so every checkpoint the
+Trainer takes — the members' ModelCheckpoints at epoch ends, Lightning's own — carries the
+real loop, optimiser, scheduler and callback states; nothing is forged.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import lightning
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-if TYPE_CHECKING:
-    from actlab.pack.training import PackTrainer, _MemberState
+from actlab.errors import ConfigError
+from actlab.pack.module import MEMBER_SUFFIX, PackModule, member_key, member_prefix
 
-CHECKPOINT_DIR = "checkpoints"
-
-
-def _progress(total: int, current: int, keys: tuple[str, ...]) -> dict[str, dict[str, int]]:
-    return {"total": dict.fromkeys(keys, total), "current": dict.fromkeys(keys, current)}
-
-
-def fit_loop_state(epochs: int, steps: int, steps_per_epoch: int) -> dict[str, Any]:
-    """Lightning's fit-loop state after ``epochs`` epochs and ``steps`` optimiser steps, as its
-    ModelCheckpoint saves it at an epoch's end (the epoch counted started, not completed)."""
-    batch = {**_progress(steps, steps_per_epoch, ("ready", "started", "processed", "completed")), "is_last_batch": True}
-    step = _progress(steps, steps_per_epoch, ("ready", "completed"))
-    zero_grad = _progress(steps, steps_per_epoch, ("ready", "started", "completed"))
-    epoch = {
-        "total": {"ready": epochs, "started": epochs, "processed": epochs, "completed": epochs - 1},
-        "current": {"ready": epochs, "started": epochs, "processed": epochs, "completed": epochs - 1},
-    }
-    return {
-        "state_dict": {},
-        "epoch_loop.state_dict": {"_batches_that_stepped": steps},
-        "epoch_loop.batch_progress": batch,
-        "epoch_loop.scheduler_progress": _progress(0, 0, ("ready", "completed")),
-        "epoch_loop.automatic_optimization.state_dict": {},
-        "epoch_loop.automatic_optimization.optim_progress": {"optimizer": {"step": step, "zero_grad": zero_grad}},
-        "epoch_loop.manual_optimization.state_dict": {},
-        "epoch_loop.manual_optimization.optim_step_progress": _progress(0, 0, ("ready", "completed")),
-        "epoch_loop.val_loop.state_dict": {},
-        "epoch_loop.val_loop.batch_progress": {
-            **_progress(0, 0, ("ready", "started", "processed", "completed")),
-            "is_last_batch": False,
-        },  # fmt: skip
-        "epoch_progress": epoch,
-    }
+PACK_DATA_KEY = "PackDataModule"
+# the single-run callbacks a pack keeps once per member (actlab.pack.callbacks): their state keys
+MEMBER_CALLBACKS = ("RunHistory", "ModelCheckpoint", "EarlyStopping")
+# what a single run's Classifier saves as its hyper-parameters
+CLASSIFIER_HPARAMS = {"hparams_name": "kwargs", "hyper_parameters": {"compile": False}}
 
 
-def _member_optimizer_state(trainer: PackTrainer, k: int) -> dict[str, Any]:
-    """Member ``k``'s slice of the pack optimiser's state, laid out as its own optimiser's
-    (parameters numbered in its SimpleNetwork's order)."""
-    slots = trainer.net.member_slots(k)
-    names = [name for name, _ in trainer.net.member_templates[k].named_parameters()]
-    state = {}
-    for i, name in enumerate(names):
-        tensor, j = slots[name]
-        stacked = trainer.optimizer.state.get(tensor, {})
-        state[i] = {key: (v[j].clone() if torch.is_tensor(v) and v.dim() and v.shape[0] == tensor.shape[0] else v)
-                    for key, v in stacked.items()}  # fmt: skip
-    (group,) = trainer.optimizer.param_groups
-    return {"state": state, "param_groups": [{**{k2: v for k2, v in group.items() if k2 != "params"},
-                                              "params": list(range(len(names)))}]}  # fmt: skip
+def _strip_prefix(value: Any, k: int) -> Any:
+    if isinstance(value, str) and value.startswith(member_prefix(k)):
+        return value[len(member_prefix(k)) :]
+    if isinstance(value, dict):
+        return {key: _strip_prefix(v, k) for key, v in value.items()}
+    return value
 
 
-def save_member_checkpoint(trainer: PackTrainer, state: _MemberState, name: str) -> Path:
-    """Write member ``state``'s checkpoint ``name`` into its run's checkpoints folder."""
-    k = state.index
-    steps_per_epoch = trainer.global_step // max(1, trainer.epoch + 1)
-    checkpoint = {
-        "epoch": trainer.epoch,
-        "global_step": trainer.global_step,
-        "pytorch-lightning_version": lightning.__version__,
-        "state_dict": {f"net.{key}": value.cpu() for key, value in trainer.net.member_state_dict(k).items()},
-        "loops": {"fit_loop": fit_loop_state(trainer.epoch + 1, trainer.global_step, steps_per_epoch)},
-        "callbacks": {
-            "RunHistory": {
-                "epoch_times": state.epoch_times,
-                "diagnostics_times": state.diagnostics_times,
-                "history": state.history,
-            }
-        },  # fmt: skip
-        "optimizer_states": [_member_optimizer_state(trainer, k)],
-        "lr_schedulers": [trainer.scheduler["scheduler"].state_dict()] if trainer.scheduler else [],
-        "hparams_name": "kwargs",
-        "hyper_parameters": {"compile": False},
-        # read by a pack that resumes; Lightning ignores it
-        "actlab_pack": {"generator": state.generator.get_state(), "best_val": state.best_val},
-    }
-    path = state.member.output_dir / CHECKPOINT_DIR / name
+def _member_callbacks(callbacks: dict[str, Any], k: int) -> dict[str, Any]:
+    """Member k's callback states under its single run's keys, and the shared ones."""
+    mine = {}
+    for key, state in callbacks.items():
+        base, marker, owner = key.rpartition(MEMBER_SUFFIX)
+        if not marker:
+            mine[key] = state
+        elif int(owner) == k:
+            mine[base] = _strip_prefix(state, k)
+    return mine
+
+
+def _parameter_slots(module: PackModule, k: int) -> list[tuple[int, int | None]]:
+    """For each parameter of member k's SimpleNetwork (in its own order): the index of the
+    stacked parameter holding it in the pack optimiser, and its index along dim 0."""
+    index = {id(p): i for i, p in enumerate(module.parameters())}
+    slots = module.net.member_slots(k)
+    names = [name for name, _ in module.net.member_templates[k].named_parameters()]
+    return [(index[id(slots[name][0])], slots[name][1]) for name in names]
+
+
+def _member_optimizer_state(state: dict[str, Any], module: PackModule, k: int) -> dict[str, Any]:
+    """Member k's slice of the pack optimiser's state dict, laid out as its own optimiser's."""
+    sizes = {i: p.shape[0] for i, p in enumerate(module.parameters())}
+    mine = {}
+    for m, (i, j) in enumerate(_parameter_slots(module, k)):
+        mine[m] = {key: (v[j].clone() if torch.is_tensor(v) and v.dim() and j is not None and v.shape[0] == sizes[i]
+                         else v) for key, v in state["state"].get(i, {}).items()}  # fmt: skip
+    (group,) = state["param_groups"]
+    return {"state": mine, "param_groups": [{**group, "params": list(range(len(mine)))}]}
+
+
+def member_checkpoint(checkpoint: dict[str, Any], module: PackModule, k: int, data_key: str) -> dict[str, Any]:
+    """Member k's checkpoint, as its single run would have saved it at the same moment."""
+    member = {key: value for key, value in checkpoint.items()
+              if key not in ("state_dict", "optimizer_states", "callbacks", PACK_DATA_KEY)}  # fmt: skip
+    member["state_dict"] = {name: value.detach().cpu().clone() for name, value in module.member_state_dict(k).items()}
+    member["optimizer_states"] = [_member_optimizer_state(s, module, k) for s in checkpoint.get("optimizer_states", [])]
+    member["callbacks"] = _member_callbacks(checkpoint.get("callbacks", {}), k)
+    if PACK_DATA_KEY in checkpoint:
+        member[data_key] = {"shuffle_generator": checkpoint[PACK_DATA_KEY]["shuffle_generators"][k]}
+    member.update(CLASSIFIER_HPARAMS)
+    return member
+
+
+def save_atomically(checkpoint: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f".{path.name}.tmp")
     torch.save(checkpoint, tmp)
     tmp.replace(path)
-    return path
+
+
+class PackCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer for a pack: a checkpoint saved into member k's run
+    directory (by its ModelCheckpoints) is written as member k's own checkpoint; any other
+    (Lightning's own, e.g. on SLURM preemption) as the whole pack's."""
+
+    def __init__(self, module: PackModule, member_dirs: list[Path], data_key: str) -> None:
+        super().__init__()
+        self.module, self.data_key = module, data_key
+        self.member_dirs = [Path(d).resolve() for d in member_dirs]
+
+    def _member_of(self, path: Path) -> int | None:
+        path = Path(path).resolve()
+        return next((k for k, d in enumerate(self.member_dirs) if path.is_relative_to(d)), None)
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        k = self._member_of(path)
+        if k is None:
+            save_atomically(checkpoint, Path(path))
+        else:
+            save_atomically(member_checkpoint(checkpoint, self.module, k, self.data_key), Path(path))
+
+
+def pack_checkpoint(checkpoints: list[dict[str, Any]], module: PackModule, data_key: str) -> tuple[dict, list[int]]:
+    """The pack's checkpoint joined from its members' (the inverse of :func:`member_checkpoint`),
+    and the members that had stopped early before it. The members still training must be at
+    one epoch; a member behind them must have stopped (its early-stopping state says so)."""
+    progress = [(c["epoch"], c["global_step"]) for c in checkpoints]
+    ahead = max(progress)
+    stopped = [k for k, p in enumerate(progress) if p != ahead]
+    for k in stopped:
+        stopper = next((s for key, s in checkpoints[k]["callbacks"].items() if key.startswith("EarlyStopping")), None)
+        if not (stopper and stopper.get("stopped_epoch")):
+            raise ConfigError(f"pack member {k} is at epoch {progress[k][0]}, the others at {ahead[0]}, and it had "
+                              "not stopped early: these members cannot resume as one pack")  # fmt: skip
+    reference = checkpoints[progress.index(ahead)]
+    joined = {key: value for key, value in reference.items()
+              if key not in ("state_dict", "optimizer_states", "callbacks", data_key, *CLASSIFIER_HPARAMS)}  # fmt: skip
+    for k, checkpoint in enumerate(checkpoints):
+        module.load_member_weights(k, checkpoint["state_dict"])
+    joined["state_dict"] = {name: value.detach().clone() for name, value in module.state_dict().items()}
+    joined["optimizer_states"] = [_pack_optimizer_state(checkpoints, module)]
+    shared = {key: state for key, state in reference["callbacks"].items() if not key.startswith(MEMBER_CALLBACKS)}
+    mine = {member_key(key, k): state for k, checkpoint in enumerate(checkpoints)
+            for key, state in checkpoint["callbacks"].items() if key.startswith(MEMBER_CALLBACKS)}  # fmt: skip
+    joined["callbacks"] = {**shared, **mine}
+    joined[PACK_DATA_KEY] = {"shuffle_generators": [c[data_key]["shuffle_generator"] for c in checkpoints]}
+    return joined, stopped
+
+
+def _pack_optimizer_state(checkpoints: list[dict[str, Any]], module: PackModule) -> dict[str, Any]:
+    params = list(module.parameters())
+    state: dict[int, dict[str, Any]] = {}
+    for k, checkpoint in enumerate(checkpoints):
+        (member,) = checkpoint["optimizer_states"]
+        for m, (i, j) in enumerate(_parameter_slots(module, k)):
+            target = state.setdefault(i, {})
+            for key, value in member["state"].get(m, {}).items():
+                if torch.is_tensor(value) and value.dim() and j is not None:
+                    target.setdefault(key, torch.zeros_like(params[i], device="cpu"))[j] = value
+                else:
+                    target[key] = value
+    group = {key: value for key, value in checkpoints[0]["optimizer_states"][0]["param_groups"][0].items()
+             if key != "params"}  # fmt: skip
+    return {"state": state, "param_groups": [{**group, "params": list(range(len(params)))}]}

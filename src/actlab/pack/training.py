@@ -1,13 +1,12 @@
-"""Train a pack: K runs of one architecture in one process, as one StackedNetwork.
+"""Train a pack: K runs of one architecture in one process, by Lightning's Trainer.
 
 Member k is the run ``python train.py <its overrides>`` would have done: the same initial
-weights (built from its own seed by the single run's own builder), its own batch order (a
-generator holding the global RNG state the single run would shuffle with), the same
-optimiser semantics (SGD and Adam are elementwise, so one step over the stacked parameters
-is K separate steps), the same record, checkpoints, TensorBoard and figures in its own
-directory. Nothing couples members: the pack's loss is the sum of the members' losses, so
-each member's gradients are its own, and a member whose loss stops being finite is recorded
-``diverged`` and frozen while the others go on.
+weights (built from its own seed by the single run's own builder), its own batch order (the
+random stream its single run shuffles with), the same optimiser semantics (SGD and Adam are
+elementwise, so one step over the stacked parameters is K separate steps), the same record,
+checkpoints, TensorBoard and figures in its own directory. The Trainer is the one
+:func:`actlab.training.trainer_for` builds for a single run, from the same config groups;
+what differs per member lives in callbacks (:mod:`actlab.pack.callbacks`).
 """
 
 from __future__ import annotations
@@ -15,637 +14,277 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import signal
-import statistics
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
-from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
 
-from actlab.callbacks import ActivationPlot, DeadNeuronMonitor, GradientHistograms, LayerOutputHistograms
 from actlab.callbacks.diagnostic import Diagnostic
-from actlab.callbacks.early_stopping import metric_mode
 from actlab.console import summary_line
-from actlab.errors import ConfigError, DivergedError
-from actlab.pack.checkpoint import save_member_checkpoint
-from actlab.pack.diagnostics import layer_names, member_layer_outputs, member_weight_gradients, scan_members
+from actlab.errors import ConfigError
+from actlab.pack.callbacks import (
+    MemberDiagnostics,
+    MemberDivergence,
+    MemberEarlyStopping,
+    MemberHistory,
+    MemberModelCheckpoint,
+    PackEpochLog,
+)
+from actlab.pack.checkpoint import PackCheckpointIO, pack_checkpoint, save_atomically
+from actlab.pack.data import PackDataModule
+from actlab.pack.loggers import PackLogger
+from actlab.pack.members import Member, pack_key, packing_refusal
+from actlab.pack.module import PackModule, member_prefix
 from actlab.pack.stacked import StackedNetwork
-from actlab.plotting import confusion_matrix_figure
 from actlab.record import RunRecord, read_record
-from actlab.tensorboard import run_hparams, tensorboard_writers, write_hparams
+from actlab.tensorboard import run_hparams, write_hparams
 from actlab.training import (
-    CHECKPOINT_DIR,
     HPARAM_METRICS,
+    _call,
     _instantiate_group,
     build_data_and_classifier,
-    check_accelerator,
     configure_process,
     load_checkpoint,
+    resume_checkpoint,
+    shows_progress_bar,
+    trainer_for,
 )
 
 log = logging.getLogger(__name__)
-# config keys that may differ between the members of one pack
-MEMBER_KEYS = ("seed", "activation")
-CHECK_EVERY_N_STEPS = 50  # divergence checks (each one is a host sync on a GPU), as a single run's
+# a resumed record is done: a diverging loss is a result, as a completed run is
+DONE = ("completed", "diverged")
 
 
-@dataclass
-class Member:
-    """One run of a pack: its composed config (resolved, Hydra-free) and where it writes."""
-
-    cfg: DictConfig
-    output_dir: Path
-    activation: str | None = None
-    overrides: list[str] = field(default_factory=list)
-
-
-def pack_key(cfg: DictConfig) -> str:
-    """What must be equal for runs to share a pack: the whole config but the members' own
-    keys (seed, activation) and where each writes."""
-    container = OmegaConf.to_container(cfg, resolve=True)
-    for key in MEMBER_KEYS:
-        container.pop(key, None)
-    container.pop("paths", None)
-    for group in ("callbacks", "logger", "trainer"):  # their paths point into each run's directory
-        container[group] = json.loads(json.dumps(container.get(group), default=str).replace(
-            str(cfg.paths.output_dir), "<run>"))  # fmt: skip
-    return json.dumps(container, sort_keys=True, default=str)
+def check_packable(members: list[Member]) -> None:
+    """Members that cannot be one pack fail here, before anything is built."""
+    if not members:
+        raise ValueError("a pack needs at least one member")
+    if len({pack_key(m.cfg) for m in members}) != 1:
+        raise ConfigError("a pack's members must have equal configs but for seed and activation")
+    reason = packing_refusal(members[0].cfg)
+    if reason:
+        raise ConfigError(f"{reason}; run these jobs as single runs (hydra/launcher=basic)")
 
 
-def refuse_what_would_couple_members(cfg: DictConfig) -> None:
-    """Settings a pack cannot honour per member fail here, with the way out."""
-    if cfg.trainer.get("gradient_clip_val"):
-        raise ConfigError(
-            "trainer.gradient_clip_val clips by the norm over all parameters, which in a pack would couple its "
-            "members; run these jobs with hydra/launcher=basic (or local_parallel)"
-        )
-    if cfg.model.get("share_activation"):
-        raise ConfigError("model.share_activation=true cannot be packed; use hydra/launcher=basic")
-    if cfg.get("compile"):
-        raise ConfigError("compile=true is not supported in a pack; use hydra/launcher=basic")
+class PackRun:
+    """One fit and test of a pack, with every member's record open around it."""
 
-
-def _device(cfg: DictConfig) -> torch.device:
-    accelerator = cfg.trainer.get("accelerator", "auto")
-    check_accelerator(accelerator)
-    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda", 0)
-    if accelerator == "mps" or (accelerator == "auto" and torch.backends.mps.is_available()):
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def _limit(limit: Any, batches: int) -> int:
-    """Lightning's limit_*_batches: None = all, a float = fraction, an int = count."""
-    if limit is None:
-        return batches
-    if isinstance(limit, float) and limit <= 1.0:
-        return max(1, int(batches * limit))
-    return min(batches, int(limit))
-
-
-def classification_metrics(confusion: torch.Tensor, loss_sum: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per member, from its confusion matrix ``(K, C, C)`` (rows true, columns predicted) and
-    summed loss: mean loss, accuracy, macro F1 (torchmetrics' definition: a class with no true
-    and no predicted sample scores 0), per-class accuracy (recall), the matrix itself."""
-    confusion = confusion.double()
-    count = confusion.sum((1, 2)).clamp(min=1)
-    hits = confusion.diagonal(dim1=1, dim2=2)
-    true, predicted = confusion.sum(2), confusion.sum(1)
-    f1 = torch.where(true + predicted > 0, 2 * hits / (true + predicted).clamp(min=1), 0.0)
-    return {
-        "loss": (loss_sum / count).float(),
-        "acc": (hits.sum(1) / count).float(),
-        "f1": f1.mean(1).float(),
-        "class_acc": (hits / true.clamp(min=1)).float(),
-        "confusion": confusion.long(),
-    }
-
-
-class _MemberModule(nn.Module):
-    """What a diagnostic callback needs of a LightningModule: the member's network."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-
-@dataclass
-class _MemberState:
-    member: Member
-    record: RunRecord
-    index: int
-    loggers: list
-    diagnostics: list
-    generator: torch.Generator
-    epoch_times: list[float] = field(default_factory=list)
-    diagnostics_times: list[float | None] = field(default_factory=list)
-    history: dict[str, list[float]] = field(default_factory=dict)
-    best_val: float = -1.0
-    best_monitored: float | None = None
-    waited: int = 0
-    stopped_epoch: int | None = None
-    finished: bool = False
-    checkpoint: dict | None = None
-
-
-class PackTrainer:
-    """Trains ``members`` (configs equal but for seed and activation) as one StackedNetwork."""
-
-    def __init__(self, members: list[Member], pack_id: str = "pack", parallel_jobs: int | None = None,
-                 log_file: str | None = None) -> None:  # fmt: skip
-        if not members:
-            raise ValueError("a pack needs at least one member")
-        keys = {pack_key(m.cfg) for m in members}
-        if len(keys) != 1:
-            raise ConfigError("a pack's members must have equal configs but for seed and activation")
-        self.members, self.pack_id = members, pack_id
+    def __init__(self, members: list[Member], pack_id: str, parallel_jobs: int | None, log_file: str | None,
+                 pack_dir: Path) -> None:  # fmt: skip
+        check_packable(members)
+        self.members, self.pack_id, self.parallel_jobs, self.pack_dir = members, pack_id, parallel_jobs, pack_dir
         self.cfg = members[0].cfg
-        refuse_what_would_couple_members(self.cfg)
-        self.parallel_jobs, self.log_file = parallel_jobs, log_file
+        self.records = [
+            RunRecord(m.output_dir, activation=m.activation, overrides=list(m.overrides), seed=m.cfg.get("seed"),
+                      config=OmegaConf.to_container(m.cfg, resolve=True),
+                      pack={"id": pack_id, "size": len(members), "index": k, "log": log_file})  # fmt: skip
+            for k, m in enumerate(members)
+        ]
 
     # -- building ---------------------------------------------------------------------------
 
-    def _build(self) -> None:
-        cfg = self.cfg
-        configure_process(cfg, self.parallel_jobs)
-        self.device = _device(cfg)
-        nets, self.states = [], []
-        for index, member in enumerate(self.members):
-            record = self._open_record(member, index)
+    def _build_module(self) -> tuple[PackModule, PackDataModule, list[dict | None]]:
+        """The members' networks, each built by the single run's builder from its own seed,
+        stacked; the random stream each would shuffle with; the checkpoints they resume from."""
+        configure_process(self.cfg, self.parallel_jobs)
+        nets, shuffle_states, resumed = [], [], []
+        for member, record in zip(self.members, self.records):
             L.seed_everything(member.cfg.seed, workers=True, verbose=False)
-            datamodule, module = build_data_and_classifier(member.cfg)
-            generator = torch.Generator().set_state(torch.get_rng_state())  # the single run's shuffling stream
-            record.update(depth=module.net.depth, hidden_shape=module.net.hidden_shape,
-                          num_parameters=sum(p.numel() for p in module.parameters()),
-                          accelerator=self.device.type)  # fmt: skip
-            nets.append(module.net)
-            loggers = _instantiate_group(member.cfg.get("logger"))
-            diagnostics = [c for c in _instantiate_group(member.cfg.get("callbacks"))
-                           if isinstance(c, (Diagnostic, ActivationPlot))]  # fmt: skip
-            state = _MemberState(member, record, index, loggers, diagnostics, generator)
-            self.states.append(state)
-            self._resume_member(state, module.net)
-        self.datamodule = datamodule
-        self.datamodule.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=self.device))
-        self.datamodule.setup("fit")
-        keys = [
-            json.dumps(OmegaConf.to_container(m.cfg.activation, resolve=True), sort_keys=True) for m in self.members
-        ]
-        self.net = StackedNetwork(nets, keys).to(self.device)
-        self.optimizer = instantiate(cfg.optimizer)(self.net.parameters())
-        self.active = torch.ones(len(self.members), dtype=torch.bool, device=self.device)
-        # per frozen member: (stacked tensor, its index, the value to keep) for each of its tensors
-        self.frozen: dict[int, list[tuple[torch.Tensor, int, torch.Tensor]]] = {}
-        self.global_step, self.epoch = 0, 0
-        self._build_scheduler()
-        self._restore_optimizer()
+            datamodule, classifier = build_data_and_classifier(member.cfg)
+            shuffle_states.append(torch.get_rng_state())
+            record.update(depth=classifier.net.depth, hidden_shape=classifier.net.hidden_shape,
+                          num_parameters=sum(p.numel() for p in classifier.parameters()))  # fmt: skip
+            nets.append(classifier.net)
+            resumed.append(self._resume_checkpoint(member, record))
+        keys = [json.dumps(OmegaConf.to_container(m.cfg.activation, resolve=True), sort_keys=True)
+                for m in self.members]  # fmt: skip
+        module = PackModule(StackedNetwork(nets, keys), classifier.optimizer_factory, classifier.scheduler_factory)
+        return module, PackDataModule(datamodule, shuffle_states), resumed
 
-    def _resume_member(self, state: _MemberState, net: nn.Module) -> None:
-        """With ``resume=true``: load the member's ``last.ckpt`` (weights, history, shuffling
-        stream); the optimiser's state follows once the pack's optimiser exists."""
-        state.checkpoint = None
-        path = state.member.output_dir / CHECKPOINT_DIR / "last.ckpt"
-        if not state.member.cfg.get("resume") or not path.is_file():
-            return
-        checkpoint = load_checkpoint(path)
-        if checkpoint is None or "actlab_pack" not in checkpoint:
-            log.warning("pack %s: %s is not a pack checkpoint that loads; member starts afresh", self.pack_id, path)
-            state.record.update(resume_warning=f"{path} does not load as a pack checkpoint; started afresh")
-            return
-        net.load_state_dict({key[len("net.") :]: value for key, value in checkpoint["state_dict"].items()})
-        history = checkpoint["callbacks"]["RunHistory"]
-        state.epoch_times, state.history = list(history["epoch_times"]), dict(history["history"])
-        state.diagnostics_times = list(history["diagnostics_times"])
-        state.generator.set_state(checkpoint["actlab_pack"]["generator"])
-        state.best_val = checkpoint["actlab_pack"]["best_val"]
-        state.checkpoint = checkpoint
-        state.record.update(resumed_from=str(path))
-
-    def _build_scheduler(self) -> None:
-        """One learning-rate schedule for the whole pack (every member's lr is the same
-        function of the step count); ``plateau``, which follows each run's own metric, cannot be."""
-        self.scheduler = None
-        if not self.cfg.get("scheduler"):
-            return
-        if self.cfg.scheduler.get("_target_", "").endswith(".plateau"):
-            raise ConfigError("scheduler=plateau follows each run's own val metric and cannot be packed; "
-                              "use hydra/launcher=basic or another scheduler")  # fmt: skip
-        dm, epochs = self.datamodule, max(1, self.cfg.trainer.get("max_epochs") or 1)
-        steps = _limit(self.cfg.trainer.get("limit_train_batches"), -(-len(dm.train_y) // dm.batch_size))
-        self.scheduler = instantiate(self.cfg.scheduler)(self.optimizer, epochs, steps)
-
-    def _restore_optimizer(self) -> None:
-        """The pack optimiser's state, stacked from the resumed members' own states."""
-        resumed = [s for s in self.states if s.checkpoint is not None]
-        if not resumed:
-            return
-        epochs = {s.checkpoint["epoch"] for s in resumed}
-        if len(resumed) != len(self.states) or len(epochs) != 1:
-            raise ConfigError(f"pack {self.pack_id}: members' checkpoints are at different epochs {sorted(epochs)} "
-                              "or missing; resume them with hydra/launcher=basic")  # fmt: skip
-        self.epoch = epochs.pop() + 1
-        self.global_step = resumed[0].checkpoint["global_step"]
-        if self.scheduler is not None and resumed[0].checkpoint["lr_schedulers"]:
-            self.scheduler["scheduler"].load_state_dict(resumed[0].checkpoint["lr_schedulers"][0])
-        for state in resumed:
-            names = [name for name, _ in self.net.member_templates[state.index].named_parameters()]
-            member_state = state.checkpoint["optimizer_states"][0]["state"]
-            slots = self.net.member_slots(state.index)
-            for i, name in enumerate(names):
-                tensor, j = slots[name]
-                target = self.optimizer.state[tensor]
-                for key, value in member_state.get(i, {}).items():
-                    if torch.is_tensor(value) and value.dim() and j is not None:
-                        target.setdefault(key, torch.zeros_like(tensor))[j] = value.to(tensor.device)
-                    else:
-                        target[key] = value.to(tensor.device) if torch.is_tensor(value) else value
-
-    def _open_record(self, member: Member, index: int) -> RunRecord:
-        record = RunRecord(
-            member.output_dir,
-            activation=member.activation,
-            overrides=list(member.overrides),
-            seed=member.cfg.get("seed"),
-            config=OmegaConf.to_container(member.cfg, resolve=True),
-            pack={"id": self.pack_id, "size": len(self.members), "index": index, "log": self.log_file},
-        )
-        record.__enter__()
-        return record
-
-    # -- one epoch --------------------------------------------------------------------------
-
-    def _orders(self, n: int) -> torch.Tensor:
-        return torch.stack([torch.randperm(n, generator=s.generator) for s in self.states]).to(self.device)
-
-    def _train_epoch(self) -> dict[str, torch.Tensor]:
-        dm, trainer_cfg = self.datamodule, self.cfg.trainer
-        x, y, batch = dm.train_x, dm.train_y, dm.batch_size
-        steps = _limit(trainer_cfg.get("limit_train_batches"), -(-len(y) // batch))
-        orders = self._orders(len(y))
-        epoch_lr = float(self.optimizer.param_groups[0]["lr"])  # the rate this epoch starts at
-        k = len(self.members)
-        loss_sum = torch.zeros(k, dtype=torch.float64, device=self.device)
-        correct = torch.zeros(k, dtype=torch.long, device=self.device)
-        count = 0
-        self.net.train()
-        for step in range(steps):
-            index = orders[:, step * batch : (step + 1) * batch]
-            targets = y[index]
-            logits = self.net(x[index])
-            losses = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(k, -1).mean(1)
-            self.optimizer.zero_grad(set_to_none=True)
-            torch.where(self.active, losses, 0.0).sum().backward()
-            self.optimizer.step()
-            if self.scheduler is not None and self.scheduler["interval"] == "step":
-                self.scheduler["scheduler"].step()
-            self.global_step += 1
-            self._restore_frozen()
-            with torch.no_grad():
-                loss_sum += losses.detach().double() * targets.shape[1]
-                correct += (logits.argmax(-1) == targets).sum(1)
-            count += targets.shape[1]
-            if self.global_step % CHECK_EVERY_N_STEPS == 0 or step == steps - 1:
-                self._check_divergence(losses.detach())
-        return {"loss": (loss_sum / max(count, 1)).float(), "acc": correct.double().div(max(count, 1)).float(),
-                "lr": torch.full((k,), epoch_lr)}  # fmt: skip
-
-    @torch.no_grad()
-    def _evaluate(self, x: torch.Tensor, y: torch.Tensor, limit: Any) -> dict[str, torch.Tensor]:
-        """Every member's mean loss, accuracy, macro F1, per-class accuracy and confusion
-        matrix (the metrics a single run logs through torchmetrics) on ``x, y``."""
-        dm, k = self.datamodule, len(self.members)
-        classes = self.net.weights[-1].shape[1]
-        batch = dm.eval_batch_size
-        batches = _limit(limit, -(-len(y) // batch))
-        loss_sum = torch.zeros(k, dtype=torch.float64, device=self.device)
-        confusion = torch.zeros(k * classes * classes, dtype=torch.long, device=self.device)
-        offsets = torch.arange(k, device=self.device).unsqueeze(1) * classes * classes
-        self.net.eval()
-        for start in range(0, batches * batch, batch):
-            xb, yb = x[start : start + batch], y[start : start + batch]
-            logits = self.net(xb.unsqueeze(0).expand(k, *xb.shape))
-            loss_sum += (
-                F.cross_entropy(logits.flatten(0, 1), yb.repeat(k), reduction="none").view(k, -1).sum(1).double()
-            )
-            cells = offsets + yb * classes + logits.argmax(-1)
-            confusion += torch.bincount(cells.flatten(), minlength=k * classes * classes)
-        return classification_metrics(confusion.view(k, classes, classes), loss_sum)
-
-    def _check_divergence(self, losses: torch.Tensor) -> None:
-        diverged = (~torch.isfinite(losses)) & self.active
-        for k in diverged.nonzero().flatten().tolist():
-            state = self.states[k]
-            error = DivergedError(f"training loss is {float(losses[k])} at epoch {self.epoch}, step {self.global_step}")
-            log.warning("pack %s: member %d (%s) diverged: %s", self.pack_id, k, state.member.output_dir.name, error)
-            self._freeze(k)
-            self._finish(state, error)
-
-    def _freeze(self, k: int) -> None:
-        """Member ``k`` takes no more steps: its loss is masked out and its weights restored
-        after every optimiser step (momentum would go on moving them)."""
-        self.active[k] = False
-        self.frozen[k] = [(v, j, v[j].detach().clone()) for v, j in self.net.member_slots(k).values() if j is not None]
-
-    @torch.no_grad()
-    def _restore_frozen(self) -> None:
-        for slots in self.frozen.values():
-            for tensor, j, value in slots:
-                tensor[j] = value
-
-    # -- per-member bookkeeping --------------------------------------------------------------
-
-    def _trainer_view(self, state: _MemberState) -> SimpleNamespace:
-        return SimpleNamespace(datamodule=self.datamodule, loggers=state.loggers, global_step=self.global_step,
-                               current_epoch=self.epoch, fast_dev_run=False, is_global_zero=True)  # fmt: skip
-
-    def _run_diagnostics(self, at_start: bool) -> None:
-        """Every member's diagnostics: gradients, layer outputs and dead neurons measured once
-        for the whole pack on the stacked network, the rest on each member's own network."""
-        live = [s for s in self.states if not s.finished and s.stopped_epoch is None]
-        due = self.global_step == 0 if at_start else True
-        start = time.perf_counter()
-        batched = self._measure_together(live, at_start) if due else set()
-        shared = (time.perf_counter() - start) / max(1, len(live))
-        for state in live:
-            module = _MemberModule(self.net.member_network(state.index)).train()
-            trainer = self._trainer_view(state)
-            start = time.perf_counter()
-            for diagnostic in state.diagnostics:
-                if type(diagnostic) in batched:
-                    continue
-                if at_start:
-                    diagnostic.on_train_start(trainer, module)
-                elif isinstance(diagnostic, Diagnostic):
-                    diagnostic.on_train_epoch_end(trainer, module)
-            if not at_start:
-                seconds = time.perf_counter() - start + shared
-                state.diagnostics_times.append(seconds if state.diagnostics else None)
-
-    def _measure_together(self, live: list[_MemberState], at_start: bool) -> set[type]:
-        """The diagnostics one pass over the stacked network serves for every member; returns
-        their types (each member's own instance only records its slice)."""
-        done: set[type] = set()
-        dm = self.datamodule
-        for kind, measure in ((GradientHistograms, member_weight_gradients),
-                              (LayerOutputHistograms, member_layer_outputs)):  # fmt: skip
-            instances = [next((d for d in s.diagnostics if type(d) is kind), None) for s in live]
-            if not instances or any(d is None for d in instances):
-                continue
-            first = instances[0]
-            if at_start or (self.epoch + 1) % first.every_n_epochs == 0:
-                was_training = self.net.training
-                self.net.eval()
-                try:
-                    values = measure(
-                        self.net, *dm.probe_set(first.probe_size)[: 2 if kind is GradientHistograms else 1]
-                    )
-                finally:
-                    self.net.train(was_training)
-                names = layer_names(self.net)[: len(values)]
-                for state, instance in zip(live, instances):
-                    mine = [v[state.index] for v in values]
-                    instance.record_values(self._trainer_view(state), names, mine, self.global_step)
-            done.add(kind)
-        if self._scan_dead_neurons(live, at_start) is not None:
-            done.add(DeadNeuronMonitor)
-        return done
-
-    def _scan_dead_neurons(self, live: list[_MemberState], at_start: bool) -> float | None:
-        """One dead-neuron scan for all live members; returns its seconds (None: the members
-        have no dead-neuron monitor)."""
-        monitors = [next((d for d in s.diagnostics if isinstance(d, DeadNeuronMonitor)), None) for s in live]
-        if not monitors or any(m is None for m in monitors):
+    @staticmethod
+    def _resume_checkpoint(member: Member, record: RunRecord) -> dict | None:
+        if not member.cfg.get("resume"):
             return None
-        first = monitors[0]
-        due = self.global_step == 0 if at_start else (self.epoch + 1) % first.every_n_epochs == 0
-        if not due:
-            return 0.0
-        start = time.perf_counter()
-        inputs, _ = self.datamodule.probe_set(first.probe_size)
-        counters = scan_members(self.net, inputs, first)
-        for state, monitor in zip(live, monitors):
-            monitor.record_counters(self._trainer_view(state), counters[state.index], self.global_step)
-        return time.perf_counter() - start
+        path, warning = resume_checkpoint(member.output_dir)
+        if warning:
+            raise ConfigError(f"{member.output_dir}: {warning}; resume this run with hydra/launcher=basic")
+        if path is None:
+            return None
+        record.update(resumed_from=path)
+        return load_checkpoint(Path(path))
 
-    def _end_epoch(self, epoch_time: float, train: dict, val: dict) -> None:
-        for k, state in enumerate(self.states):
-            if state.finished or state.stopped_epoch is not None:
+    def _callbacks(self, k: int, record: RunRecord, loggers: list) -> tuple[list[L.Callback], list[L.Callback]]:
+        """Member k's callbacks in the pack (history, checkpoints, early stopping), and its
+        diagnostics (measured by :class:`MemberDiagnostics`)."""
+        cfg = self.members[k].cfg
+        callbacks, diagnostics = [], []
+        for name, entry in (cfg.get("callbacks") or {}).items():
+            if entry is None or "_target_" not in entry:
                 continue
-            metrics = {f"train/{name}": float(v[k]) for name, v in train.items()}
-            metrics.update({f"val/{name}": float(val[name][k]) for name in ("loss", "acc", "f1")})
-            for name, value in metrics.items():
-                state.history.setdefault(name, []).append(value)
-            state.epoch_times.append(epoch_time)
-            for logger in state.loggers:
-                logger.log_metrics({**metrics, "epoch": self.epoch}, step=self.global_step)
-            if metrics["val/acc"] > state.best_val:
-                for old in (state.member.output_dir / CHECKPOINT_DIR).glob("best_epoch=*.ckpt"):
-                    old.unlink()
-                state.best_val = metrics["val/acc"]
-                save_member_checkpoint(self, state, f"best_epoch={self.epoch:03d}.ckpt")
-            save_member_checkpoint(self, state, "last.ckpt")
-            self._stop_early(state, metrics)
-            self._update_record(state)
-            state.record.write()
-        if self.scheduler is not None and self.scheduler["interval"] == "epoch":
-            self.scheduler["scheduler"].step()
+            settings = {key: value for key, value in OmegaConf.to_container(entry, resolve=True).items()
+                        if key != "_target_"}  # fmt: skip
+            if entry._target_ == "lightning.pytorch.callbacks.ModelCheckpoint":
+                callbacks.append(MemberModelCheckpoint(k, **settings))
+            elif entry._target_ == "actlab.callbacks.early_stopping":
+                stopper = _instantiate_group({name: entry})
+                if stopper:
+                    (stopper,) = stopper
+                    callbacks.append(MemberEarlyStopping(k, monitor=stopper.monitor, mode=stopper.mode,
+                                                         patience=stopper.patience, min_delta=abs(stopper.min_delta),
+                                                         check_finite=False))  # fmt: skip
+            elif not entry._target_.startswith("lightning."):
+                diagnostics.extend(_instantiate_group({name: entry}))
+        history = MemberHistory(k, record, [d for d in diagnostics if isinstance(d, Diagnostic)])
+        return [*callbacks, history], diagnostics
 
-    def _stop_early(self, state: _MemberState, metrics: dict[str, float]) -> None:
-        """Lightning's EarlyStopping rule, per member: stop once ``monitor`` has not improved
-        by ``min_delta`` for ``patience`` epochs. A stopped member is frozen and tested with
-        the others at the end."""
-        settings = (state.member.cfg.get("callbacks") or {}).get("early_stopping") or {}
-        if settings.get("patience") is None:
-            return
-        monitor = settings.get("monitor", "val/acc")
-        sign = -1.0 if (settings.get("mode") or metric_mode(monitor)) == "min" else 1.0
-        value = sign * metrics[monitor]
-        if state.best_monitored is None or value > state.best_monitored + float(settings.get("min_delta", 0.0)):
-            state.best_monitored, state.waited = value, 0
-            return
-        state.waited += 1
-        if state.waited >= settings["patience"]:
-            state.stopped_epoch = self.epoch
-            self._freeze(state.index)
-            log.info("pack %s: member %d stopped early at epoch %d", self.pack_id, state.index, self.epoch)
+    def _shared_callbacks(self) -> list[L.Callback]:
+        """The configured Lightning callbacks that are not per member (progress bar, ...)."""
+        progress = shows_progress_bar(self.cfg)
+        entries = {name: entry for name, entry in (self.cfg.get("callbacks") or {}).items()
+                   if entry is not None and str(entry.get("_target_", "")).startswith("lightning.")
+                   and entry._target_ != "lightning.pytorch.callbacks.ModelCheckpoint"}  # fmt: skip
+        return [c for c in _instantiate_group(entries) if progress or not isinstance(c, ProgressBar)]
 
-    def _update_record(self, state: _MemberState) -> None:
-        val_acc = state.history.get("val/acc", [])
-        state.record.update(
-            epochs_completed=len(state.epoch_times),
-            epoch_times_s=state.epoch_times,
-            epoch_time_s=statistics.median(state.epoch_times) if state.epoch_times else None,
-            diagnostics_epoch_s=state.diagnostics_times,
-            history=state.history,
-            stopped_epoch=state.stopped_epoch,
-            best_epoch=max(range(len(val_acc)), key=val_acc.__getitem__) if val_acc else None,
-            **{"val/acc_last": val_acc[-1] if val_acc else None, "val/acc_best": max(val_acc) if val_acc else None},
-        )
-        for diagnostic in state.diagnostics:
-            if isinstance(diagnostic, Diagnostic):
-                state.record.update(**diagnostic.record_fields())
-
-    def _finish(self, state: _MemberState, error: BaseException | None) -> None:
-        """Close a member's record with the outcome ``error`` stands for (None: completed)."""
-        self._update_record(state)
-        state.finished = True
-        with contextlib.suppress(SystemExit):  # an interruption: the pack exits once, every member recorded
-            state.record.__exit__(type(error) if error else None, error, error.__traceback__ if error else None)
-        for logger in state.loggers:
-            logger.finalize("success" if error is None else "failed")
-        log.info(summary_line(state.record.data))
+    def _trainer(self, module: PackModule, data: PackDataModule) -> L.Trainer:
+        member_loggers = [_instantiate_group(m.cfg.get("logger")) for m in self.members]
+        per_member, self.diagnostics = [], []
+        for k, record in enumerate(self.records):
+            callbacks, diagnostics = self._callbacks(k, record, member_loggers[k])
+            per_member += callbacks
+            self.diagnostics.append(diagnostics)
+        callbacks = [
+            MemberDivergence(self.records),
+            *self._shared_callbacks(),
+            MemberDiagnostics(self.diagnostics, member_loggers),
+            *per_member,
+            PackEpochLog(self.pack_id),
+        ]
+        io = PackCheckpointIO(module, [m.output_dir for m in self.members], type(data.members_data).__qualname__)
+        self.member_loggers = member_loggers
+        return trainer_for(self.cfg, callbacks, [PackLogger(member_loggers, str(self.pack_dir))],
+                           default_root_dir=str(self.pack_dir), plugins=[io])  # fmt: skip
 
     # -- the whole run -----------------------------------------------------------------------
 
-    def fit_and_test(self) -> list[dict[str, Any]]:
+    def run(self) -> list[dict[str, Any]]:
         """Train every member, test it, and close its record; returns the records."""
-        self._build()
-        max_epochs = self.cfg.trainer.get("max_epochs") or 1
-        dm = self.datamodule
+        for record in self.records:
+            record.__enter__()
+        self.finished = [False] * len(self.records)
         try:
-            self._run_diagnostics(at_start=True)
-            start_fit = time.perf_counter()
-            while self.epoch < max_epochs and bool(self.active.any()):
-                start = time.perf_counter()
-                train = self._train_epoch()
-                val = self._evaluate(dm.val_x, dm.val_y, self.cfg.trainer.get("limit_val_batches"))
-                self._run_diagnostics(at_start=False)
-                with _signals_deferred():  # every member's checkpoint of this epoch, or none
-                    self._end_epoch(time.perf_counter() - start, train, val)
-                log.info("pack %s: epoch %d/%d done in %.1f s, %d of %d members training on", self.pack_id,
-                         self.epoch + 1, max_epochs, time.perf_counter() - start, int(self.active.sum()),
-                         len(self.states))  # fmt: skip
-                self.epoch += 1
-            fit_time = time.perf_counter() - start_fit
-            live = [state for state in self.states if not state.finished]
-            for state in live:
-                state.record.update(fit_time_s=fit_time)
-            if self.cfg.get("test_after_fit", True):
-                self._test(live)
-            for state in live:
-                self._save_figures(state)
-                self._finish(state, None)
-                final = {key: state.record.data.get(key) for key in HPARAM_METRICS}
-                write_hparams(state.loggers, run_hparams(state.record.data), final, self.global_step)
+            module, data, resumed = self._build_module()
+            ckpt_path = self._join(module, data, resumed)
+            trainer = self._trainer(module, data)
+            for record in self.records:
+                record.update(accelerator=type(trainer.accelerator).__name__.replace("Accelerator", "").lower())
+            start = time.perf_counter()
+            try:
+                _call(trainer, "fit", module, datamodule=data, ckpt_path=ckpt_path)
+            finally:
+                for record in self.records:
+                    record.update(fit_time_s=time.perf_counter() - start)
+            self._after_fit(trainer, module, data)
         except (KeyboardInterrupt, SIGTERMException) as interruption:
-            # every member's last.ckpt is its last finished epoch (written as each epoch ends):
-            # resume=true continues from there, the interrupted epoch's part is run again
-            for state in self.states:
-                if not state.finished:
-                    self._finish(state, interruption)
-            signum = signal.SIGTERM if isinstance(interruption, SIGTERMException) else signal.SIGINT
-            raise SystemExit(128 + signum) from interruption
+            # every member's last.ckpt is its last finished epoch: resume=true continues from there
+            self._close_all(interruption)
+            raise SystemExit(128 + (15 if isinstance(interruption, SIGTERMException) else 2)) from interruption
         except BaseException as error:
-            for state in self.states:
-                if not state.finished:
-                    self._finish(state, error)
+            self._close_all(error)
             raise
-        return [s.record.data for s in self.states]
+        return [record.data for record in self.records]
 
-    def _test(self, live: list[_MemberState]) -> None:
-        """Test every live member at once, on its last weights or (``test_ckpt=best``) its
-        best epoch's, loaded from its own best checkpoint into its slot of the pack."""
+    def _join(self, module: PackModule, data: PackDataModule, resumed: list[dict | None]) -> str | None:
+        """The pack's checkpoint to resume from, joined from the members' (None: a fresh start)."""
+        if all(c is None for c in resumed):
+            return None
+        if any(c is None for c in resumed):
+            fresh = [m.output_dir.name for m, c in zip(self.members, resumed) if c is None]
+            raise ConfigError(f"pack {self.pack_id}: {', '.join(fresh)} have no checkpoint to resume from while the "
+                              "others have; resume them with hydra/launcher=basic")  # fmt: skip
+        checkpoint, stopped = pack_checkpoint(resumed, module, type(data.members_data).__qualname__)
+        module._stopped_before = stopped
+        path = self.pack_dir / "resume.ckpt"
+        save_atomically(checkpoint, path)
+        return str(path)
+
+    def _after_fit(self, trainer: L.Trainer, module: PackModule, data: PackDataModule) -> None:
+        live = [k for k in range(len(self.members)) if module.tested[k]]
+        for k in live:
+            self._update_record(trainer, k)
+        if self.cfg.get("test_after_fit", True) and live:
+            self._test(trainer, module, data, live)
+        for k in live:
+            self._close(k, None)
+            final = {key: self.records[k].data.get(key) for key in HPARAM_METRICS}
+            write_hparams(self.member_loggers[k], run_hparams(self.records[k].data), final, trainer.global_step)
+
+    def _member_callbacks(self, trainer: L.Trainer, k: int, kind: type) -> list:
+        return [c for c in trainer.callbacks if isinstance(c, kind) and getattr(c, "member", None) == k]
+
+    def _update_record(self, trainer: L.Trainer, k: int) -> None:
+        record = self.records[k]
+        (history,) = self._member_callbacks(trainer, k, MemberHistory)
+        record.update(**history.record_fields(trainer))
+        stoppers = self._member_callbacks(trainer, k, MemberEarlyStopping)
+        record.update(stopped_epoch=stoppers[0].stopped_epoch if stoppers and stoppers[0].stopped_epoch else None)
+
+    def _test(self, trainer: L.Trainer, module: PackModule, data: PackDataModule, live: list[int]) -> None:
+        """Test every member at once, on its last weights or (``test_ckpt=best``) its best
+        epoch's, loaded from its own best checkpoint into its slot of the pack."""
         which = self.cfg.get("test_ckpt", "last")
-        tested_epoch = {}
-        for state in live:
-            tested_epoch[state.index] = len(state.epoch_times) - 1
+        for k in live:
+            record = self.records[k]
             if which == "best":
-                (best,) = (state.member.output_dir / CHECKPOINT_DIR).glob("best_epoch=*.ckpt")
-                checkpoint = load_checkpoint(best)
-                tested_epoch[state.index] = checkpoint["epoch"]
-                self._load_member(state.index, checkpoint)
-                state.record.update(test_ckpt={"which": which, "epoch": checkpoint["epoch"], "path": str(best)})
+                best = next((c.best_model_path for c in self._member_callbacks(trainer, k, ModelCheckpoint)
+                             if c.monitor == f"{member_prefix(k)}val/acc" and c.best_model_path), None)  # fmt: skip
+                if best is None:
+                    raise ConfigError("test_ckpt=best needs the val/acc ModelCheckpoint (callbacks.model_checkpoint)")
+                checkpoint = load_checkpoint(Path(best))
+                module.load_member_weights(k, checkpoint["state_dict"])
+                record.update(test_ckpt={"which": which, "epoch": checkpoint["epoch"], "path": best})
             else:
-                state.record.update(test_ckpt={"which": which, "epoch": tested_epoch[state.index], "path": None})
-        dm = self.datamodule
-        test = self._evaluate(dm.test_x, dm.test_y, self.cfg.trainer.get("limit_test_batches"))
-        for state in live:
-            k = state.index
-            metrics = {"test/loss": test["loss"][k], "test/acc": test["acc"][k], "test/f1": test["f1"][k],
-                       **{f"test/acc_class_{c}": v for c, v in enumerate(test["class_acc"][k])}}  # fmt: skip
-            metrics = {name: float(v) for name, v in metrics.items()}
-            state.record.update(**metrics)
-            for logger in state.loggers:
-                logger.log_metrics(metrics, step=self.global_step)
-            for writer in tensorboard_writers(state.loggers):
-                writer.add_figure("test/confusion_matrix", confusion_matrix_figure(test["confusion"][k].cpu()),
-                                  self.global_step)  # fmt: skip
+                epochs = record.data.get("epochs_completed")
+                record.update(test_ckpt={"which": which, "epoch": epochs - 1 if epochs else None, "path": None})
+        module.tested = [k in live for k in range(len(self.members))]
+        _call(trainer, "test", module, datamodule=data, verbose=False)
+        for k in live:
+            prefix = member_prefix(k)
+            self.records[k].update(**{key[len(prefix) :]: float(value) for key, value in trainer.callback_metrics.items()
+                                      if key.startswith(f"{prefix}test/")})  # fmt: skip
 
-    @torch.no_grad()
-    def _load_member(self, k: int, checkpoint: dict) -> None:
-        state = {key[len("net.") :]: value for key, value in checkpoint["state_dict"].items()}
-        for name, (tensor, j) in self.net.member_slots(k).items():
-            if j is not None:
-                tensor[j] = state[name].to(tensor.device)
+    def _close(self, k: int, error: BaseException | None) -> None:
+        """Close member k's record with the outcome ``error`` stands for (None: completed)."""
+        if self.finished[k] or self.records[k].data["status"] != "running":
+            self.finished[k] = True
+            return
+        self.finished[k] = True
+        with contextlib.suppress(SystemExit):  # an interruption: the pack exits once, every member recorded
+            self.records[k].__exit__(type(error) if error else None, error, error.__traceback__ if error else None)
+        log.info(summary_line(self.records[k].data))
 
-    def _save_figures(self, state: _MemberState) -> None:
-        for diagnostic in state.diagnostics:
-            if isinstance(diagnostic, Diagnostic) and diagnostic.figures_dir is not None:
-                diagnostic.figures_dir.mkdir(parents=True, exist_ok=True)
-                diagnostic.save_figure(diagnostic.figures_dir)
+    def _close_all(self, error: BaseException) -> None:
+        for k in range(len(self.records)):
+            self._close(k, error)
 
 
 def train_pack(members: list[Member], pack_id: str = "pack", parallel_jobs: int | None = None,
-               log_file: str | None = None) -> list[dict]:  # fmt: skip
-    """Train ``members`` as one pack (see :class:`PackTrainer`); members whose record says
-    ``completed`` are skipped when their config asks to resume."""
+               log_file: str | None = None, pack_dir: str | Path | None = None) -> list[dict]:  # fmt: skip
+    """Train ``members`` as one pack (see :class:`PackRun`); members whose record says
+    ``completed`` (or ``diverged``) are skipped when their config asks to resume.
+    ``pack_dir`` holds the pack's own files (default: ``.packs/<pack_id>`` beside the first
+    member's directory)."""
     todo = [m for m in members if not (m.cfg.get("resume") and (read_record(m.output_dir) or {}).get("status")
-                                       == "completed")]  # fmt: skip
+                                       in DONE)]  # fmt: skip
     done = [read_record(m.output_dir) for m in members if m not in todo]
     if not todo:
         return done
-    with _sigterm_raises():
-        return done + PackTrainer(todo, pack_id, parallel_jobs, log_file).fit_and_test()
+    pack_dir = Path(pack_dir) if pack_dir else members[0].output_dir.parent / ".packs" / pack_id
+    return done + PackRun(todo, pack_id, parallel_jobs, log_file, pack_dir).run()
 
 
-@contextlib.contextmanager
-def _signals_deferred():
-    """SIGTERM and SIGINT that arrive inside the block take effect when it ends. (Held by a
-    Python handler: masking the main thread is not enough, the kernel may hand a process
-    signal to one of torch's worker threads.)"""
-    pending: list[int] = []
-    previous = {}
-    try:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            previous[signum] = signal.signal(signum, lambda number, frame: pending.append(number))
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        if pending:
-            signal.raise_signal(pending[0])  # now, to the handler that was in place
-
-
-class _sigterm_raises:
-    """SIGTERM raises SIGTERMException inside the pack (as Lightning does for a single run)."""
-
-    def __enter__(self):
-        def handler(signum, frame):
-            raise SIGTERMException()
-
-        try:
-            self.previous = signal.signal(signal.SIGTERM, handler)
-        except ValueError:  # not the main thread: leave signals alone
-            self.previous = None
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
-
-
-__all__ = ["Member", "PackTrainer", "pack_key", "train_pack"]
+__all__ = ["Member", "PackRun", "train_pack"]

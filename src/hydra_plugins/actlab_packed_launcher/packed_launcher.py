@@ -44,7 +44,7 @@ ConfigStore.instance().store(group="hydra/launcher", name="actlab_packed", node=
 
 def _as_member(cfg: DictConfig) -> Any:
     """Phase one's task: the job's config, resolved while Hydra still knows its directory."""
-    from actlab.pack.training import Member
+    from actlab.pack.members import Member
 
     hydra_cfg = HydraConfig.get()
     resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
@@ -53,17 +53,17 @@ def _as_member(cfg: DictConfig) -> Any:
 
 
 def group_into_packs(members: list, pack_size: int) -> tuple[list[list[int]], list[int]]:
-    """Indices of ``members`` grouped into packs (by :func:`~actlab.pack.training.pack_key`,
-    at most ``pack_size`` each) and the indices that run alone."""
-    from actlab.errors import ConfigError
-    from actlab.pack.training import pack_key, refuse_what_would_couple_members
+    """Indices of ``members`` grouped into packs (by :func:`~actlab.pack.members.pack_key`,
+    at most ``pack_size`` each) and the indices that run alone: those alone in their group,
+    and those with an option a pack cannot honour (one log line each, saying which)."""
+    from actlab.pack.members import pack_key, packing_refusal
 
     groups: dict[str, list[int]] = {}
     alone = []
     for i, member in enumerate(members):
-        try:
-            refuse_what_would_couple_members(member.cfg)
-        except ConfigError:
+        reason = packing_refusal(member.cfg)
+        if reason:
+            log.info("packed launcher: %s runs as a single run: %s", member.output_dir.name, reason)
             alone.append(i)
             continue
         groups.setdefault(pack_key(member.cfg), []).append(i)
@@ -97,7 +97,7 @@ def run_work(kind: str, members: list, pack_id: str, log_file: str, parallel_job
     handler = _log_to(Path(log_file))
     try:
         if kind == "pack":
-            train_pack(members, pack_id, parallel_jobs, log_file)
+            train_pack(members, pack_id, parallel_jobs, log_file, Path(log_file).with_suffix(""))
         else:
             (member,) = members
             run(member.cfg, member.output_dir, member.activation, member.overrides, parallel_jobs)

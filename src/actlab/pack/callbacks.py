@@ -1,0 +1,232 @@
+"""What a pack does per member, as callbacks on Lightning's public hooks: each member's
+history and record, its checkpoints, its early stopping, its divergence, its diagnostics.
+
+A member's callback saves its state under its own key (``<single-run key>@member<k>``), so
+one checkpoint of the pack holds every member's; :mod:`actlab.pack.checkpoint` renames them
+back for each member's own checkpoint file.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+from actlab.callbacks import ActivationPlot, DeadNeuronMonitor, GradientHistograms, LayerOutputHistograms
+from actlab.callbacks.diagnostic import Diagnostic, eval_mode
+from actlab.callbacks.run_history import RunHistory
+from actlab.errors import DivergedError
+from actlab.pack.diagnostics import layer_names, member_layer_outputs, member_weight_gradients, scan_members
+from actlab.pack.module import PackModule, member_key, member_prefix
+from actlab.record import RunRecord
+
+log = logging.getLogger(__name__)
+
+
+class MemberCallback:
+    """Mixin: the callback of pack member ``member`` standing for ``single_run_class`` in
+    its single run, with a state key of its own: the single run's, ``@member<k>``."""
+
+    member: int
+    single_run_class: type
+
+    @property
+    def state_key(self) -> str:
+        key = super().state_key.replace(type(self).__qualname__, self.single_run_class.__qualname__, 1)
+        return member_key(key.replace(member_prefix(self.member), ""), self.member)
+
+
+class MemberHistory(MemberCallback, RunHistory):
+    """A member's :class:`~actlab.callbacks.RunHistory`: its ``member/k/`` metrics, its
+    epochs until it stops, its diagnostics' time, written into its record every epoch."""
+
+    single_run_class = RunHistory
+
+    def __init__(self, member: int, record: RunRecord, diagnostics: list[Diagnostic]) -> None:
+        super().__init__(record, log_epochs=False, diagnostics=diagnostics)
+        self.member = member
+
+    def epoch_metrics(self, trainer: L.Trainer) -> dict[str, float]:
+        prefix = member_prefix(self.member)
+        return {k[len(prefix) :]: float(v) for k, v in trainer.callback_metrics.items()
+                if k.startswith(prefix) and k[len(prefix) :].startswith(("train/", "val/"))}  # fmt: skip
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: PackModule) -> None:
+        self._collect(trainer)  # the epoch it stopped in is still its own
+        if pl_module.live[self.member]:
+            super().on_train_epoch_start(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: PackModule) -> None:
+        if pl_module.live[self.member]:
+            super().on_train_epoch_end(trainer, pl_module)
+
+
+class MemberModelCheckpoint(MemberCallback, ModelCheckpoint):
+    """A member's ModelCheckpoint (its configured settings; ``monitor`` read from its own
+    metrics), saving only while the member trains."""
+
+    single_run_class = ModelCheckpoint
+
+    def __init__(self, member: int, monitor: str | None = None, **kwargs) -> None:
+        self.member = member
+        super().__init__(monitor=f"{member_prefix(member)}{monitor}" if monitor else None, **kwargs)
+
+    def _should_skip_saving_checkpoint(self, trainer: L.Trainer) -> bool:
+        return not trainer.lightning_module.live[self.member] or super()._should_skip_saving_checkpoint(trainer)
+
+    def format_checkpoint_name(self, metrics, filename=None, ver=None, prefix=None) -> str:
+        # the member's metric names, as in its single run's checkpoint names
+        mine = {k[len(member_prefix(self.member)) :]: v for k, v in metrics.items()
+                if k.startswith(member_prefix(self.member))}  # fmt: skip
+        return super().format_checkpoint_name({**metrics, **mine}, filename, ver, prefix)
+
+
+class MemberEarlyStopping(MemberCallback, EarlyStopping):
+    """Lightning's EarlyStopping rule on a member's own metric: once it has not improved for
+    ``patience`` checks, that member stops (the pack stops once every member has)."""
+
+    single_run_class = EarlyStopping
+
+    def __init__(self, member: int, monitor: str, **kwargs) -> None:
+        self.member = member
+        super().__init__(monitor=f"{member_prefix(member)}{monitor}", **kwargs)
+
+    def _run_early_stopping_check(self, trainer: L.Trainer) -> None:
+        module = trainer.lightning_module
+        if not module.live[self.member] or self.monitor not in trainer.callback_metrics:
+            return
+        should_stop, _ = self._evaluate_stopping_criteria(trainer.callback_metrics[self.monitor].squeeze())
+        if should_stop:
+            self.stopped_epoch = trainer.current_epoch
+            module.stop_member(self.member)
+            log.info("pack member %d stopped early at epoch %d", self.member, trainer.current_epoch)
+
+
+class MemberDivergence(L.Callback):
+    """A member whose training loss is no longer finite is recorded ``diverged`` and stops;
+    the others go on. Checked every ``check_every_n_steps`` steps and at each epoch's last
+    step (as :class:`~actlab.callbacks.DivergenceMonitor` does for a single run)."""
+
+    def __init__(self, records: list[RunRecord], check_every_n_steps: int = 50) -> None:
+        self.records, self.check_every_n_steps = records, check_every_n_steps
+        self._last_losses: torch.Tensor | None = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: PackModule, outputs, batch, batch_idx: int) -> None:
+        self._last_losses = outputs["member_losses"]
+        if trainer.global_step % self.check_every_n_steps == 0:
+            self._check(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: PackModule) -> None:
+        self._check(trainer, pl_module)
+
+    def _check(self, trainer: L.Trainer, pl_module: PackModule) -> None:
+        if self._last_losses is None:
+            return
+        diverged = (~torch.isfinite(self._last_losses)) & pl_module.live_mask
+        for k in diverged.nonzero().flatten().tolist():
+            error = DivergedError(f"training loss is {float(self._last_losses[k])} at epoch "
+                                  f"{trainer.current_epoch}, step {trainer.global_step}")  # fmt: skip
+            log.warning("pack member %d (%s) diverged: %s", k, self.records[k].output_dir.name, error)
+            pl_module.stop_member(k)
+            pl_module.tested[k] = False
+            self.records[k].__exit__(DivergedError, error, None)
+
+
+class MemberDiagnostics(L.Callback):
+    """Every member's diagnostics (its own instances, built from its config, logging to its
+    own loggers): gradients, layer outputs and dead neurons measured once for all live
+    members on the stacked network; the others on each member's own network."""
+
+    BATCHED = (GradientHistograms, LayerOutputHistograms, DeadNeuronMonitor)
+
+    def __init__(self, diagnostics: list[list[L.Callback]], loggers: list[list]) -> None:
+        self.diagnostics, self.loggers = diagnostics, loggers
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: PackModule) -> None:
+        if trainer.global_step == 0:  # not again when resuming
+            self._measure(trainer, pl_module, at_start=True)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: PackModule) -> None:
+        self._measure(trainer, pl_module, at_start=False)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: PackModule) -> None:
+        for diagnostic in (d for mine in self.diagnostics for d in mine if isinstance(d, Diagnostic)):
+            diagnostic.write_figure()
+
+    def _measure(self, trainer: L.Trainer, pl_module: PackModule, at_start: bool) -> None:
+        live = [k for k in range(pl_module.size) if pl_module.live[k]]
+        epoch, step, data = trainer.current_epoch, trainer.global_step, trainer.datamodule
+        seconds = {k: 0.0 for k in live}
+        with eval_mode(pl_module):
+            start = time.perf_counter()
+            batched = self._measure_together(pl_module, data, live, step, at_start, epoch)
+            for k in live:
+                seconds[k] += (time.perf_counter() - start) / max(1, len(live))
+            for k in live:
+                start = time.perf_counter()
+                net = None
+                for diagnostic in self.diagnostics[k]:
+                    if isinstance(diagnostic, self.BATCHED) and batched:
+                        continue
+                    if isinstance(diagnostic, ActivationPlot) and at_start:
+                        net = net or pl_module.net.member_network(k).eval()
+                        diagnostic.draw(net, self.loggers[k])
+                    elif isinstance(diagnostic, Diagnostic) and (at_start or diagnostic.due(epoch)):
+                        net = net or pl_module.net.member_network(k).eval()
+                        diagnostic.measure(net, data, self.loggers[k], step)
+                seconds[k] += time.perf_counter() - start
+        if not at_start:
+            for k in live:
+                for diagnostic in self.diagnostics[k]:
+                    if isinstance(diagnostic, Diagnostic) and diagnostic.due(epoch):
+                        diagnostic.epoch_seconds[epoch] = seconds[k] / max(1, self._due_count(k, epoch))
+
+    def _due_count(self, k: int, epoch: int) -> int:
+        return sum(1 for d in self.diagnostics[k] if isinstance(d, Diagnostic) and d.due(epoch))
+
+    def _measure_together(self, pl_module: PackModule, data, live: list[int], step: int, at_start: bool,
+                          epoch: int) -> bool:  # fmt: skip
+        """Gradients, layer outputs and dead neurons of every live member from passes over the
+        stacked network (members' diagnostics settings are equal); False where the members
+        have none of them."""
+        net = pl_module.net
+        found = False
+        for kind in self.BATCHED:
+            instances = {k: next((d for d in self.diagnostics[k] if type(d) is kind), None) for k in live}
+            if not instances or any(d is None for d in instances.values()):
+                continue
+            found = True
+            first = next(iter(instances.values()))
+            if not (at_start or first.due(epoch)):
+                continue
+            if kind is DeadNeuronMonitor:
+                counters = scan_members(net, data.probe_set(first.probe_size)[0], first)
+                for k, instance in instances.items():
+                    instance.record_counters(self.loggers[k], counters[k], step)
+                continue
+            probe = data.probe_set(first.probe_size)
+            values = (member_weight_gradients(net, *probe) if kind is GradientHistograms
+                      else member_layer_outputs(net, probe[0]))  # fmt: skip
+            names = layer_names(net)[: len(values)]
+            for k, instance in instances.items():
+                instance.record_values(self.loggers[k], names, [v[k] for v in values], step)
+        return found
+
+
+class PackEpochLog(L.Callback):
+    """One log line per pack epoch: its time and how many members still train."""
+
+    def __init__(self, pack_id: str) -> None:
+        self.pack_id = pack_id
+        self._start = 0.0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: PackModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: PackModule) -> None:
+        log.info("pack %s: epoch %d/%s done in %.1f s, %d of %d members training on", self.pack_id,
+                 trainer.current_epoch + 1, trainer.max_epochs, time.perf_counter() - self._start,
+                 sum(pl_module.live), pl_module.size)  # fmt: skip
+

@@ -1,0 +1,58 @@
+"""The pack's one Lightning logger, standing for every member's own loggers."""
+
+from __future__ import annotations
+
+from argparse import Namespace
+from typing import Any
+
+from lightning.pytorch.loggers import Logger
+
+from actlab.pack.module import member_prefix
+
+
+class PackLogger(Logger):
+    """Routes what the pack's Trainer logs to its members' own loggers (TensorBoard, CSV in
+    each run's directory): a metric logged as ``member/k/<name>`` goes to member k's loggers
+    as ``<name>``; any other (``epoch``, a LearningRateMonitor's ``lr-SGD``) goes to every
+    member's, as it would in each single run."""
+
+    def __init__(self, member_loggers: list[list[Logger]], save_dir: str) -> None:
+        super().__init__()
+        self.member_loggers = member_loggers
+        self._save_dir = save_dir
+
+    @property
+    def name(self) -> str:
+        return "pack"
+
+    @property
+    def version(self) -> str:
+        return ""
+
+    @property
+    def save_dir(self) -> str:
+        return self._save_dir
+
+    def _all(self) -> list[Logger]:
+        return [logger for loggers in self.member_loggers for logger in loggers]
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        shared = {key: value for key, value in metrics.items() if not key.startswith("member/")}
+        for k, loggers in enumerate(self.member_loggers):
+            prefix = member_prefix(k)
+            mine = {key[len(prefix) :]: value for key, value in metrics.items() if key.startswith(prefix)}
+            if mine or shared:
+                for logger in loggers:
+                    logger.log_metrics({**shared, **mine}, step=step)
+
+    def log_hyperparams(self, params: dict[str, Any] | Namespace, *args: Any, **kwargs: Any) -> None:
+        for logger in self._all():
+            logger.log_hyperparams(params, *args, **kwargs)
+
+    def save(self) -> None:
+        for logger in self._all():
+            logger.save()
+
+    def finalize(self, status: str) -> None:
+        for logger in self._all():
+            logger.finalize(status)

@@ -1,0 +1,143 @@
+"""Which jobs of a sweep may share a pack, and which must run alone (fail-closed).
+
+A pack honours an option only where it is known to mean in a pack what it means in a single
+run (tested in ``tests/test_pack_options.py``); any other option, including one this module
+has never heard of, sends the job to a single run, with the reason in one log line.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+# config keys that may differ between the members of one pack
+MEMBER_KEYS = ("seed", "activation")
+
+# trainer settings Lightning applies to a pack exactly as to a single run (the same Trainer
+# drives both): every other key refuses packing
+HONOURED_TRAINER_KEYS = {
+    "_target_", "default_root_dir", "max_epochs", "max_steps", "accelerator", "precision", "log_every_n_steps",
+    "enable_model_summary", "enable_progress_bar", "enable_checkpointing", "deterministic", "benchmark",
+    "limit_train_batches", "limit_val_batches", "limit_test_batches", "num_sanity_val_steps",
+    "accumulate_grad_batches", "inference_mode", "detect_anomaly",
+}  # fmt: skip
+# trainer settings a pack cannot honour, with why; each is fine at its neutral values
+TRAINER_REFUSALS = {
+    "gradient_clip_val": ("clips by the norm over all parameters, which in a pack would couple its members", (0,)),
+    "gradient_clip_algorithm": ("clips by the norm over all parameters, which would couple a pack's members",
+                                ("norm",)),
+    "devices": ("asks for several devices (one process per device)", (1, "1")),
+    "fast_dev_run": ("is a one-batch smoke test of the loop (no checkpoints, no loggers)", (False, 0)),
+    "overfit_batches": ("changes how the training batches are drawn, which a pack does per member", (0,)),
+    "val_check_interval": ("validates inside an epoch, where pack members checkpoint at epoch ends only", (1.0,)),
+    "max_time": ("would stop a pack of K runs after 1/K of each run's time", ()),
+    "min_epochs": ("keeps a single run going past early stopping, which a pack does per member", (0,)),
+    "min_steps": ("keeps a single run going past early stopping, which a pack does per member", (0,)),
+    "check_val_every_n_epoch": ("is not known to mean in a pack what it means in a single run", (1,)),
+    "reload_dataloaders_every_n_epochs": ("would rebuild the members' batch-order streams", (0,)),
+}  # fmt: skip
+UNKNOWN = "is not known to mean in a pack what it means in a single run"
+# Lightning callbacks that only read the trainer (and log to every member)
+SHARED_CALLBACKS = {
+    "lightning.pytorch.callbacks.TQDMProgressBar", "lightning.pytorch.callbacks.RichProgressBar",
+    "lightning.pytorch.callbacks.LearningRateMonitor", "lightning.pytorch.callbacks.Timer",
+}  # fmt: skip
+# callbacks a pack runs once per member
+MEMBER_CALLBACKS = {
+    "lightning.pytorch.callbacks.ModelCheckpoint", "actlab.callbacks.early_stopping",
+    "actlab.callbacks.GradientHistograms", "actlab.callbacks.LayerOutputHistograms",
+    "actlab.callbacks.DeadNeuronMonitor", "actlab.callbacks.ActivationParameterMonitor",
+    "actlab.callbacks.ActivationPlot",
+}  # fmt: skip
+MEMBER_LOGGERS = {"lightning.pytorch.loggers.TensorBoardLogger", "lightning.pytorch.loggers.CSVLogger"}
+# elementwise optimisers: one step over stacked parameters is K separate steps
+STACKABLE_OPTIMIZERS = {"torch.optim.SGD", "torch.optim.Adam", "torch.optim.AdamW"}
+# schedules that are a function of the step count alone (actlab.schedulers)
+STACKABLE_SCHEDULERS = {"actlab.schedulers.cosine", "actlab.schedulers.step", "actlab.schedulers.onecycle"}
+
+
+@dataclass
+class Member:
+    """One run of a pack: its composed config (resolved, Hydra-free) and where it writes."""
+
+    cfg: DictConfig
+    output_dir: Path
+    activation: str | None = None
+    overrides: list[str] = field(default_factory=list)
+
+
+def pack_key(cfg: DictConfig) -> str:
+    """What must be equal for runs to share a pack: the whole config but the members' own
+    keys (seed, activation) and where each writes."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    for key in MEMBER_KEYS:
+        container.pop(key, None)
+    container.pop("paths", None)
+    text = json.dumps(container, sort_keys=True, default=str)
+    return text.replace(str(cfg.paths.output_dir), "<run>")  # callbacks, loggers, trainer point into the run
+
+
+def packing_refusal(cfg: DictConfig) -> str | None:
+    """Why the run ``cfg`` describes cannot be trained in a pack (None: it can)."""
+    for check in (_trainer_refusal, _callbacks_refusal, _logger_refusal, _model_refusal):
+        reason = check(cfg)
+        if reason:
+            return reason
+    return None
+
+
+def _trainer_refusal(cfg: DictConfig) -> str | None:
+    for key, value in cfg.trainer.items():
+        if key in HONOURED_TRAINER_KEYS or value is None:
+            continue
+        reason, neutral = TRAINER_REFUSALS.get(key, (UNKNOWN, ()))
+        if value not in neutral:
+            return f"trainer.{key}={value} {reason}"
+    return None
+
+
+def _target(entry) -> str:
+    return str(entry.get("_target_", "")) if isinstance(entry, DictConfig) else ""
+
+
+def _callbacks_refusal(cfg: DictConfig) -> str | None:
+    for name, entry in (cfg.get("callbacks") or {}).items():
+        if entry is None:
+            continue
+        target = _target(entry)
+        if target not in SHARED_CALLBACKS | MEMBER_CALLBACKS:
+            return f"callbacks.{name} ({target or 'no _target_'}) is not known to work per member in a pack"
+        if target == "lightning.pytorch.callbacks.ModelCheckpoint":
+            fields = {f for _, f, _, _ in string.Formatter().parse(str(entry.get("filename") or "")) if f}
+            if not fields <= {"epoch", "step"}:
+                return f"callbacks.{name}.filename names metrics {sorted(fields - {'epoch', 'step'})}: " \
+                       "a pack's member checkpoints know only epoch and step"  # fmt: skip
+            if entry.get("every_n_train_steps") or entry.get("train_time_interval"):
+                return f"callbacks.{name} checkpoints inside an epoch, where pack members save at epoch ends only"
+    return None
+
+
+def _logger_refusal(cfg: DictConfig) -> str | None:
+    for name, entry in (cfg.get("logger") or {}).items():
+        if entry is not None and _target(entry) not in MEMBER_LOGGERS:
+            return f"logger.{name} ({_target(entry)}) is not known to write per member in a pack"
+    return None
+
+
+def _model_refusal(cfg: DictConfig) -> str | None:
+    if cfg.model.get("share_activation"):
+        return "model.share_activation=true shares one activation between layers, which a stacked pack cannot"
+    if cfg.get("compile"):
+        return "compile=true is not supported for the stacked network of a pack"
+    if _target(cfg.optimizer) not in STACKABLE_OPTIMIZERS:
+        return f"optimizer {_target(cfg.optimizer)} is not known to be elementwise (SGD, Adam, AdamW are)"
+    if cfg.get("scheduler") and _target(cfg.scheduler) not in STACKABLE_SCHEDULERS:
+        return f"scheduler {_target(cfg.scheduler)} follows each run's own metric and cannot be shared by a pack"
+    return None
+
+
+__all__ = ["Member", "pack_key", "packing_refusal"]
