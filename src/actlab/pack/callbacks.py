@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
@@ -229,4 +230,3 @@ class PackEpochLog(L.Callback):
         log.info("pack %s: epoch %d/%s done in %.1f s, %d of %d members training on", self.pack_id,
                  trainer.current_epoch + 1, trainer.max_epochs, time.perf_counter() - self._start,
                  sum(pl_module.live), pl_module.size)  # fmt: skip
-

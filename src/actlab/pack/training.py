@@ -22,7 +22,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from actlab.callbacks.diagnostic import Diagnostic
 from actlab.console import summary_line
@@ -80,9 +80,14 @@ class PackRun:
         self.members, self.pack_id, self.parallel_jobs, self.pack_dir = members, pack_id, parallel_jobs, pack_dir
         self.cfg = members[0].cfg
         self.records = [
-            RunRecord(m.output_dir, activation=m.activation, overrides=list(m.overrides), seed=m.cfg.get("seed"),
-                      config=OmegaConf.to_container(m.cfg, resolve=True),
-                      pack={"id": pack_id, "size": len(members), "index": k, "log": log_file})  # fmt: skip
+            RunRecord(
+                m.output_dir,
+                activation=m.activation,
+                overrides=list(m.overrides),
+                seed=m.cfg.get("seed"),
+                config=OmegaConf.to_container(m.cfg, resolve=True),
+                pack={"id": pack_id, "size": len(members), "index": k, "log": log_file},
+            )  # fmt: skip
             for k, m in enumerate(members)
         ]
 
@@ -252,9 +257,10 @@ class PackRun:
                 record.update(test_ckpt={"which": which, "epoch": epochs - 1 if epochs else None, "path": None})
         module.tested = [k in live for k in range(len(self.members))]
         _call(trainer, "test", module, datamodule=data, verbose=False)
+        metrics = trainer.callback_metrics
         for k in live:
             prefix = member_prefix(k)
-            self.records[k].update(**{key[len(prefix) :]: float(value) for key, value in trainer.callback_metrics.items()
+            self.records[k].update(**{key[len(prefix) :]: float(value) for key, value in metrics.items()
                                       if key.startswith(f"{prefix}test/")})  # fmt: skip
 
     def _close(self, k: int, error: BaseException | None) -> None:
