@@ -6,9 +6,10 @@ measured in one process on the same data, model, optimiser and device; prints th
     python scripts/benchmark.py --activations            # per-activation forward/backward table
     python scripts/benchmark.py --pack 8                 # 8 runs: separate processes vs one pack vs floor
 
-Self-contained: it reads the FashionMNIST files itself and drives actlab only through its
-public entry points (the composed config and ``actlab.training.run``, whose run record
-gives the per-epoch times and the seconds spent in the diagnostics).
+It reads FashionMNIST through ``actlab.data`` (the same files, reader and normalisation as
+a run) and drives actlab only through its public entry points (the composed config and
+``actlab.training.run``, whose run record gives the per-epoch times and the seconds spent
+in the diagnostics).
 """
 
 from __future__ import annotations
@@ -23,44 +24,35 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from actlab.config import CONFIG_DIR, group_options, load_activation
+from actlab.data.fashion_mnist import (
+    FILES,
+    SYSTEM_DIR,
+    DataNotFoundError,
+    load_split,
+    locate_fashion_mnist,
+    normalise,
+)
 from actlab.models import SimpleNetwork
-
-FILES = {
-    "train_images": "train-images-idx3-ubyte",
-    "train_labels": "train-labels-idx1-ubyte",
-    "test_images": "t10k-images-idx3-ubyte",
-    "test_labels": "t10k-labels-idx1-ubyte",
-}
-DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 
 
 def find_files(data_dir: str | None, system_dir: str | None) -> dict[str, Path]:
-    """The four files (plain or .gz) in the first of ``data_dir``, ``system_dir`` holding all."""
-    for directory in filter(None, [data_dir, system_dir]):
-        found = {}
-        for key, stem in FILES.items():
-            candidates = [Path(directory) / f"{stem}.gz", Path(directory) / stem]
-            found[key] = next((c for c in candidates if c.is_file()), None)
-        if all(found.values()):
-            return found
-    raise SystemExit(f"benchmark: FashionMNIST not found in {data_dir or ''} {system_dir or ''} (see README 'Data')")
+    """The FashionMNIST files, looked for as actlab's DataModule looks (never downloaded)."""
+    try:
+        return locate_fashion_mnist(data_dir, SYSTEM_DIR if system_dir is None else (system_dir or None), False)
+    except DataNotFoundError as err:
+        raise SystemExit(f"benchmark: {err}") from None
 
 
-def read_idx(path: Path) -> torch.Tensor:
-    """A uint8 IDX file (images or labels) as a tensor."""
-    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    ndim = raw[3]
-    shape = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    return torch.from_numpy(np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape).copy())
-
-
-def normalise(images: torch.Tensor) -> torch.Tensor:
-    return images.float().div_(127.5).sub_(1.0)  # [0, 255] -> [-1, 1], as actlab's DataModule
+def load_data(files: dict[str, Path], device: torch.device, val_size: int = 5000) -> tuple[torch.Tensor, ...]:
+    """Training and validation tensors on ``device``, read and normalised by actlab's data
+    module (``load_split``, ``normalise``), images flattened: train_x, train_y, val_x, val_y."""
+    images, labels = load_split(files["train_images"], files["train_labels"])
+    images, labels = normalise(images).flatten(1).to(device), labels.to(device)
+    return images[val_size:], labels[val_size:], images[:val_size], labels[:val_size]
 
 
 @dataclass
@@ -152,10 +144,7 @@ def hand_loop(files: dict[str, Path], activation: str, device: torch.device, epo
               steps: int | None, batch_size: int = 128, val_size: int = 5000) -> Timing:  # fmt: skip
     """The floor for eager PyTorch: in-memory tensors on the device, batches by indexing,
     no framework; the same train/validation split sizes as actlab's default run."""
-    images = normalise(read_idx(files["train_images"])).to(device)
-    labels = read_idx(files["train_labels"]).long().to(device)
-    train_x, train_y = images[val_size:], labels[val_size:]
-    val_x, val_y = images[:val_size], labels[:val_size]
+    train_x, train_y, val_x, val_y = load_data(files, device, val_size)
     net = _network(activation, device)
     optimizer = _sgd(net)
     n = len(train_y) if steps is None else min(len(train_y), steps * batch_size)
@@ -231,7 +220,7 @@ def benchmark(device: str = "cpu", activation: str = "relu", rounds: int = 3, st
     torch_device = torch.device(device)
     if torch_device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
-    files = find_files(data_dir, DEBIAN_DIR if system_dir is None else system_dir)
+    files = find_files(data_dir, system_dir)
     timings = {
         "hand": Timing("hand loop (in-memory tensors, plain PyTorch)", []),
         "on": Timing("actlab (Lightning, diagnostics on)", []),
@@ -325,9 +314,7 @@ def stacked_hand_loop(files: dict[str, Path], activation: str, device: torch.dev
     """The floor for training ``members`` models at once in eager PyTorch: stacked weights,
     batched matrix products, one SGD over the stacked tensors, each member its own batches;
     plus the validation pass. No framework, no bookkeeping."""
-    images = normalise(read_idx(files["train_images"])).to(device).flatten(1)
-    labels = read_idx(files["train_labels"]).long().to(device)
-    train_x, train_y, val_x, val_y = images[val_size:], labels[val_size:], images[:val_size], labels[:val_size]
+    train_x, train_y, val_x, val_y = load_data(files, device, val_size)
     nets = [_network(activation, torch.device("cpu")) for _ in range(members)]
     layers = [[*net.linears, net.head] for net in nets]
     weights = [torch.stack([m[i].weight.detach() for m in layers]).to(device).requires_grad_() for i in range(5)]
@@ -396,7 +383,7 @@ def pack_benchmark(device: str, activation: str, members: int, epochs: int, step
     """Model-epochs per second of ``members`` runs done four ways, and the pack's per-model
     epoch against the stacked hand loop's (the arithmetic floor of eager PyTorch)."""
     torch_device = torch.device(device)
-    files = find_files(data_dir, DEBIAN_DIR if system_dir is None else system_dir)
+    files = find_files(data_dir, system_dir)
     floor = stacked_hand_loop(files, activation, torch_device, members, max(2, epochs), steps)
     ways = {
         "separate processes, basic launcher": ["hydra/launcher=basic"],

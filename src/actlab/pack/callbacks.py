@@ -8,12 +8,13 @@ back for each member's own checkpoint file.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Checkpoint, EarlyStopping, ModelCheckpoint
 
 from actlab.callbacks import ActivationPlot, DeadNeuronMonitor, GradientHistograms, LayerOutputHistograms
 from actlab.callbacks.diagnostic import Diagnostic, eval_mode
@@ -33,8 +34,8 @@ class MemberCallback:
     member: int
     single_run_class: type
 
-    @property
-    def state_key(self) -> str:
+    @functools.cached_property
+    def state_key(self) -> str:  # Lightning reads it at every hook call: built once
         key = super().state_key.replace(type(self).__qualname__, self.single_run_class.__qualname__, 1)
         return member_key(key.replace(member_prefix(self.member), ""), self.member)
 
@@ -105,6 +106,46 @@ class MemberEarlyStopping(MemberCallback, EarlyStopping):
             log.info("pack member %d stopped early at epoch %d", self.member, trainer.current_epoch)
 
 
+class MemberCallbacks(Checkpoint):
+    """Every member's own callbacks (history, checkpoints, early stopping) behind one
+    Lightning callback, which forwards them the epoch-level hooks: Lightning calls every hook
+    of every callback at every step, so K members' callbacks registered one by one would cost
+    per step in proportion to K. It is a Checkpoint, so Lightning calls its epoch-end hooks
+    after the module has logged the epoch's metrics, as it calls a single run's
+    ModelCheckpoint and EarlyStopping. Its state is every member's, each under its own key."""
+
+    FORWARDED = (
+        "setup", "teardown", "on_fit_start", "on_fit_end", "on_train_start", "on_train_end", "on_train_epoch_start",
+        "on_train_epoch_end", "on_validation_start", "on_validation_end", "on_validation_epoch_start",
+        "on_validation_epoch_end", "on_test_start", "on_test_end", "on_exception", "on_sanity_check_start",
+        "on_sanity_check_end",
+    )  # fmt: skip
+
+    def __init__(self, callbacks: list[L.Callback]) -> None:
+        self.callbacks = callbacks
+
+    def state_dict(self) -> dict:
+        return {c.state_key: c.state_dict() for c in self.callbacks}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        for callback in self.callbacks:
+            if callback.state_key in state_dict:
+                callback.load_state_dict(state_dict[callback.state_key])
+
+
+def _forward(hook: str):
+    def forward(self, *args, **kwargs) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(*args, **kwargs)
+
+    forward.__name__ = hook
+    return forward
+
+
+for _hook in MemberCallbacks.FORWARDED:
+    setattr(MemberCallbacks, _hook, _forward(_hook))
+
+
 class MemberDivergence(L.Callback):
     """A member whose training loss is no longer finite is recorded ``diverged`` and stops;
     the others go on. Checked every ``check_every_n_steps`` steps and at each epoch's last
@@ -115,7 +156,7 @@ class MemberDivergence(L.Callback):
         self._last_losses: torch.Tensor | None = None
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: PackModule, outputs, batch, batch_idx: int) -> None:
-        self._last_losses = outputs["member_losses"]
+        self._last_losses = pl_module.member_losses
         if trainer.global_step % self.check_every_n_steps == 0:
             self._check(trainer, pl_module)
 

@@ -21,6 +21,8 @@ from actlab.pack.module import MEMBER_SUFFIX, PackModule, member_key, member_pre
 PACK_DATA_KEY = "PackDataModule"
 # the single-run callbacks a pack keeps once per member (actlab.pack.callbacks): their state keys
 MEMBER_CALLBACKS = ("RunHistory", "ModelCheckpoint", "EarlyStopping")
+# where a pack's checkpoint holds them: the state of its MemberCallbacks
+MEMBERS_KEY = "MemberCallbacks"
 # what a single run's Classifier saves as its hyper-parameters
 CLASSIFIER_HPARAMS = {"hparams_name": "kwargs", "hyper_parameters": {"compile": False}}
 
@@ -35,12 +37,10 @@ def _strip_prefix(value: Any, k: int) -> Any:
 
 def _member_callbacks(callbacks: dict[str, Any], k: int) -> dict[str, Any]:
     """Member k's callback states under its single run's keys, and the shared ones."""
-    mine = {}
-    for key, state in callbacks.items():
-        base, marker, owner = key.rpartition(MEMBER_SUFFIX)
-        if not marker:
-            mine[key] = state
-        elif int(owner) == k:
+    mine = {key: state for key, state in callbacks.items() if key != MEMBERS_KEY}
+    for key, state in callbacks.get(MEMBERS_KEY, {}).items():
+        base, _, owner = key.rpartition(MEMBER_SUFFIX)
+        if int(owner) == k:
             mine[base] = _strip_prefix(state, k)
     return mine
 
@@ -129,7 +129,7 @@ def pack_checkpoint(checkpoints: list[dict[str, Any]], module: PackModule, data_
     shared = {key: state for key, state in reference["callbacks"].items() if not key.startswith(MEMBER_CALLBACKS)}
     mine = {member_key(key, k): state for k, checkpoint in enumerate(checkpoints)
             for key, state in checkpoint["callbacks"].items() if key.startswith(MEMBER_CALLBACKS)}  # fmt: skip
-    joined["callbacks"] = {**shared, **mine}
+    joined["callbacks"] = {**shared, MEMBERS_KEY: mine}
     joined[PACK_DATA_KEY] = {"shuffle_generators": [c[data_key]["shuffle_generator"] for c in checkpoints]}
     return joined, stopped
 

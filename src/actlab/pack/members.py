@@ -21,9 +21,8 @@ MEMBER_KEYS = ("seed", "activation")
 # drives both): every other key refuses packing
 HONOURED_TRAINER_KEYS = {
     "_target_", "default_root_dir", "max_epochs", "max_steps", "accelerator", "precision", "log_every_n_steps",
-    "enable_model_summary", "enable_progress_bar", "enable_checkpointing", "deterministic", "benchmark",
-    "limit_train_batches", "limit_val_batches", "limit_test_batches", "num_sanity_val_steps",
-    "accumulate_grad_batches", "inference_mode", "detect_anomaly",
+    "enable_model_summary", "enable_progress_bar", "deterministic", "benchmark", "limit_train_batches",
+    "limit_val_batches", "limit_test_batches", "num_sanity_val_steps", "accumulate_grad_batches", "inference_mode",
 }  # fmt: skip
 # trainer settings a pack cannot honour, with why; each is fine at its neutral values
 TRAINER_REFUSALS = {

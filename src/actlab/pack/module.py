@@ -75,6 +75,7 @@ class PackModule(L.LightningModule):
         self._stopped_before = list(stopped or [])  # resumed members that had stopped: frozen once restored
         self.tested = [True] * net.size  # the members the test stage reports
         self._frozen: dict[int, list[tuple[torch.Tensor, int, torch.Tensor]]] = {}
+        self.member_losses: torch.Tensor | None = None
         classes = net.weights[-1].shape[1]
         for stage in STAGES:
             self.register_buffer(f"{stage}_loss_sum", torch.zeros(net.size, dtype=torch.float64), persistent=False)
@@ -83,7 +84,7 @@ class PackModule(L.LightningModule):
                                  persistent=False)  # fmt: skip
         # training reports loss and accuracy only: correct predictions and samples, no confusion matrix
         self.register_buffer("train_correct", torch.zeros(net.size, dtype=torch.long), persistent=False)
-        self.register_buffer("train_count", torch.zeros((), dtype=torch.long), persistent=False)
+        self.train_count = 0
         self.classes = classes
 
     # -- members ----------------------------------------------------------------------------
@@ -131,21 +132,22 @@ class PackModule(L.LightningModule):
         k, batch = targets.shape
         losses = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(k, batch)
         with torch.no_grad():
-            getattr(self, f"{stage}_loss_sum").add_(losses.detach().double().sum(1))
+            getattr(self, f"{stage}_loss_sum").add_(losses.detach().sum(1))  # into float64
             predictions = logits.argmax(-1)
             if stage == "train":
                 self.train_correct.add_((predictions == targets).sum(1))
-                self.train_count.add_(batch)
+                self.train_count += batch
             else:
                 c = self.classes
                 cells = torch.arange(k, device=targets.device).unsqueeze(1) * c * c + targets * c + predictions
                 getattr(self, f"{stage}_confusion").view(-1).add_(torch.bincount(cells.flatten(), minlength=k * c * c))
         return losses.mean(1)
 
-    def training_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch  # (K, B, ...), (K, B): each member's own batch
         losses = self._accumulate("train", self.net(x), y)
-        return {"loss": torch.where(self.live_mask, losses, 0.0).sum(), "member_losses": losses.detach()}
+        self.member_losses = losses.detach()  # the step's loss of each member (divergence checks read it)
+        return torch.where(self.live_mask, losses, 0.0).sum()
 
     def _evaluation_step(self, batch, stage: str) -> None:
         x, y = batch  # the members' common batch
@@ -170,10 +172,10 @@ class PackModule(L.LightningModule):
     def _epoch_metrics(self, stage: str) -> dict[str, torch.Tensor]:
         loss_sum = getattr(self, f"{stage}_loss_sum")
         if stage == "train":
-            count = self.train_count.clamp(min=1)
+            count = max(1, self.train_count)
             metrics = {"loss": (loss_sum / count).float(), "acc": self.train_correct.double().div(count).float()}
             self.train_correct.zero_()
-            self.train_count.zero_()
+            self.train_count = 0
         else:
             confusion = getattr(self, f"{stage}_confusion")
             metrics = classification_metrics(confusion, loss_sum)

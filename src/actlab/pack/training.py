@@ -28,6 +28,7 @@ from actlab.callbacks.diagnostic import Diagnostic
 from actlab.console import summary_line
 from actlab.errors import ConfigError
 from actlab.pack.callbacks import (
+    MemberCallbacks,
     MemberDiagnostics,
     MemberDivergence,
     MemberEarlyStopping,
@@ -144,8 +145,10 @@ class PackRun:
                                                          check_finite=False))  # fmt: skip
             elif not entry._target_.startswith("lightning."):
                 diagnostics.extend(_instantiate_group({name: entry}))
+        # the history first: a checkpoint saved at the epoch's end then holds that epoch (as in a single run,
+        # where RunHistory's epoch-end hook runs before Lightning's ModelCheckpoint and EarlyStopping ones)
         history = MemberHistory(k, record, [d for d in diagnostics if isinstance(d, Diagnostic)])
-        return [*callbacks, history], diagnostics
+        return [history, *callbacks], diagnostics
 
     def _shared_callbacks(self) -> list[L.Callback]:
         """The configured Lightning callbacks that are not per member (progress bar, ...)."""
@@ -162,11 +165,12 @@ class PackRun:
             callbacks, diagnostics = self._callbacks(k, record, member_loggers[k])
             per_member += callbacks
             self.diagnostics.append(diagnostics)
+        self.member_callbacks = per_member
         callbacks = [
             MemberDivergence(self.records),
             *self._shared_callbacks(),
             MemberDiagnostics(self.diagnostics, member_loggers),
-            *per_member,
+            MemberCallbacks(per_member),
             PackEpochLog(self.pack_id),
         ]
         io = PackCheckpointIO(module, [m.output_dir for m in self.members], type(data.members_data).__qualname__)
@@ -228,14 +232,14 @@ class PackRun:
             final = {key: self.records[k].data.get(key) for key in HPARAM_METRICS}
             write_hparams(self.member_loggers[k], run_hparams(self.records[k].data), final, trainer.global_step)
 
-    def _member_callbacks(self, trainer: L.Trainer, k: int, kind: type) -> list:
-        return [c for c in trainer.callbacks if isinstance(c, kind) and getattr(c, "member", None) == k]
+    def _member_callbacks(self, k: int, kind: type) -> list:
+        return [c for c in self.member_callbacks if isinstance(c, kind) and c.member == k]
 
     def _update_record(self, trainer: L.Trainer, k: int) -> None:
         record = self.records[k]
-        (history,) = self._member_callbacks(trainer, k, MemberHistory)
+        (history,) = self._member_callbacks(k, MemberHistory)
         record.update(**history.record_fields(trainer))
-        stoppers = self._member_callbacks(trainer, k, MemberEarlyStopping)
+        stoppers = self._member_callbacks(k, MemberEarlyStopping)
         record.update(stopped_epoch=stoppers[0].stopped_epoch if stoppers and stoppers[0].stopped_epoch else None)
 
     def _test(self, trainer: L.Trainer, module: PackModule, data: PackDataModule, live: list[int]) -> None:
@@ -245,7 +249,7 @@ class PackRun:
         for k in live:
             record = self.records[k]
             if which == "best":
-                best = next((c.best_model_path for c in self._member_callbacks(trainer, k, ModelCheckpoint)
+                best = next((c.best_model_path for c in self._member_callbacks(k, ModelCheckpoint)
                              if c.monitor == f"{member_prefix(k)}val/acc" and c.best_model_path), None)  # fmt: skip
                 if best is None:
                     raise ConfigError("test_ckpt=best needs the val/acc ModelCheckpoint (callbacks.model_checkpoint)")
