@@ -145,9 +145,10 @@ class PackRun:
                                                          check_finite=False))  # fmt: skip
             elif not entry._target_.startswith("lightning."):
                 diagnostics.extend(_instantiate_group({name: entry}))
-        # the history first: a checkpoint saved at the epoch's end then holds that epoch (as in a single run,
-        # where RunHistory's epoch-end hook runs before Lightning's ModelCheckpoint and EarlyStopping ones)
+        # Lightning's order in a single run: RunHistory's epoch-end hook before the monitoring callbacks, and
+        # checkpoints last (so a checkpoint holds the epoch's history and early-stopping state)
         history = MemberHistory(k, record, [d for d in diagnostics if isinstance(d, Diagnostic)])
+        callbacks.sort(key=lambda c: isinstance(c, ModelCheckpoint))
         return [history, *callbacks], diagnostics
 
     def _shared_callbacks(self) -> list[L.Callback]:

@@ -1,0 +1,106 @@
+"""A pack stopped by a real signal and resumed is the pack that was never stopped: the same
+weights, learning-rate history, early-stopping epochs and test metrics (and a single run,
+killed and resumed, is the run that was never killed)."""
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import REPO, data_overrides, run_train_cli
+from test_sweeps import generated_data_overrides
+
+from actlab.record import read_record
+
+# cosine schedule + per-member early stopping + best-checkpoint testing, slow enough epochs to interrupt
+PROTOCOL = ["activation=relu,tanh", "trainer.max_epochs=14", "callbacks=none", "logger=csv", "data.batch_size=8",
+            "scheduler=cosine", "optimizer.lr=0.02", "callbacks.early_stopping.patience=3", "test_ckpt=best"]  # fmt: skip
+
+
+def packed_sweep(fake_data_dir, sweep_dir):
+    return ["-m", "hydra/launcher=packed", *PROTOCOL, *generated_data_overrides(fake_data_dir),
+            f"hydra.sweep.dir={sweep_dir}"]  # fmt: skip
+
+
+def members(sweep_dir):
+    return {p.parent.name: p.parent for p in sweep_dir.glob("*/metrics.json")}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, fake_data_dir):
+    root = tmp_path_factory.mktemp("uninterrupted")
+    result = run_train_cli(packed_sweep(fake_data_dir, root / "sweep"), root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return members(root / "sweep")
+
+
+def interrupt_after_epochs(command, cwd, run_dirs, epochs, sig):
+    """Start ``command``; once every run has finished ``epochs`` epochs, send ``sig``."""
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *command], cwd=cwd,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.time() + 180
+    while not all((read_record(d) or {}).get("epochs_completed", 0) >= epochs for d in run_dirs(cwd)):
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.time() < deadline, "the pack did not get going"
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    proc.wait(timeout=120)
+    return proc.returncode
+
+
+def assert_equal_runs(resumed_dir, reference_dir):
+    resumed, reference = read_record(resumed_dir), read_record(reference_dir)
+    assert resumed["status"] == reference["status"] == "completed"
+    for key in ("epochs_completed", "stopped_epoch", "best_epoch"):
+        assert resumed[key] == reference[key], key
+    assert resumed["test_ckpt"]["epoch"] == reference["test_ckpt"]["epoch"]
+    for key in ("train/lr", "train/loss", "val/acc", "val/loss"):
+        assert resumed["history"][key] == pytest.approx(reference["history"][key], abs=1e-5), key
+    for key in ("test/acc", "test/loss", "test/f1"):
+        assert resumed[key] == pytest.approx(reference[key], abs=1e-5), key
+    mine = torch.load(resumed_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    theirs = torch.load(reference_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert mine["epoch"] == theirs["epoch"]
+    for name, value in theirs["state_dict"].items():
+        assert torch.allclose(mine["state_dict"][name], value, atol=1e-6), name
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_a_pack_interrupted_and_resumed_equals_the_uninterrupted_pack(sig, uninterrupted, tmp_path, fake_data_dir):
+    command = packed_sweep(fake_data_dir, tmp_path / "sweep")
+    code = interrupt_after_epochs(command, tmp_path, lambda cwd: members(cwd / "sweep").values() or [cwd / "-"],
+                                  2, sig)  # fmt: skip
+    assert code == (128 + signal.SIGTERM if sig == signal.SIGTERM else -signal.SIGKILL)
+    stopped = {name: read_record(d) for name, d in members(tmp_path / "sweep").items()}
+    assert all(r["status"] == ("interrupted" if sig == signal.SIGTERM else "running") for r in stopped.values())
+    assert any(r["epochs_completed"] < uninterrupted_epochs(uninterrupted, n) for n, r in stopped.items())
+
+    result = run_train_cli([*command, "resume=true"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name, run_dir in members(tmp_path / "sweep").items():
+        assert read_record(run_dir)["resumed_from"].endswith("last.ckpt")
+        assert_equal_runs(run_dir, uninterrupted[name])
+
+
+def uninterrupted_epochs(uninterrupted, name):
+    return read_record(uninterrupted[name])["epochs_completed"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_a_single_run_interrupted_and_resumed_equals_the_uninterrupted_run(sig, tmp_path, fake_data_dir):
+    args = [*data_overrides(fake_data_dir), "trainer.max_epochs=8", "callbacks=none", "logger=csv",
+            "data.batch_size=8", "optimizer.lr=0.02", "scheduler=cosine"]  # fmt: skip
+    reference = tmp_path / "reference"
+    assert run_train_cli([*args, f"hydra.run.dir={reference}"], tmp_path).returncode == 0
+    run_dir = tmp_path / "run"
+    command = [*args, f"hydra.run.dir={run_dir}"]
+    interrupt_after_epochs(command, tmp_path, lambda cwd: [run_dir], 2, sig)
+    assert read_record(run_dir)["epochs_completed"] < 8
+    result = run_train_cli([*command, "resume=true"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed, uninterrupted = read_record(run_dir), read_record(reference)
+    for key in ("train/loss", "train/lr", "val/acc"):
+        assert resumed["history"][key] == pytest.approx(uninterrupted["history"][key], abs=1e-5), key
+    assert resumed["test/acc"] == uninterrupted["test/acc"]
