@@ -114,11 +114,13 @@ def test_a_preempted_pack_requeues_and_resumes_its_members(cluster, launched, tm
         assert time.time() < deadline, "pack did not start training"
         time.sleep(0.2)
     job_id = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split()[0]
-    # what SLURM does before a time limit or preemption: submitit's signal to the job's processes
-    subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
+    # what SLURM does before a time limit or preemption: SIGUSR1 to the job's processes (as for a single run)
+    subprocess.run(["scancel", "--signal=USR1", job_id], check=True)
     output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, output[-4000:]
     for path in sweep_dir.glob("*/metrics.json"):
         record = read_record(path.parent)
         assert record["status"] == "completed" and record["epochs_completed"] == 30
-        assert record["resumed_from"].endswith("last.ckpt") and len(record["history"]["val/acc"]) == 30
+        assert "hpc_ckpt" in record["resumed_from"] and len(record["history"]["val/acc"]) >= 30
+        assert record["test/acc"] > 0.5
+    assert not list(sweep_dir.glob(".packs/*/hpc_ckpt_*.ckpt"))  # spent requeue checkpoints are removed

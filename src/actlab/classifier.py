@@ -122,8 +122,9 @@ class Classifier(L.LightningModule):
         self._epoch_lr = torch.tensor(float(self.trainer.optimizers[0].param_groups[0]["lr"]))
 
     def on_train_epoch_end(self) -> None:
-        lr = getattr(self, "_epoch_lr", None)
+        lr = getattr(self, "_epoch_lr", None)  # none when the fit resumed inside this epoch
         self._log_epoch("train", {"lr": lr} if lr is not None else None)
+        self._epoch_lr = None
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:

@@ -200,7 +200,9 @@ class PackModule(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         live = [k for k in range(self.size) if self.live[k]]
-        self._log_members("train", live, ("loss", "acc"), {"lr": self._epoch_lr})
+        lr = getattr(self, "_epoch_lr", None)  # none when the fit resumed inside this epoch
+        self._log_members("train", live, ("loss", "acc"), {"lr": lr} if lr is not None else None)
+        self._epoch_lr = None
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:

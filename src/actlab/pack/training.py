@@ -198,6 +198,12 @@ class PackRun:
             finally:
                 for record in self.records:
                     record.update(fit_time_s=time.perf_counter() - start)
+            if trainer.ckpt_path and trainer.ckpt_path != ckpt_path:  # Lightning's own SLURM requeue checkpoint
+                for record in self.records:
+                    record.update(resumed_from=trainer.ckpt_path)
+            # spent requeue checkpoints: left in place, Lightning would load them for trainer.test() under SLURM
+            for spent in self.pack_dir.glob("hpc_ckpt_*.ckpt"):
+                spent.unlink()
             self._after_fit(trainer, module, data)
         except (KeyboardInterrupt, SIGTERMException) as interruption:
             # every member's last.ckpt is its last finished epoch: resume=true continues from there

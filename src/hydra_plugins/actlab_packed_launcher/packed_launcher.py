@@ -110,20 +110,13 @@ def run_work(kind: str, members: list, pack_id: str, log_file: str, parallel_job
 
 
 class SlurmPackJob:
-    """One pack (or single run) as a submitit job. On preemption or time-out submitit calls
-    :meth:`checkpoint` and requeues the job; the requeued one resumes every member from its
-    ``last.ckpt`` (its last finished epoch), skipping the completed ones."""
+    """One pack (or single run) as a submitit job. Preemption and time-outs go through
+    Lightning's own SLURM requeue, as for a single run (``hydra/launcher=slurm``): SLURM
+    signals USR1 before the limit, Lightning saves the pack's checkpoint into the pack's
+    folder and requeues the task, and the requeued task's Trainer resumes from it."""
 
     def __call__(self, kind: str, members: list, pack_id: str, log_file: str) -> list[dict]:
         return run_work(kind, members, pack_id, log_file, None)  # threads: the CPUs SLURM gave the task
-
-    def checkpoint(self, kind: str, members: list, pack_id: str, log_file: str) -> Any:
-        import submitit
-
-        for member in members:
-            with open_dict(member.cfg):
-                member.cfg.resume = True
-        return submitit.helpers.DelayedSubmission(self, kind, members, pack_id, log_file)
 
 
 def submit_to_slurm(work: list, settings: dict[str, Any], sweep_dir: Path) -> list[list[dict]]:
