@@ -16,7 +16,8 @@ from actlab.record import read_record
 
 # cosine schedule + per-member early stopping + best-checkpoint testing, slow enough epochs to interrupt
 PROTOCOL = ["activation=relu,tanh", "trainer.max_epochs=14", "callbacks=none", "logger=csv", "data.batch_size=8",
-            "scheduler=cosine", "optimizer.lr=0.02", "callbacks.early_stopping.patience=3", "test_ckpt=best"]  # fmt: skip
+            "scheduler=cosine", "optimizer.lr=0.02", "callbacks.early_stopping.patience=3",
+            "test_ckpt=best"]  # fmt: skip
 
 
 def packed_sweep(fake_data_dir, sweep_dir):
