@@ -74,14 +74,30 @@ def test_batches_by_indexing_cover_every_sample_once(fake_data_dir):
     dm.setup()
     loader = dm.train_dataloader()
     assert len(loader) == 5  # 412 samples -> 4 full batches + 12
-    torch.manual_seed(0)
     labels = torch.cat([y for _, y in loader])
     assert len(labels) == 412 and torch.equal(labels.sort().values, dm.train_y.sort().values)
-    torch.manual_seed(0)
-    first = next(iter(loader))[1]
-    torch.manual_seed(0)
-    assert torch.equal(first, next(iter(loader))[1])  # seeded order repeats
     assert [len(y) for _, y in dm.val_dataloader()] == [100]
+
+
+def test_the_batch_order_follows_the_seed_and_resumes_from_the_datamodules_state(fake_data_dir):
+    def first_batch(seed):
+        dm = module(fake_data_dir, batch_size=100)
+        dm.setup()
+        torch.manual_seed(seed)
+        return next(iter(dm.train_dataloader()))[1]
+
+    assert torch.equal(first_batch(0), first_batch(0)) and not torch.equal(first_batch(0), first_batch(1))
+    dm = module(fake_data_dir, batch_size=100)
+    dm.setup()
+    loader = dm.train_dataloader()
+    next(iter(loader))  # epoch 0
+    state = dm.state_dict()  # what a checkpoint at the end of epoch 0 holds
+    epoch_1 = next(iter(loader))[1]
+    resumed = module(fake_data_dir, batch_size=100)
+    resumed.setup()
+    resumed.load_state_dict(state)
+    torch.manual_seed(123)  # whatever the global stream is now
+    assert torch.equal(next(iter(resumed.train_dataloader()))[1], epoch_1)
 
 
 def test_val_size_larger_than_the_training_set_fails_before_training(fake_data_dir):
