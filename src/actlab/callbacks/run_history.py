@@ -46,6 +46,10 @@ class RunHistory(L.Callback):
         self._epoch_start = 0.0
         self._pending = False
         self._trainer: L.Trainer | None = None
+        # the metrics logged when the checkpoint this run resumed from was taken: a checkpoint taken
+        # inside an epoch after its validation (SLURM's requeue signal can land there) resumes with
+        # that validation done, and Lightning does not run it again
+        self._restored_metrics: dict[str, float] = {}
 
     def setup(self, trainer: L.Trainer, pl_module, stage: str) -> None:
         self._trainer = trainer
@@ -78,7 +82,9 @@ class RunHistory(L.Callback):
         if not self._pending:
             return
         self._pending = False
-        for key, value in sorted(self.epoch_metrics(trainer).items()):
+        metrics = {**self._restored_metrics, **self.epoch_metrics(trainer)}
+        self._restored_metrics = {}
+        for key, value in sorted(metrics.items()):
             self.history[key].append(value if math.isfinite(value) else float("nan"))
         if self.log_epochs:
             metrics = "  ".join(f"{k} {v[-1]:.4f}" for k, v in sorted(self.history.items()) if v)
@@ -118,10 +124,12 @@ class RunHistory(L.Callback):
         # lands there) must carry that finished epoch's metrics: they are logged by now.
         if self._trainer is not None:
             self._collect(self._trainer)
+        logged = self.epoch_metrics(self._trainer) if self._trainer is not None else {}
         return {"epoch_times": self.epoch_times, "diagnostics_times": self.diagnostics_times,
-                "history": dict(self.history)}  # fmt: skip
+                "history": dict(self.history), "logged": logged}  # fmt: skip
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.epoch_times = list(state_dict.get("epoch_times", []))
         self.diagnostics_times = list(state_dict.get("diagnostics_times", [None] * len(self.epoch_times)))
         self.history = defaultdict(list, state_dict.get("history", {}))
+        self._restored_metrics = dict(state_dict.get("logged", {}))
