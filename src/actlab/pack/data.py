@@ -75,7 +75,3 @@ class PackDataModule(L.LightningDataModule):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         for generator, state in zip(self.generators, state_dict["shuffle_generators"]):
             generator.set_state(state)
-
-    def member_state(self, k: int) -> dict[str, Any]:
-        """Member k's part of :meth:`state_dict`, as its single run's DataModule saves it."""
-        return {"shuffle_generator": self.generators[k].get_state()}
