@@ -147,9 +147,16 @@ class Classifier(L.LightningModule):
                 writer.add_figure("test/confusion_matrix", confusion_matrix_figure(confusion), self.global_step)
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        epochs = max(1, self.trainer.max_epochs or 1)
-        steps_per_epoch = max(1, self.trainer.estimated_stepping_batches // epochs)
-        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer, epochs, steps_per_epoch)}
+        return optimizer_and_schedule(self, self.optimizer_factory, self.scheduler_factory)
+
+
+def optimizer_and_schedule(module: L.LightningModule, optimizer: OptimizerFactory,
+                           scheduler: Callable | None) -> Any:  # fmt: skip
+    """What ``configure_optimizers`` returns for ``module``'s parameters: the optimiser, with
+    its learning-rate schedule sized to the trainer's run (epochs, steps per epoch) if any."""
+    built = optimizer(module.parameters())
+    if scheduler is None:
+        return built
+    epochs = max(1, module.trainer.max_epochs or 1)
+    steps_per_epoch = max(1, module.trainer.estimated_stepping_batches // epochs)
+    return {"optimizer": built, "lr_scheduler": scheduler(built, epochs, steps_per_epoch)}

@@ -146,6 +146,10 @@ for _hook in MemberCallbacks.FORWARDED:
     setattr(MemberCallbacks, _hook, _forward(_hook))
 
 
+# the member callbacks a pack's checkpoint keeps per member, by the single-run class each stands for
+MEMBER_CALLBACK_CLASSES = (MemberHistory, MemberModelCheckpoint, MemberEarlyStopping)
+
+
 class MemberDivergence(L.Callback):
     """A member whose training loss is no longer finite is recorded ``diverged`` and stops;
     the others go on. Checked every ``check_every_n_steps`` steps and at each epoch's last

@@ -16,13 +16,14 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from actlab.errors import ConfigError
+from actlab.pack.callbacks import MEMBER_CALLBACK_CLASSES, MemberCallbacks
 from actlab.pack.module import MEMBER_SUFFIX, PackModule, member_key, member_prefix
 
 PACK_DATA_KEY = "PackDataModule"
-# the single-run callbacks a pack keeps once per member (actlab.pack.callbacks): their state keys
-MEMBER_CALLBACKS = ("RunHistory", "ModelCheckpoint", "EarlyStopping")
+# the single-run callbacks a pack keeps once per member: the start of their state keys
+MEMBER_CALLBACKS = tuple(c.single_run_class.__qualname__ for c in MEMBER_CALLBACK_CLASSES)
 # where a pack's checkpoint holds them: the state of its MemberCallbacks
-MEMBERS_KEY = "MemberCallbacks"
+MEMBERS_KEY = MemberCallbacks.__qualname__
 # what a single run's Classifier saves as its hyper-parameters
 CLASSIFIER_HPARAMS = {"hparams_name": "kwargs", "hyper_parameters": {"compile": False}}
 

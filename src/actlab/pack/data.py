@@ -45,10 +45,6 @@ class PackDataModule(L.LightningDataModule):
         self.members_data = members_data
         self.generators = [torch.Generator().set_state(state) for state in shuffle_states]
 
-    @property
-    def input_size(self) -> int:
-        return self.members_data.input_size
-
     def setup(self, stage: str | None = None) -> None:
         self.members_data.trainer = self.trainer  # the training device: where the tensors go
         self.members_data.setup(stage)

@@ -9,7 +9,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from actlab.classifier import OptimizerFactory
+from actlab.classifier import OptimizerFactory, optimizer_and_schedule
 from actlab.pack.stacked import StackedNetwork
 from actlab.tensorboard import tensorboard_writers
 
@@ -62,17 +62,15 @@ class PackModule(L.LightningModule):
         net: the members' networks, stacked.
         optimizer: the members' optimiser factory (their optimiser configs are equal).
         scheduler: their learning-rate schedule factory (``actlab.schedulers``), or None.
-        stopped: members that had stopped before this fit (a resumed pack): they stay frozen.
     """
 
-    def __init__(self, net: StackedNetwork, optimizer: OptimizerFactory, scheduler: Callable | None = None,
-                 stopped: list[int] | None = None) -> None:  # fmt: skip
+    def __init__(self, net: StackedNetwork, optimizer: OptimizerFactory, scheduler: Callable | None = None) -> None:
         super().__init__()
         self.net = net
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.live = [True] * net.size
         self.register_buffer("live_mask", torch.ones(net.size, dtype=torch.bool), persistent=False)
-        self._stopped_before = list(stopped or [])  # resumed members that had stopped: frozen once restored
+        self._stopped_before: list[int] = []  # resumed members that had stopped: frozen once restored
         self.tested = [True] * net.size  # the members the test stage reports
         self._frozen: dict[int, list[tuple[torch.Tensor, int, torch.Tensor]]] = {}
         self.member_losses: torch.Tensor | None = None
@@ -120,6 +118,10 @@ class PackModule(L.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    def keep_stopped(self, members: list[int]) -> None:
+        """Members that had stopped before this fit (a resumed pack): they stay frozen."""
+        self._stopped_before = list(members)
 
     def on_fit_start(self) -> None:
         for k in self._stopped_before:  # their restored weights are the ones to keep
@@ -228,9 +230,4 @@ class PackModule(L.LightningModule):
                                       self.global_step)  # fmt: skip
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        epochs = max(1, self.trainer.max_epochs or 1)
-        steps_per_epoch = max(1, self.trainer.estimated_stepping_batches // epochs)
-        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer, epochs, steps_per_epoch)}
+        return optimizer_and_schedule(self, self.optimizer_factory, self.scheduler_factory)

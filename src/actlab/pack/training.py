@@ -185,7 +185,6 @@ class PackRun:
         """Train every member, test it, and close its record; returns the records."""
         for record in self.records:
             record.__enter__()
-        self.finished = [False] * len(self.records)
         try:
             module, data, resumed = self._build_module()
             ckpt_path = self._join(module, data, resumed)
@@ -223,7 +222,7 @@ class PackRun:
             raise ConfigError(f"pack {self.pack_id}: {', '.join(fresh)} have no checkpoint to resume from while the "
                               "others have; resume them with hydra/launcher=basic")  # fmt: skip
         checkpoint, stopped = pack_checkpoint(resumed, module, type(data.members_data).__qualname__)
-        module._stopped_before = stopped
+        module.keep_stopped(stopped)
         path = self.pack_dir / "resume.ckpt"
         save_atomically(checkpoint, path)
         return str(path)
@@ -276,10 +275,8 @@ class PackRun:
 
     def _close(self, k: int, error: BaseException | None) -> None:
         """Close member k's record with the outcome ``error`` stands for (None: completed)."""
-        if self.finished[k] or self.records[k].data["status"] != "running":
-            self.finished[k] = True
+        if self.records[k].data["status"] != "running":  # closed already (diverged)
             return
-        self.finished[k] = True
         with contextlib.suppress(SystemExit):  # an interruption: the pack exits once, every member recorded
             self.records[k].__exit__(type(error) if error else None, error, error.__traceback__ if error else None)
         log.info(summary_line(self.records[k].data))
