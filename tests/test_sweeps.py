@@ -167,7 +167,7 @@ def write_synthetic_sweep(root: Path) -> None:
         {"status": "running", "activation": "relu", "depth": 4, "updated_at": datetime.now(timezone.utc).isoformat()},
     )
     (root / "g").mkdir()
-    (root / "g" / "metrics.json").write_text("{ truncated")  # unreadable records are skipped
+    (root / "g" / "metrics.json").write_text("{ truncated")  # an unreadable record is counted and named
 
 
 def test_summary_of_a_synthetic_sweep_has_the_known_numbers(tmp_path):
@@ -196,7 +196,8 @@ def test_summary_of_a_synthetic_sweep_has_the_known_numbers(tmp_path):
     assert rows[("relu", "4")]["lost"] == "1" and rows[("relu", "4")]["running"] == "1"
     markdown = (tmp_path / "out" / "summary.md").read_text()
     assert "| relu | 2 | 85.00 ± 7.07 | 0.400 ± 0.141 | 15.0 ± 7.1 |" in markdown
-    assert "8 runs: 1 running, 4 completed, 1 failed, 1 diverged, 0 interrupted, 1 lost" in markdown
+    assert "9 runs: 1 running, 4 completed, 1 failed, 1 diverged, 0 interrupted, 1 lost, 1 unreadable" in markdown
+    assert "- `g`: unreadable" in markdown
     # with a baseline sweep (here: itself) its test accuracy stands beside each row
     summarize(tmp_path / "sweep", tmp_path / "compared", baseline_dir=tmp_path / "sweep")
     compared = (tmp_path / "compared" / "summary.md").read_text()

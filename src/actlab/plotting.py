@@ -196,7 +196,8 @@ def plot_learning_curves(curves: Mapping[str, Mapping[int, Sequence[Sequence[flo
     for ax, (activation, by_depth) in zip(axes.flat, sorted(curves.items())):
         for depth, seeds in sorted(by_depth.items()):
             length = max(len(c) for c in seeds)
-            mean = [statistics.fmean(c[e] for c in seeds if len(c) > e and c[e] is not None) for e in range(length)]
+            mean = [statistics.fmean(v) if (v := [c[e] for c in seeds if len(c) > e and c[e] is not None]) else math.nan
+                    for e in range(length)]  # fmt: skip
             ax.plot(range(1, length + 1), mean, label=f"depth {depth} (n={len(seeds)})")
         ax.set_title(activation, fontsize=10)
         ax.set_xlabel("epoch")
@@ -247,7 +248,7 @@ def plot_overlaid_curves(curves: Mapping[str, Sequence[Sequence[float]]], metric
     for color, (label, seeds) in zip(_palette(len(curves)), sorted(curves.items())):
         length = max(len(c) for c in seeds)
         columns = [[c[e] for c in seeds if len(c) > e and c[e] is not None] for e in range(length)]
-        mean = [statistics.fmean(v) for v in columns]
+        mean = [statistics.fmean(v) if v else math.nan for v in columns]
         std = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in columns]
         epochs = range(1, length + 1)
         ax.plot(epochs, mean, color=color, label=f"{label} (n={len(seeds)})", lw=1.5)

@@ -18,8 +18,10 @@ from typing import Any
 from actlab.record import LOST, RECORD_FILE, STATUSES, effective_status, read_record
 
 METRICS = ("test/acc", "test/f1", "test/loss", "dead/overall", "epoch_time_s", "best_epoch")
-# what a summary counts: the written statuses, and `lost` for running records gone silent
-REPORTED_STATUSES = (*STATUSES, LOST)
+# a metrics.json that does not parse (a damaged file): counted and named, never a crash
+UNREADABLE = "unreadable"
+# what a summary counts: the written statuses, `lost` for running records gone silent, and unreadable ones
+REPORTED_STATUSES = (*STATUSES, LOST, UNREADABLE)
 
 
 @dataclass
@@ -60,16 +62,29 @@ class Group:
 
 
 def load_runs(sweep_dir: str | Path) -> list[dict[str, Any]]:
-    """Every readable run record below ``sweep_dir`` (job dirs at any depth), with a stale
-    ``running`` status reported as ``lost``."""
+    """Every run record below ``sweep_dir`` (job dirs at any depth), with a stale ``running``
+    status reported as ``lost``, and a record that does not parse as status ``unreadable``."""
     runs = []
     for path in sorted(Path(sweep_dir).rglob(RECORD_FILE)):
         record = read_record(path.parent)
-        if record is not None:
-            record.setdefault("output_dir", str(path.parent))
-            record["status"] = effective_status(record)
-            runs.append(record)
+        if not isinstance(record, dict):
+            runs.append({"status": UNREADABLE, "output_dir": str(path.parent), "error": f"{path} does not parse"})
+            continue
+        record.setdefault("output_dir", str(path.parent))
+        record["status"] = effective_status(record)
+        runs.append(record)
     return runs
+
+
+def unfinished(runs: list[dict[str, Any]]) -> list[str]:
+    """One line per run that did not complete: its directory, status and error."""
+    lines = []
+    for r in runs:
+        if r.get("status") not in ("completed", "diverged"):
+            error = str(r.get("error") or "").strip().splitlines()
+            lines.append(f"- `{Path(str(r.get('output_dir'))).name}`: {r.get('status')}"
+                         + (f": {error[-1]}" if error else ""))  # fmt: skip
+    return lines
 
 
 def group_runs(runs: list[dict[str, Any]]) -> list[Group]:
@@ -202,7 +217,7 @@ def summarize(sweep_dir: str | Path, out_dir: str | Path | None = None,
     runs = load_runs(sweep_dir)
     if not runs:
         raise FileNotFoundError(f"no {RECORD_FILE} found below {sweep_dir}; is it a sweep directory?")
-    groups = group_runs(runs)
+    groups = group_runs([r for r in runs if r["status"] != UNREADABLE])
     baseline = None
     if baseline_dir is not None:
         baseline = {(g.activation, g.depth): g for g in group_runs(load_runs(baseline_dir))}
@@ -211,12 +226,14 @@ def summarize(sweep_dir: str | Path, out_dir: str | Path | None = None,
     statuses = ", ".join(f"{sum(r.get('status') == s for r in runs)} {s}" for s in REPORTED_STATUSES)
     markdown = f"# Sweep summary: {Path(sweep_dir).name}\n\n{len(runs)} runs: {statuses}.\n\n"
     markdown += markdown_table(groups, baseline)
+    if unfinished(runs):
+        markdown += "\nRuns that did not complete:\n\n" + "\n".join(unfinished(runs)) + "\n"
     (out / "summary.md").write_text(markdown)
-    return [
-        write_csv(groups, out / "summary.csv"),
-        out / "summary.md",
-        plot_heatmap(groups, out / "accuracy_heatmap.png"),
-        plot_accuracy_bars(groups, out / "test_accuracy.png", baseline),
-        plot_learning_curves(groups, out / "learning_curves.png"),
-        plot_overlaid_curves(groups, out / "learning_curves_overlaid.png"),
-    ]
+    written = [write_csv(groups, out / "summary.csv"), out / "summary.md"]
+    if any(g.values("test/acc") for g in groups):  # figures of what there is to draw
+        written += [plot_heatmap(groups, out / "accuracy_heatmap.png"),
+                    plot_accuracy_bars(groups, out / "test_accuracy.png", baseline)]  # fmt: skip
+    if _curves(groups, "val/acc"):
+        written += [plot_learning_curves(groups, out / "learning_curves.png"),
+                    plot_overlaid_curves(groups, out / "learning_curves_overlaid.png")]  # fmt: skip
+    return written

@@ -269,7 +269,7 @@ def run(
         resumed_from=resume_from,
         resume_warning=resume_warning,
         # a fallback that cannot continue the last attempt keeps that attempt's history here
-        previous_attempt=_attempt(previous) if previous and resume_warning else None,
+        previous_attempt=previous_attempt(previous) if previous and resume_warning else None,
     )
     trainer = None
     try:
@@ -290,6 +290,7 @@ def run(
     return record.data
 
 
-def _attempt(record: dict[str, Any]) -> dict[str, Any]:
+def previous_attempt(record: dict[str, Any]) -> dict[str, Any]:
+    """What a record keeps of an attempt a resume abandons (its history, under ``previous_attempt``)."""
     keys = ("status", "started_at", "updated_at", "epochs_completed", "history", "epoch_times_s")
     return {k: record.get(k) for k in keys}

@@ -108,19 +108,23 @@ class PackCheckpointIO(TorchCheckpointIO):
             save_atomically(member_checkpoint(checkpoint, self.module, k, self.data_key), Path(path))
 
 
+def stopped_early(checkpoint: dict[str, Any]) -> bool:
+    """Whether a single run's checkpoint says its early stopping had ended it."""
+    return any(key.startswith("EarlyStopping") and state.get("stopped_epoch")
+               for key, state in checkpoint.get("callbacks", {}).items())  # fmt: skip
+
+
 def pack_checkpoint(checkpoints: list[dict[str, Any]], module: PackModule, data_key: str) -> tuple[dict, list[int]]:
     """The pack's checkpoint joined from its members' (the inverse of :func:`member_checkpoint`),
     and the members that had stopped early before it. The members still training must be at
-    one epoch; a member behind them must have stopped (its early-stopping state says so)."""
-    progress = [(c["epoch"], c["global_step"]) for c in checkpoints]
-    ahead = max(progress)
-    stopped = [k for k, p in enumerate(progress) if p != ahead]
-    for k in stopped:
-        stopper = next((s for key, s in checkpoints[k]["callbacks"].items() if key.startswith("EarlyStopping")), None)
-        if not (stopper and stopper.get("stopped_epoch")):
-            raise ConfigError(f"pack member {k} is at epoch {progress[k][0]}, the others at {ahead[0]}, and it had "
-                              "not stopped early: these members cannot resume as one pack")  # fmt: skip
-    reference = checkpoints[progress.index(ahead)]
+    one epoch and step."""
+    stopped = [k for k, c in enumerate(checkpoints) if stopped_early(c)]
+    live = [k for k in range(len(checkpoints)) if k not in stopped]
+    progress = {(checkpoints[k]["epoch"], checkpoints[k]["global_step"]) for k in live}
+    if len(progress) > 1:
+        raise ConfigError(f"pack members resume from different epochs and steps {sorted(progress)}: "
+                          "they cannot resume as one pack")  # fmt: skip
+    reference = checkpoints[live[0] if live else 0]
     joined = {key: value for key, value in reference.items()
               if key not in ("state_dict", "optimizer_states", "callbacks", data_key, *CLASSIFIER_HPARAMS)}  # fmt: skip
     for k, checkpoint in enumerate(checkpoints):

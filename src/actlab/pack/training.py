@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import OmegaConf
 
 from actlab.callbacks.diagnostic import Diagnostic
+from actlab.callbacks.run_history import RunHistory
 from actlab.console import summary_line
 from actlab.errors import ConfigError
 from actlab.pack.callbacks import (
@@ -36,7 +38,7 @@ from actlab.pack.callbacks import (
     MemberModelCheckpoint,
     PackEpochLog,
 )
-from actlab.pack.checkpoint import PackCheckpointIO, pack_checkpoint, save_atomically
+from actlab.pack.checkpoint import PackCheckpointIO, pack_checkpoint, save_atomically, stopped_early
 from actlab.pack.data import PackDataModule
 from actlab.pack.loggers import PackLogger
 from actlab.pack.members import Member, pack_key, packing_refusal
@@ -51,6 +53,7 @@ from actlab.training import (
     build_data_and_classifier,
     configure_process,
     load_checkpoint,
+    previous_attempt,
     resume_checkpoint,
     shows_progress_bar,
     trainer_for,
@@ -72,13 +75,58 @@ def check_packable(members: list[Member]) -> None:
         raise ConfigError(f"{reason}; run these jobs as single runs (hydra/launcher=basic)")
 
 
+@dataclass
+class Resume:
+    """Where a member resumes from: its checkpoint (None: a fresh start), and, where that is
+    not its ``last.ckpt``, why (its previous attempt's history is kept in its record)."""
+
+    path: str | None = None
+    checkpoint: dict | None = None
+    warning: str | None = None
+    previous: dict | None = None
+
+    @property
+    def progress(self) -> tuple[int, int] | str:
+        """What members must share to resume as one pack: the epoch and step they are at
+        ("fresh" for none, "stopped" for a member whose early stopping had ended it)."""
+        if self.checkpoint is None:
+            return "fresh"
+        if stopped_early(self.checkpoint):
+            return "stopped"
+        return self.checkpoint["epoch"], self.checkpoint["global_step"]
+
+
+def member_resume(member: Member) -> Resume:
+    """The checkpoint member resumes from with ``resume=true``: its ``last.ckpt``, else its
+    newest checkpoint that loads, else a fresh start (as a single run resumes)."""
+    if not member.cfg.get("resume"):
+        return Resume()
+    path, warning = resume_checkpoint(member.output_dir)
+    if warning:
+        log.warning("resume: %s", warning)
+    previous = read_record(member.output_dir) if warning else None
+    return Resume(path, load_checkpoint(Path(path)) if path else None, warning, previous)
+
+
+def history_fields(checkpoint: dict | None) -> dict[str, Any]:
+    """The record's history fields as ``checkpoint`` holds them (so that a record reopened for
+    a resumed attempt keeps its history even if this attempt never trains)."""
+    if checkpoint is None or "RunHistory" not in checkpoint.get("callbacks", {}):
+        return {}
+    history = RunHistory()
+    history.load_state_dict(checkpoint["callbacks"]["RunHistory"])
+    return history.record_fields(None)
+
+
 class PackRun:
-    """One fit and test of a pack, with every member's record open around it."""
+    """One fit and test of a pack, with every member's record open around it. A member that
+    fails to build (a bad value) is recorded ``failed`` and leaves the pack; the others train."""
 
     def __init__(self, members: list[Member], pack_id: str, parallel_jobs: int | None, log_file: str | None,
-                 pack_dir: Path) -> None:  # fmt: skip
+                 pack_dir: Path, resumes: list[Resume] | None = None) -> None:  # fmt: skip
         check_packable(members)
         self.members, self.pack_id, self.parallel_jobs, self.pack_dir = members, pack_id, parallel_jobs, pack_dir
+        self.resumes = resumes or [Resume() for _ in members]
         self.cfg = members[0].cfg
         self.records = [
             RunRecord(
@@ -88,41 +136,51 @@ class PackRun:
                 seed=m.cfg.get("seed"),
                 config=OmegaConf.to_container(m.cfg, resolve=True),
                 pack={"id": pack_id, "size": len(members), "index": k, "log": log_file},
+                resumed_from=resume.path,
+                resume_warning=resume.warning,
+                previous_attempt=previous_attempt(resume.previous) if resume.previous else None,
+                **history_fields(resume.checkpoint),
             )  # fmt: skip
-            for k, m in enumerate(members)
+            for k, (m, resume) in enumerate(zip(members, self.resumes))
         ]
+        self.every_record = list(self.records)  # the members that leave the pack keep theirs
 
     # -- building ---------------------------------------------------------------------------
 
-    def _build_module(self) -> tuple[PackModule, PackDataModule, list[dict | None]]:
+    def _build_module(self) -> tuple[PackModule, PackDataModule] | None:
         """The members' networks, each built by the single run's builder from its own seed,
-        stacked; the random stream each would shuffle with; the checkpoints they resume from."""
+        stacked, and the random stream each would shuffle with. A member that fails to build
+        is recorded ``failed`` and leaves the pack (None: none is left)."""
         configure_process(self.cfg, self.parallel_jobs)
-        nets, shuffle_states, resumed = [], [], []
-        for member, record in zip(self.members, self.records):
-            L.seed_everything(member.cfg.seed, workers=True, verbose=False)
-            datamodule, classifier = build_data_and_classifier(member.cfg)
-            shuffle_states.append(torch.get_rng_state())
+        built = []
+        for k, (member, record) in enumerate(zip(self.members, self.records)):
+            try:
+                L.seed_everything(member.cfg.seed, workers=True, verbose=False)
+                datamodule, classifier = build_data_and_classifier(member.cfg)
+            except Exception as error:
+                log.error("pack %s: %s cannot be built, recorded failed: %s", self.pack_id, member.output_dir.name,
+                          error)  # fmt: skip
+                self._close(k, error)
+                continue
             record.update(depth=classifier.net.depth, hidden_shape=classifier.net.hidden_shape,
                           num_parameters=sum(p.numel() for p in classifier.parameters()))  # fmt: skip
-            nets.append(classifier.net)
-            resumed.append(self._resume_checkpoint(member, record))
+            built.append((k, classifier, datamodule, torch.get_rng_state()))
+        if not built:
+            return None
+        self._keep([k for k, *_ in built])
         keys = [json.dumps(OmegaConf.to_container(m.cfg.activation, resolve=True), sort_keys=True)
                 for m in self.members]  # fmt: skip
-        module = PackModule(StackedNetwork(nets, keys), classifier.optimizer_factory, classifier.scheduler_factory)
-        return module, PackDataModule(datamodule, shuffle_states), resumed
+        classifier, datamodule = built[0][1], built[0][2]
+        module = PackModule(StackedNetwork([c.net for _, c, _, _ in built], keys), classifier.optimizer_factory,
+                            classifier.scheduler_factory)  # fmt: skip
+        return module, PackDataModule(datamodule, [state for *_, state in built])
 
-    @staticmethod
-    def _resume_checkpoint(member: Member, record: RunRecord) -> dict | None:
-        if not member.cfg.get("resume"):
-            return None
-        path, warning = resume_checkpoint(member.output_dir)
-        if warning:
-            raise ConfigError(f"{member.output_dir}: {warning}; resume this run with hydra/launcher=basic")
-        if path is None:
-            return None
-        record.update(resumed_from=path)
-        return load_checkpoint(Path(path))
+    def _keep(self, kept: list[int]) -> None:
+        """The pack goes on with these members only (the others' records are closed)."""
+        self.members, self.records, self.resumes = ([xs[k] for k in kept] for xs in
+                                                    (self.members, self.records, self.resumes))  # fmt: skip
+        for k, record in enumerate(self.records):
+            record.update(pack={**record.data["pack"], "size": len(kept), "index": k})
 
     def _callbacks(self, k: int, record: RunRecord, loggers: list) -> tuple[list[L.Callback], list[L.Callback]]:
         """Member k's callbacks in the pack (history, checkpoints, early stopping), and its
@@ -186,8 +244,11 @@ class PackRun:
         for record in self.records:
             record.__enter__()
         try:
-            module, data, resumed = self._build_module()
-            ckpt_path = self._join(module, data, resumed)
+            built = self._build_module()
+            if built is None:
+                return [record.data for record in self.every_record]
+            module, data = built
+            ckpt_path = self._join(module, data)
             trainer = self._trainer(module, data)
             for record in self.records:
                 record.update(accelerator=type(trainer.accelerator).__name__.replace("Accelerator", "").lower())
@@ -211,17 +272,15 @@ class PackRun:
         except BaseException as error:
             self._close_all(error)
             raise
-        return [record.data for record in self.records]
+        return [record.data for record in self.every_record]
 
-    def _join(self, module: PackModule, data: PackDataModule, resumed: list[dict | None]) -> str | None:
-        """The pack's checkpoint to resume from, joined from the members' (None: a fresh start)."""
-        if all(c is None for c in resumed):
+    def _join(self, module: PackModule, data: PackDataModule) -> str | None:
+        """The pack's checkpoint to resume from, joined from the members' (None: a fresh start;
+        :func:`train_pack` packs members apart that resume from different points)."""
+        if all(r.checkpoint is None for r in self.resumes):
             return None
-        if any(c is None for c in resumed):
-            fresh = [m.output_dir.name for m, c in zip(self.members, resumed) if c is None]
-            raise ConfigError(f"pack {self.pack_id}: {', '.join(fresh)} have no checkpoint to resume from while the "
-                              "others have; resume them with hydra/launcher=basic")  # fmt: skip
-        checkpoint, stopped = pack_checkpoint(resumed, module, type(data.members_data).__qualname__)
+        checkpoints = [r.checkpoint for r in self.resumes]
+        checkpoint, stopped = pack_checkpoint(checkpoints, module, type(data.members_data).__qualname__)
         module.keep_stopped(stopped)
         path = self.pack_dir / "resume.ckpt"
         save_atomically(checkpoint, path)
@@ -289,16 +348,27 @@ class PackRun:
 def train_pack(members: list[Member], pack_id: str = "pack", parallel_jobs: int | None = None,
                log_file: str | None = None, pack_dir: str | Path | None = None) -> list[dict]:  # fmt: skip
     """Train ``members`` as one pack (see :class:`PackRun`); members whose record says
-    ``completed`` (or ``diverged``) are skipped when their config asks to resume.
+    ``completed`` (or ``diverged``) are skipped when their config asks to resume, and the
+    others resume each from its own newest checkpoint that loads: members that resume from
+    different points (a fallback, a fresh start, an early stop) are trained as packs apart.
     ``pack_dir`` holds the pack's own files (default: ``.packs/<pack_id>`` beside the first
-    member's directory)."""
+    member's directory). Returns the records in the order of ``members``."""
     todo = [m for m in members if not (m.cfg.get("resume") and (read_record(m.output_dir) or {}).get("status")
                                        in DONE)]  # fmt: skip
-    done = [read_record(m.output_dir) for m in members if m not in todo]
-    if not todo:
-        return done
+    records = {m.output_dir: read_record(m.output_dir) for m in members if m not in todo}
     pack_dir = Path(pack_dir) if pack_dir else members[0].output_dir.parent / ".packs" / pack_id
-    return done + PackRun(todo, pack_id, parallel_jobs, log_file, pack_dir).run()
+    groups: dict[Any, list[tuple[Member, Resume]]] = {}
+    for member in todo:
+        resume = member_resume(member)
+        groups.setdefault(resume.progress, []).append((member, resume))
+    for i, group in enumerate(groups.values()):
+        name = pack_id if len(groups) == 1 else f"{pack_id}.{i}"
+        if len(groups) > 1:
+            log.info("pack %s: %d members resume from their own point, as pack %s", pack_id, len(group), name)
+        run = PackRun([m for m, _ in group], name, parallel_jobs, log_file, pack_dir.with_name(name),
+                      [r for _, r in group])  # fmt: skip
+        records.update((m.output_dir, record) for (m, _), record in zip(group, run.run()))
+    return [records[m.output_dir] for m in members]
 
 
 __all__ = ["Member", "PackRun", "train_pack"]

@@ -188,14 +188,25 @@ class PackedLauncher(Launcher):
                            for kind, group, name, log_file, indices in work]  # fmt: skip
                 for future, indices in futures:
                     records.update(zip(indices, future.result()))
-        return [self._result(job, records[i]) for i, job in enumerate(prepared)]
+        return self._results(prepared, [records[i] for i in range(len(prepared))])
 
     @staticmethod
-    def _result(job: JobReturn, record: dict) -> JobReturn:
-        status = record.get("status")
-        if status in ("completed", "diverged"):  # a diverging loss is a result, as in a single run
-            job.status, job.return_value = JobStatus.COMPLETED, record.get("val/acc_best")
-        else:
-            job.status = JobStatus.FAILED
-            job.return_value = RuntimeError(f"{job.working_dir}: {status}: {record.get('error')}")
-        return job
+    def _results(jobs: list[JobReturn], records: list[dict]) -> list[JobReturn]:
+        """Every job's outcome from its record. The sweep fails (after every job has run) when
+        any job did not complete; the error Hydra shows names every such run and why."""
+        failed = []
+        for job, record in zip(jobs, records):
+            status = record.get("status")
+            if status in ("completed", "diverged"):  # a diverging loss is a result, as in a single run
+                job.status, job.return_value = JobStatus.COMPLETED, record.get("val/acc_best")
+            else:
+                job.status = JobStatus.FAILED
+                run_dir = Path(record.get("output_dir") or job.working_dir)
+                failed.append(f"  {run_dir.name}: {status}: {record.get('error')}")
+        if failed:
+            error = RuntimeError(f"{len(failed)} of {len(jobs)} runs did not complete (their records say why; "
+                                 "resume=true reruns them):\n" + "\n".join(failed))  # fmt: skip
+            for job in jobs:
+                if job.status == JobStatus.FAILED:
+                    job.return_value = error
+        return jobs

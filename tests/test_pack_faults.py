@@ -1,0 +1,98 @@
+"""A fault touches one run: a bad job, a damaged member checkpoint or a damaged record ends
+in that run's record (and the summary names it), never in its pack-mates' or the sweep's."""
+
+import subprocess
+import sys
+
+from conftest import REPO, run_train_cli
+from test_pack import members_for, packed_sweep
+
+from actlab.record import SCHEMA_DEFAULTS, read_record, write_record
+from actlab.summary import summarize
+from actlab.training import CHECKPOINT_DIR
+
+
+def test_a_member_that_cannot_be_built_is_recorded_failed_and_its_pack_mates_train(tmp_path, fake_data_dir):
+    specs = [(1, "leaky_relu", "activation.negative_slope=0.01"), (2, "leaky_relu", "activation.negative_slope=abc"),
+             (3, "leaky_relu", "activation.negative_slope=0.2")]  # fmt: skip
+    members, _ = members_for(tmp_path, fake_data_dir, specs, ["callbacks=none", "logger=csv"])
+    from actlab.pack.training import train_pack
+
+    good, bad, other = train_pack(members, "p")
+    assert bad["status"] == "failed" and "negative_slope" in bad["error"] and bad["traceback"]
+    assert good["status"] == other["status"] == "completed" and good["epochs_completed"] == 2
+    assert good["pack"]["size"] == 2 and [good["pack"]["index"], other["pack"]["index"]] == [0, 1]
+
+
+def test_a_packed_sweep_with_failing_jobs_finishes_the_others_and_names_the_failures(tmp_path, fake_data_dir):
+    overrides, sweep_dir = packed_sweep(tmp_path, fake_data_dir, "activation=relu,gelu", "optimizer.lr=0.01,-1",
+                                        "trainer.max_epochs=1", "callbacks=none", "logger=csv")  # fmt: skip
+    result = run_train_cli(overrides, tmp_path)
+    assert result.returncode != 0
+    records = {p.parent.name: read_record(p.parent) for p in sweep_dir.glob("*/metrics.json")}
+    assert len(records) == 4  # every job has its record, the failed ones too
+    for name, record in records.items():
+        if "optimizer.lr=-1" in name:
+            assert record["status"] == "failed" and "optimizer.lr must be > 0" in record["error"], name
+        else:
+            assert record["status"] == "completed", name
+    tail = result.stderr.strip().splitlines()[-4:]
+    assert any("2 of 4 runs did not complete" in line for line in tail), result.stderr[-2000:]
+    assert sum("optimizer.lr=-1" in line and "failed" in line for line in tail) == 2, tail
+    summary = subprocess.run([sys.executable, str(REPO / "scripts" / "summarize.py"), str(sweep_dir)],
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert summary.returncode == 0 and "2 completed, 2 failed" in summary.stdout
+
+
+def test_a_damaged_member_checkpoint_falls_back_and_keeps_every_members_history(tmp_path, fake_data_dir):
+    from actlab.pack.training import train_pack
+
+    specs = [(1, "relu"), (2, "prelu")]
+    protocol = ["callbacks=none", "logger=csv", "optimizer.lr=0.05"]
+    members, base = members_for(tmp_path, fake_data_dir, specs, [*protocol, "trainer.max_epochs=3"])
+    first = train_pack(members, "p")
+    damaged = members[0].output_dir / CHECKPOINT_DIR / "last.ckpt"
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])  # a truncated write
+    for member, record in zip(members, first):
+        write_record(member.output_dir, {**record, "status": "interrupted"})
+    again, _ = members_for(tmp_path, fake_data_dir, specs, [*protocol, "trainer.max_epochs=4", "resume=true"])
+    relu, prelu = train_pack(again, "p")
+    assert relu["status"] == prelu["status"] == "completed" and relu["epochs_completed"] == prelu["epochs_completed"]
+    assert "last.ckpt does not load" in relu["resume_warning"] and "best_epoch=" in relu["resumed_from"]
+    assert relu["previous_attempt"]["history"] == first[0]["history"]  # the abandoned attempt is kept
+    best = first[0]["best_epoch"]
+    assert relu["history"]["val/acc"][: best + 1] == first[0]["history"]["val/acc"][: best + 1]
+    assert prelu["resumed_from"].endswith("last.ckpt") and prelu["resume_warning"] is None
+    assert prelu["history"]["val/acc"][:3] == first[1]["history"]["val/acc"]
+
+
+def test_an_attempt_that_never_trains_keeps_the_records_history(tmp_path, fake_data_dir):
+    from actlab.pack.training import train_pack
+
+    members, _ = members_for(tmp_path, fake_data_dir, [(1, "relu"), (2, "tanh")], ["callbacks=none", "logger=csv"])
+    first = train_pack(members, "p")
+    for member, record in zip(members, first):
+        write_record(member.output_dir, {**record, "status": "interrupted"})
+    # resumed with a value that fails before any training: the histories stay
+    again, _ = members_for(tmp_path, fake_data_dir, [(1, "relu"), (2, "tanh")],
+                           ["callbacks=none", "logger=csv", "resume=true", "optimizer.lr=-1"])  # fmt: skip
+    for member, record in zip(again, train_pack(again, "p")):
+        assert record["status"] == "failed" and "optimizer.lr" in record["error"]
+        assert record["history"] == first[again.index(member)]["history"] and record["epochs_completed"] == 2
+
+
+def test_the_summary_counts_and_names_partial_and_damaged_runs(tmp_path):
+    def record(name, **fields):
+        write_record(tmp_path / name, {**SCHEMA_DEFAULTS, "activation": "relu", **fields})
+
+    record("done", status="completed", **{"test/acc": 0.8}, history={"val/acc": [0.5, 0.7]})
+    record("silent", status="running", started_at="2026-01-01T00:00:00+00:00", updated_at="2026-01-01T00:00:00+00:00")
+    record("broken", status="failed", error="ConfigError: optimizer.lr must be > 0, got -1")
+    record("empty", status="completed", history={})
+    (tmp_path / "garbled").mkdir()
+    (tmp_path / "garbled" / "metrics.json").write_text('{"status": "comp')
+    summarize(tmp_path)
+    text = (tmp_path / "summary.md").read_text()
+    assert "5 runs: 0 running, 2 completed, 1 failed, 0 diverged, 0 interrupted, 1 lost, 1 unreadable" in text
+    assert "- `silent`: lost" in text and "- `garbled`: unreadable" in text
+    assert "- `broken`: failed: ConfigError: optimizer.lr must be > 0, got -1" in text
