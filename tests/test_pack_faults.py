@@ -96,3 +96,40 @@ def test_the_summary_counts_and_names_partial_and_damaged_runs(tmp_path):
     assert "5 runs: 0 running, 2 completed, 1 failed, 0 diverged, 0 interrupted, 1 lost, 1 unreadable" in text
     assert "- `silent`: lost" in text and "- `garbled`: unreadable" in text
     assert "- `broken`: failed: ConfigError: optimizer.lr must be > 0, got -1" in text
+
+
+def test_sigterm_to_a_parallel_packed_sweep_reaches_every_worker_and_resume_finishes_it(tmp_path, fake_data_dir):
+    import os
+    import signal
+    import time
+
+    overrides, sweep_dir = packed_sweep(tmp_path, fake_data_dir, "activation=relu,tanh", "model.depth=2,3",
+                                        "trainer.max_epochs=40", "callbacks=none", "logger=csv", "data.batch_size=8",
+                                        "hydra.launcher.n_jobs=2")  # fmt: skip
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *overrides], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.time() + 180
+    while sum((read_record(p.parent) or {}).get("epochs_completed", 0) >= 1
+              for p in sweep_dir.glob("*/metrics.json")) < 4:  # fmt: skip
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.time() < deadline, "the packs did not get going"
+        time.sleep(0.05)
+    workers = [int(pid) for pid in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                                                  text=True).stdout.split()]  # fmt: skip
+    assert len(workers) >= 2
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    records = [read_record(p.parent) for p in sweep_dir.glob("*/metrics.json")]
+    assert len(records) == 4 and all(r["status"] == "interrupted" for r in records)
+    assert all(1 <= r["epochs_completed"] < 40 for r in records)
+    deadline = time.time() + 30
+    while any(os.path.exists(f"/proc/{pid}") for pid in workers):  # no worker left behind
+        assert time.time() < deadline, [pid for pid in workers if os.path.exists(f"/proc/{pid}")]
+        time.sleep(0.1)
+
+    result = run_train_cli([*overrides, "resume=true"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for path in sweep_dir.glob("*/metrics.json"):
+        record = read_record(path.parent)
+        assert record["status"] == "completed" and record["epochs_completed"] == 40
+        assert len(record["history"]["val/acc"]) == 40

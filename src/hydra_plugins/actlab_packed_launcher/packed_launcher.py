@@ -10,10 +10,14 @@ resumed from its members' last finished epoch. Every job still gets its own dire
 ``.hydra/``, ``metrics.json``, checkpoints and TensorBoard, as if it ran alone.
 """
 
+import contextlib
 import logging
 import multiprocessing
+import os
+import signal
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,6 +137,57 @@ def submit_to_slurm(work: list, settings: dict[str, Any], sweep_dir: Path) -> li
     return [job.results()[0] for job in jobs]
 
 
+def run_in_processes(work: list, n_jobs: int, parallel: int | None) -> dict[int, dict]:
+    """Every unit of ``work`` in ``n_jobs`` worker processes; returns the jobs' records by index.
+    SIGTERM or SIGINT to this process reaches every worker (each records its members
+    ``interrupted`` after its last finished epoch) and cancels the units not started; this
+    process then exits with the signal's code, leaving no worker behind."""
+    from actlab.record import read_record
+
+    context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch state
+    records: dict[int, dict] = {}
+    with ProcessPoolExecutor(max_workers=n_jobs, mp_context=context) as pool:
+        futures = [(pool.submit(run_work, kind, group, name, log_file, parallel), group, indices)
+                   for kind, group, name, log_file, indices in work]  # fmt: skip
+        with signals_forwarded_to_workers([f for f, _, _ in futures]) as received:
+            for future, group, indices in futures:
+                try:
+                    records.update(zip(indices, future.result()))
+                except (CancelledError, SystemExit, BrokenProcessPool):  # stopped: what the records say
+                    records.update(zip(indices, [read_record(m.output_dir) or _not_started(m) for m in group]))
+    if received:
+        log.error("packed launcher: stopped by signal %d; resume=true with the same sweep dir finishes it",
+                  received[0])  # fmt: skip
+        raise SystemExit(128 + received[0])
+    return records
+
+
+def _not_started(member: Any) -> dict:
+    return {"status": "interrupted", "output_dir": str(member.output_dir), "error": "the sweep stopped before it ran"}
+
+
+@contextlib.contextmanager
+def signals_forwarded_to_workers(futures: list[Future]):
+    """Inside the block, SIGTERM / SIGINT to this process go to its worker processes and
+    cancel the futures not started; yields the list of signals received."""
+    received: list[int] = []
+
+    def forward(signum: int, frame: Any) -> None:
+        received.append(signum)
+        for future in futures:
+            future.cancel()
+        for child in multiprocessing.active_children():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signum)
+
+    previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield received
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 class PackedLauncher(Launcher):
     def __init__(self, pack_size: int = 64, n_jobs: int = 1, slurm: dict[str, Any] | None = None) -> None:
         if pack_size < 1 or n_jobs < 1:
@@ -182,12 +237,7 @@ class PackedLauncher(Launcher):
             for kind, group, name, log_file, indices in work:
                 records.update(zip(indices, run_work(kind, group, name, log_file, parallel)))
         else:
-            context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch state
-            with ProcessPoolExecutor(max_workers=self.n_jobs, mp_context=context) as pool:
-                futures = [(pool.submit(run_work, kind, group, name, log_file, parallel), indices)
-                           for kind, group, name, log_file, indices in work]  # fmt: skip
-                for future, indices in futures:
-                    records.update(zip(indices, future.result()))
+            records = run_in_processes(work, self.n_jobs, parallel)
         return self._results(prepared, [records[i] for i in range(len(prepared))])
 
     @staticmethod
