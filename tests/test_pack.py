@@ -180,7 +180,7 @@ def test_packed_launcher_groups_the_sweep_and_writes_every_job_as_if_alone(tmp_p
         assert f"seed={record['seed']}" in name and record["depth"] == int(name.split("model.depth=")[1][0])
     summary = subprocess.run([sys.executable, str(REPO / "scripts" / "summarize.py"), str(sweep_dir)],
                              capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert summary.returncode == 0 and "8 runs: 0 running, 8 completed" in summary.stdout
+    assert summary.returncode == 0 and "8 runs: 0 queued, 0 running, 8 completed" in summary.stdout
 
 
 def test_packed_launcher_in_parallel_processes(tmp_path, fake_data_dir):

@@ -93,7 +93,7 @@ def test_the_summary_counts_and_names_partial_and_damaged_runs(tmp_path):
     (tmp_path / "garbled" / "metrics.json").write_text('{"status": "comp')
     summarize(tmp_path)
     text = (tmp_path / "summary.md").read_text()
-    assert "5 runs: 0 running, 2 completed, 1 failed, 0 diverged, 0 interrupted, 1 lost, 1 unreadable" in text
+    assert "5 runs: 0 queued, 0 running, 2 completed, 1 failed, 0 diverged, 0 interrupted, 1 lost, 1 unreadable" in text
     assert "- `silent`: lost" in text and "- `garbled`: unreadable" in text
     assert "- `broken`: failed: ConfigError: optimizer.lr must be > 0, got -1" in text
 
@@ -103,7 +103,7 @@ def test_sigterm_to_a_parallel_packed_sweep_reaches_every_worker_and_resume_fini
     import signal
     import time
 
-    overrides, sweep_dir = packed_sweep(tmp_path, fake_data_dir, "activation=relu,tanh", "model.depth=2,3",
+    overrides, sweep_dir = packed_sweep(tmp_path, fake_data_dir, "activation=relu,tanh", "model.depth=2,3,4",
                                         "trainer.max_epochs=40", "callbacks=none", "logger=csv", "data.batch_size=8",
                                         "hydra.launcher.n_jobs=2")  # fmt: skip
     proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *overrides], cwd=tmp_path,
@@ -114,14 +114,17 @@ def test_sigterm_to_a_parallel_packed_sweep_reaches_every_worker_and_resume_fini
         assert proc.poll() is None, proc.stderr.read()[-3000:]
         assert time.time() < deadline, "the packs did not get going"
         time.sleep(0.05)
+    # the third pack waits for a worker: its jobs have their records already
+    statuses = sorted(read_record(p.parent)["status"] for p in sweep_dir.glob("*/metrics.json"))
+    assert statuses == ["queued"] * 2 + ["running"] * 4
     workers = [int(pid) for pid in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
                                                   text=True).stdout.split()]  # fmt: skip
     assert len(workers) >= 2
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 128 + signal.SIGTERM
     records = [read_record(p.parent) for p in sweep_dir.glob("*/metrics.json")]
-    assert len(records) == 4 and all(r["status"] == "interrupted" for r in records)
-    assert all(1 <= r["epochs_completed"] < 40 for r in records)
+    assert sorted(r["status"] for r in records) == ["interrupted"] * 4 + ["queued"] * 2  # never started: queued
+    assert all(1 <= r["epochs_completed"] < 40 for r in records if r["status"] == "interrupted")
     deadline = time.time() + 30
     while any(os.path.exists(f"/proc/{pid}") for pid in workers):  # no worker left behind
         assert time.time() < deadline, [pid for pid in workers if os.path.exists(f"/proc/{pid}")]

@@ -196,7 +196,8 @@ def test_summary_of_a_synthetic_sweep_has_the_known_numbers(tmp_path):
     assert rows[("relu", "4")]["lost"] == "1" and rows[("relu", "4")]["running"] == "1"
     markdown = (tmp_path / "out" / "summary.md").read_text()
     assert "| relu | 2 | 85.00 ± 7.07 | 0.400 ± 0.141 | 15.0 ± 7.1 |" in markdown
-    assert "9 runs: 1 running, 4 completed, 1 failed, 1 diverged, 0 interrupted, 1 lost, 1 unreadable" in markdown
+    counts = "9 runs: 0 queued, 1 running, 4 completed, 1 failed, 1 diverged, 0 interrupted, 1 lost, 1 unreadable"
+    assert counts in markdown
     assert "- `g`: unreadable" in markdown
     # with a baseline sweep (here: itself) its test accuracy stands beside each row
     summarize(tmp_path / "sweep", tmp_path / "compared", baseline_dir=tmp_path / "sweep")
@@ -214,7 +215,7 @@ def test_summarize_script_on_a_real_partial_sweep(tmp_path, fake_data_dir):
     out = subprocess.run([sys.executable, str(REPO / "scripts" / "summarize.py"), str(sweep_dir)],
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert out.returncode == 0, out.stderr
-    assert "2 runs: 1 running, 1 completed" in out.stdout
+    assert "2 runs: 0 queued, 1 running, 1 completed" in out.stdout
     assert len(load_runs(sweep_dir)) == 2 and (sweep_dir / "accuracy_heatmap.png").is_file()
     assert json.loads((sweep_dir / "activation=relu,model.depth=1" / "metrics.json").read_text())["test/acc"] >= 0
 

@@ -1,6 +1,7 @@
 """The run record: ``metrics.json`` in each run's output directory.
 
-One JSON object per run, owned by :class:`RunRecord`: written when the run starts
+One JSON object per run, owned by :class:`RunRecord`: written when a packed sweep's launcher
+knows the run (``status: queued``, :func:`queue_record`) and when the run starts
 (``status: running``), rewritten after every epoch (the history so far and ``updated_at``,
 a heartbeat) and when the run ends, whatever the ending: ``completed``, ``failed``,
 ``diverged`` or ``interrupted``. Every write is atomic (write + rename), so a killed process
@@ -25,7 +26,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from actlab.errors import DivergedError
 
 RECORD_FILE = "metrics.json"
-STATUSES = ("running", "completed", "failed", "diverged", "interrupted")
+STATUSES = ("queued", "running", "completed", "failed", "diverged", "interrupted")
 # derived, never written: a `running` record whose process stopped writing (killed, node lost)
 LOST = "lost"
 # a running record counts as lost once its heartbeat is this old, or 5x its longest epoch
@@ -70,6 +71,14 @@ def write_record(output_dir: str | Path, record: dict[str, Any]) -> Path:
         f.write("\n")
     os.replace(tmp, path)
     return path
+
+
+def queue_record(output_dir: str | Path, **fields: Any) -> None:
+    """A ``queued`` record for a run a sweep knows of but has not started (none is written
+    over a record the run already has: a resumed sweep keeps its runs' histories)."""
+    if not (Path(output_dir) / RECORD_FILE).exists():
+        write_record(output_dir, {**SCHEMA_DEFAULTS, **fields, "status": "queued", "output_dir": str(output_dir),
+                                  "queued_at": _now()})  # fmt: skip
 
 
 def read_record(output_dir: str | Path) -> dict[str, Any] | None:

@@ -91,6 +91,14 @@ def _log_to(path: Path) -> logging.Handler:
     return handler
 
 
+_STOP: Any = None  # in a worker process: set once the sweep is stopped (no unit starts after that)
+
+
+def _share_stop(stop: Any) -> None:
+    global _STOP
+    _STOP = stop
+
+
 def run_work(kind: str, members: list, pack_id: str, log_file: str, parallel_jobs: int | None) -> list[dict]:
     """One unit of a packed sweep, in this process: a pack, or one single run. Returns the
     members' records (a failure is in its record; the exception is not re-raised)."""
@@ -98,6 +106,8 @@ def run_work(kind: str, members: list, pack_id: str, log_file: str, parallel_job
     from actlab.record import read_record
     from actlab.training import run
 
+    if _STOP is not None and _STOP.is_set():  # the sweep was stopped before this unit began
+        return [read_record(m.output_dir) or {"status": "queued"} for m in members]
     handler = _log_to(Path(log_file))
     try:
         if kind == "pack":
@@ -146,10 +156,11 @@ def run_in_processes(work: list, n_jobs: int, parallel: int | None) -> dict[int,
 
     context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch state
     records: dict[int, dict] = {}
-    with ProcessPoolExecutor(max_workers=n_jobs, mp_context=context) as pool:
+    stop = context.Event()
+    with ProcessPoolExecutor(max_workers=n_jobs, mp_context=context, initializer=_share_stop, initargs=(stop,)) as pool:
         futures = [(pool.submit(run_work, kind, group, name, log_file, parallel), group, indices)
                    for kind, group, name, log_file, indices in work]  # fmt: skip
-        with signals_forwarded_to_workers([f for f, _, _ in futures]) as received:
+        with signals_forwarded_to_workers([f for f, _, _ in futures], stop) as received:
             for future, group, indices in futures:
                 try:
                     records.update(zip(indices, future.result()))
@@ -167,13 +178,15 @@ def _not_started(member: Any) -> dict:
 
 
 @contextlib.contextmanager
-def signals_forwarded_to_workers(futures: list[Future]):
-    """Inside the block, SIGTERM / SIGINT to this process go to its worker processes and
-    cancel the futures not started; yields the list of signals received."""
+def signals_forwarded_to_workers(futures: list[Future], stop: Any):
+    """Inside the block, SIGTERM / SIGINT to this process go to its worker processes, set
+    ``stop`` (no unit starts after it) and cancel the futures not handed to a worker yet;
+    yields the list of signals received."""
     received: list[int] = []
 
     def forward(signum: int, frame: Any) -> None:
         received.append(signum)
+        stop.set()
         for future in futures:
             future.cancel()
         for child in multiprocessing.active_children():
@@ -219,6 +232,11 @@ class PackedLauncher(Launcher):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         prepared = [self._prepare(o, initial_job_idx + i) for i, o in enumerate(job_overrides)]
         members = [job.return_value for job in prepared]
+        from actlab.record import queue_record
+
+        for m in members:  # every job has its record from here on, whatever happens to it
+            queue_record(m.output_dir, activation=m.activation, overrides=list(m.overrides), seed=m.cfg.get("seed"),
+                         config=OmegaConf.to_container(m.cfg, resolve=True))  # fmt: skip
         packs, alone = group_into_packs(members, self.pack_size)
         log.info("packed launcher: %d jobs -> %d packs (%s members) + %d single runs, %d at a time, in %s",
                  len(members), len(packs), "+".join(str(len(p)) for p in packs) or "0", len(alone), self.n_jobs,
