@@ -182,7 +182,7 @@ class PackRun:
         for k, record in enumerate(self.records):
             record.update(pack={**record.data["pack"], "size": len(kept), "index": k})
 
-    def _callbacks(self, k: int, record: RunRecord, loggers: list) -> tuple[list[L.Callback], list[L.Callback]]:
+    def _callbacks(self, k: int, record: RunRecord) -> tuple[list[L.Callback], list[L.Callback]]:
         """Member k's callbacks in the pack (history, checkpoints, early stopping), and its
         diagnostics (measured by :class:`MemberDiagnostics`)."""
         cfg = self.members[k].cfg
@@ -203,10 +203,7 @@ class PackRun:
                                                          check_finite=False))  # fmt: skip
             elif not entry._target_.startswith("lightning."):
                 diagnostics.extend(_instantiate_group({name: entry}))
-        # Lightning's order in a single run: RunHistory's epoch-end hook before the monitoring callbacks, and
-        # checkpoints last (so a checkpoint holds the epoch's history and early-stopping state)
         history = MemberHistory(k, record, [d for d in diagnostics if isinstance(d, Diagnostic)])
-        callbacks.sort(key=lambda c: isinstance(c, ModelCheckpoint))
         return [history, *callbacks], diagnostics
 
     def _shared_callbacks(self) -> list[L.Callback]:
@@ -221,9 +218,13 @@ class PackRun:
         member_loggers = [_instantiate_group(m.cfg.get("logger")) for m in self.members]
         per_member, self.diagnostics = [], []
         for k, record in enumerate(self.records):
-            callbacks, diagnostics = self._callbacks(k, record, member_loggers[k])
+            callbacks, diagnostics = self._callbacks(k, record)
             per_member += callbacks
             self.diagnostics.append(diagnostics)
+        # Lightning's order in a single run: RunHistory's epoch-end hook before the monitoring callbacks, and
+        # checkpoints last (so a checkpoint holds the epoch's history and early-stopping state); every member's
+        # history first, so each member's epoch time is the pack's epoch, whatever its place in the pack
+        per_member.sort(key=lambda c: (not isinstance(c, MemberHistory), isinstance(c, ModelCheckpoint)))
         self.member_callbacks = per_member
         callbacks = [
             MemberDivergence(self.records),
