@@ -1,9 +1,12 @@
 """End-to-end runs: config composition, train.py, the run record, bad input, divergence."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
-from conftest import compose_train, data_overrides, run_train_cli
+from conftest import REPO, compose_train, data_overrides, run_train_cli
 from omegaconf import OmegaConf
 
 from actlab.config import group_options
@@ -140,6 +143,27 @@ def test_cli_bad_value_exits_nonzero_with_clear_error(tmp_path, fake_data_dir):
     assert read_record(run_dir)["status"] == "failed"
 
 
+@pytest.mark.parametrize(
+    "override, message",
+    [("model.depth=abc", "model.depth must be a positive integer, got 'abc'"),
+     ("optimizer.lr=0", "optimizer.lr must be > 0, got 0"),
+     ("activation=staf activation.tau=0", "STAF needs tau >= 1 terms, got 0")],
+)  # fmt: skip
+def test_a_config_mistake_is_one_clear_line_and_the_record_keeps_the_traceback(override, message, tmp_path,
+                                                                                fake_data_dir):  # fmt: skip
+    run_dir = tmp_path / "run"
+    args = [*override.split(), *data_overrides(fake_data_dir), f"hydra.run.dir={run_dir}"]
+    bad = run_train_cli(args, cwd=tmp_path)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    error_line, hint = bad.stderr.strip().splitlines()[-2:]
+    assert error_line.startswith("error: ") and message in error_line
+    assert str(run_dir / "metrics.json") in hint and "HYDRA_FULL_ERROR=1" in hint
+    assert "Traceback" in read_record(run_dir)["traceback"]
+    full = subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path, capture_output=True,
+                          text=True, env={**os.environ, "HYDRA_FULL_ERROR": "1"}, timeout=300)  # fmt: skip
+    assert full.returncode != 0 and "Traceback" in full.stderr and message in full.stderr
+
+
 def test_runs_sharing_a_machine_split_its_threads(monkeypatch):
     from actlab.training import default_threads
 
@@ -247,3 +271,12 @@ def test_a_corrupt_last_checkpoint_falls_back_and_never_loses_the_history(tmp_pa
     fresh, _ = train_in_process(tmp_path, fake_data_dir, ["trainer.max_epochs=1", "callbacks=none", "resume=true"])
     assert fresh["status"] == "completed" and fresh["resumed_from"] is None
     assert "starting afresh" in fresh["resume_warning"] and fresh["previous_attempt"]["epochs_completed"] == 4
+
+
+def test_the_closing_line_points_to_what_the_loggers_wrote(tmp_path, fake_data_dir):
+    from actlab.console import summary_line
+
+    record, out = train_in_process(tmp_path, fake_data_dir, ["trainer.max_epochs=1", "callbacks=none", "logger=csv"])
+    line = summary_line(record)
+    assert f"metrics: {out / 'csv' / 'metrics.csv'}" in line and "tensorboard" not in line
+    assert (out / "csv" / "metrics.csv").is_file()

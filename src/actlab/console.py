@@ -50,7 +50,7 @@ def _percent(value: Any) -> str:
 
 def summary_line(record: dict[str, Any]) -> str:
     """One line: status, test and best validation accuracy, epochs, median epoch time, where
-    the record is and how to look at the run in TensorBoard."""
+    the record is and how to look at what the run's loggers wrote."""
     output_dir = Path(record.get("output_dir", "."))
     epoch_s = record.get("epoch_time_s")
     parts = [
@@ -60,8 +60,21 @@ def summary_line(record: dict[str, Any]) -> str:
         f"{record.get('epochs_completed', 0)} epochs",
         f"{epoch_s:.2f} s/epoch" if isinstance(epoch_s, (int, float)) else "- s/epoch",
         f"record {output_dir / 'metrics.json'}",
-        f"view: tensorboard --logdir {output_dir}",
+        *_views(record, output_dir),
     ]
     if record.get("error"):
         parts.insert(1, f"error: {record['error'].splitlines()[0][:200]}")
     return " | ".join(parts)
+
+
+def _views(record: dict[str, Any], output_dir: Path) -> list[str]:
+    """How to look at what the run's configured loggers wrote (TensorBoard, CSV)."""
+    views = []
+    for entry in ((record.get("config") or {}).get("logger") or {}).values():
+        target = str((entry or {}).get("_target_", ""))
+        if target.endswith("TensorBoardLogger"):
+            views.append(f"view: tensorboard --logdir {output_dir}")
+        elif target.endswith("CSVLogger"):
+            folder = Path(str(entry.get("save_dir", output_dir))) / str(entry.get("name") or "")
+            views.append(f"metrics: {folder / str(entry.get('version') or '') / 'metrics.csv'}")
+    return views

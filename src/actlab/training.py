@@ -83,13 +83,15 @@ def default_threads(parallel_jobs: int | None) -> int | None:
 
 
 def _build(cfg: DictConfig, **kwargs: Any) -> Any:
-    """``instantiate`` that lets a constructor's own ValueError (our clear messages) through,
-    instead of Hydra's InstantiationException wrapper around it."""
+    """``instantiate`` that turns a constructor's own ValueError (our clear messages) into a
+    ConfigError, instead of Hydra's InstantiationException wrapper around it."""
     try:
         return instantiate(cfg, **kwargs)
     except InstantiationException as err:
-        if isinstance(err.__cause__, ValueError):
+        if isinstance(err.__cause__, ConfigError):
             raise err.__cause__ from None
+        if isinstance(err.__cause__, ValueError):
+            raise ConfigError(str(err.__cause__)) from err.__cause__
         raise
 
 

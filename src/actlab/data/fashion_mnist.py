@@ -16,6 +16,7 @@ import lightning as L
 import torch
 
 from actlab.data.idx import CorruptDataError, read_idx
+from actlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +191,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
         train_x, train_y = load_split(files["train_images"], files["train_labels"])
         test_x, test_y = load_split(files["test_images"], files["test_labels"])
         if self.val_size >= len(train_y):
-            raise ValueError(
+            raise ConfigError(
                 f"data.val_size={self.val_size} leaves no training data: the training set has "
                 f"{len(train_y)} samples; choose a value below that (0 validates on the test set)"
             )
