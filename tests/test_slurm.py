@@ -1,5 +1,6 @@
 """Sweeps on a real (single-node, throw-away) SLURM cluster through hydra/launcher=slurm."""
 
+import os
 import subprocess
 import sys
 import time
@@ -22,6 +23,21 @@ LAUNCHER = [
     "hydra.launcher.mem_gb=1",
     "hydra.launcher.timeout_min=10",
 ]
+
+
+@pytest.mark.parametrize("launcher", ["slurm", "packed_slurm"])
+def test_a_cluster_that_does_not_answer_is_one_clear_error(launcher, tmp_path, fake_data_dir):
+    """SLURM's client is installed, but no controller answers: say what failed and how to check."""
+    conf = tmp_path / "slurm.conf"  # a controller nobody runs, whatever this machine has
+    conf.write_text("ClusterName=nowhere\nSlurmctldHost=localhost\nSlurmctldPort=6999\n"
+                    "NodeName=localhost CPUs=1 State=UNKNOWN\nPartitionName=debug Nodes=ALL Default=YES\n")  # fmt: skip
+    command = [sys.executable, str(REPO / "train.py"), "-m", f"hydra/launcher={launcher}", "activation=relu,tanh",
+               *generated_data_overrides(fake_data_dir), f"hydra.sweep.dir={tmp_path / 'sweep'}"]  # fmt: skip
+    env = {**os.environ, "SLURM_CONF": str(conf), "HYDRA_FULL_ERROR": "0"}
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    error, hint = result.stderr.strip().splitlines()[-2:]
+    assert error.startswith("error: SLURM did not take the jobs: ") and "sinfo" in hint
 
 
 @pytest.fixture(scope="module")

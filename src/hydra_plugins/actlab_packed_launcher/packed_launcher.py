@@ -15,6 +15,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import subprocess
 from collections.abc import Sequence
 from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -133,6 +134,23 @@ class SlurmPackJob:
         return run_work(kind, members, pack_id, log_file, None)  # threads: the CPUs SLURM gave the task
 
 
+@contextlib.contextmanager
+def slurm_errors_explained():
+    """SLURM refusing a submission (no client, no controller, a bad option) ends the sweep
+    with one line saying what failed and how to check, not submitit's traceback."""
+    from submitit.core.utils import FailedJobError
+
+    try:
+        yield
+    except (FailedJobError, FileNotFoundError, subprocess.CalledProcessError) as err:
+        lines = [line for line in str(err).strip().splitlines() if line.strip()]
+        raise SystemExit(
+            f"error: SLURM did not take the jobs: {lines[-1] if lines else type(err).__name__}\n"
+            "(check that this machine reaches a SLURM controller: `sinfo` should list its partitions; "
+            "or run the sweep with another hydra/launcher)"
+        ) from err
+
+
 def submit_to_slurm(work: list, settings: dict[str, Any], sweep_dir: Path) -> list[list[dict]]:
     """Each unit of ``work`` as one task of a SLURM job array; blocks until all are done."""
     import submitit
@@ -142,7 +160,8 @@ def submit_to_slurm(work: list, settings: dict[str, Any], sweep_dir: Path) -> li
                                      slurm_max_num_timeout=settings.pop("max_num_timeout", 3))  # fmt: skip
     generic = {"timeout_min", "nodes", "tasks_per_node", "cpus_per_task", "gpus_per_node", "mem_gb", "name"}
     executor.update_parameters(**{k if k in generic else f"slurm_{k}": v for k, v in settings.items() if v is not None})
-    jobs = executor.map_array(SlurmPackJob(), *zip(*[unit[:4] for unit in work]))
+    with slurm_errors_explained():
+        jobs = executor.map_array(SlurmPackJob(), *zip(*[unit[:4] for unit in work]))
     log.info("packed launcher: %d SLURM array tasks (%s)", len(jobs), ", ".join(j.job_id for j in jobs))
     return [job.results()[0] for job in jobs]
 
