@@ -1,9 +1,7 @@
 """Packed sweeps: a pack's members are the runs `python train.py <their overrides>` would do."""
 
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -181,38 +179,6 @@ def test_packed_launcher_groups_the_sweep_and_writes_every_job_as_if_alone(tmp_p
     summary = subprocess.run([sys.executable, str(REPO / "scripts" / "summarize.py"), str(sweep_dir)],
                              capture_output=True, text=True, timeout=120)  # fmt: skip
     assert summary.returncode == 0 and "8 runs: 0 queued, 0 running, 8 completed" in summary.stdout
-
-
-def test_packed_launcher_in_parallel_processes(tmp_path, fake_data_dir):
-    overrides, sweep_dir = packed_sweep(tmp_path, fake_data_dir, "experiment=smoke", "hydra.launcher.n_jobs=2")
-    result = run_train_cli(overrides, tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    records = [read_record(p.parent) for p in sweep_dir.glob("*/metrics.json")]
-    assert len(records) == 4 and all(r["status"] == "completed" and r["pack"]["size"] == 2 for r in records)
-
-
-def test_sigterm_checkpoints_the_pack_and_resume_finishes_it(tmp_path, fake_data_dir):
-    overrides, sweep_dir = packed_sweep(tmp_path, fake_data_dir, "activation=relu,tanh", "trainer.max_epochs=40",
-                                        "callbacks=none", "data.batch_size=32", "logger=csv")  # fmt: skip
-    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *overrides], cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.time() + 120
-    while not list(sweep_dir.glob("*/checkpoints/last.ckpt")):
-        assert proc.poll() is None and time.time() < deadline
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
-    records = [read_record(p.parent) for p in sweep_dir.glob("*/metrics.json")]
-    assert [r["status"] for r in records] == ["interrupted"] * 2
-    stopped = records[0]["epochs_completed"]
-    assert 1 <= stopped < 40
-
-    result = run_train_cli([*overrides, "resume=true"], tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    for path in sweep_dir.glob("*/metrics.json"):
-        record = read_record(path.parent)
-        assert record["status"] == "completed" and record["epochs_completed"] == 40
-        assert len(record["history"]["val/acc"]) == 40 and record["resumed_from"].endswith("last.ckpt")
 
 
 def test_one_dead_neuron_scan_for_the_pack_equals_each_members_own_scan():

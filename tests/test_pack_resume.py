@@ -89,19 +89,43 @@ def uninterrupted_epochs(uninterrupted, name):
     return read_record(uninterrupted[name])["epochs_completed"]
 
 
+SINGLE = ["trainer.max_epochs=8", "callbacks=none", "logger=csv", "data.batch_size=8", "optimizer.lr=0.02",
+          "scheduler=cosine"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_single(tmp_path_factory, fake_data_dir):
+    root = tmp_path_factory.mktemp("uninterrupted_single")
+    result = run_train_cli([*data_overrides(fake_data_dir), *SINGLE, f"hydra.run.dir={root / 'run'}"], root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return read_record(root / "run")
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
-def test_a_single_run_interrupted_and_resumed_equals_the_uninterrupted_run(sig, tmp_path, fake_data_dir):
-    args = [*data_overrides(fake_data_dir), "trainer.max_epochs=8", "callbacks=none", "logger=csv",
-            "data.batch_size=8", "optimizer.lr=0.02", "scheduler=cosine"]  # fmt: skip
-    reference = tmp_path / "reference"
-    assert run_train_cli([*args, f"hydra.run.dir={reference}"], tmp_path).returncode == 0
+def test_a_single_run_interrupted_and_resumed_equals_the_uninterrupted_run(sig, uninterrupted_single, tmp_path,
+                                                                           fake_data_dir):  # fmt: skip
     run_dir = tmp_path / "run"
-    command = [*args, f"hydra.run.dir={run_dir}"]
-    interrupt_after_epochs(command, tmp_path, lambda cwd: [run_dir], 2, sig)
-    assert read_record(run_dir)["epochs_completed"] < 8
+    command = [*data_overrides(fake_data_dir), *SINGLE, f"hydra.run.dir={run_dir}"]
+    code = interrupt_after_epochs(command, tmp_path, lambda cwd: [run_dir], 2, sig)
+    stopped = read_record(run_dir)
+    if sig == signal.SIGTERM:
+        assert code == 128 + signal.SIGTERM and stopped["status"] == "interrupted"
+    else:  # no handler ran: what the per-epoch heartbeat wrote survives, and goes lost once silent
+        from datetime import datetime, timedelta
+
+        from actlab.record import effective_status
+
+        assert stopped["status"] == "running"
+        later = datetime.fromisoformat(stopped["updated_at"]) + timedelta(hours=1)
+        assert effective_status(stopped, later) == "lost"
+    done = stopped["epochs_completed"]
+    assert 2 <= done < 8 and len(stopped["history"]["val/acc"]) == done == len(stopped["epoch_times_s"])
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     result = run_train_cli([*command, "resume=true"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    resumed, uninterrupted = read_record(run_dir), read_record(reference)
+    resumed = read_record(run_dir)
+    assert resumed["status"] == "completed" and resumed["epochs_completed"] == 8
+    assert resumed["resumed_from"].endswith("last.ckpt") and resumed["resume_warning"] is None
     for key in ("train/loss", "train/lr", "val/acc"):
-        assert resumed["history"][key] == pytest.approx(uninterrupted["history"][key], abs=1e-5), key
-    assert resumed["test/acc"] == uninterrupted["test/acc"]
+        assert resumed["history"][key] == pytest.approx(uninterrupted_single["history"][key], abs=1e-5), key
+    assert resumed["test/acc"] == uninterrupted_single["test/acc"]

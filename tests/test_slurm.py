@@ -29,7 +29,7 @@ LAUNCHER = [
 def test_a_cluster_that_does_not_answer_is_one_clear_error(launcher, tmp_path, fake_data_dir):
     """SLURM's client is installed, but no controller answers: say what failed and how to check."""
     conf = tmp_path / "slurm.conf"  # a controller nobody runs, whatever this machine has
-    conf.write_text("ClusterName=nowhere\nSlurmctldHost=localhost\nSlurmctldPort=6999\n"
+    conf.write_text("ClusterName=nowhere\nSlurmctldHost=localhost\nSlurmctldPort=6999\nMessageTimeout=1\n"
                     "NodeName=localhost CPUs=1 State=UNKNOWN\nPartitionName=debug Nodes=ALL Default=YES\n")  # fmt: skip
     command = [sys.executable, str(REPO / "train.py"), "-m", f"hydra/launcher={launcher}", "activation=relu,tanh",
                *generated_data_overrides(fake_data_dir), f"hydra.sweep.dir={tmp_path / 'sweep'}"]  # fmt: skip

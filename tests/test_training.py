@@ -159,6 +159,8 @@ def test_a_config_mistake_is_one_clear_line_and_the_record_keeps_the_traceback(o
     assert error_line.startswith("error: ") and message in error_line
     assert str(run_dir / "metrics.json") in hint and "HYDRA_FULL_ERROR=1" in hint
     assert "Traceback" in read_record(run_dir)["traceback"]
+    if not override.startswith("optimizer"):
+        return  # the full traceback on request: checked once
     full = subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path, capture_output=True,
                           text=True, env={**os.environ, "HYDRA_FULL_ERROR": "1"}, timeout=300)  # fmt: skip
     assert full.returncode != 0 and "Traceback" in full.stderr and message in full.stderr
@@ -212,43 +214,6 @@ def test_a_run_ends_with_one_line_saying_how_it_went_and_no_noise(tmp_path, fake
     assert "epoch 1/2" in output and "epoch 2/2" in output and "Epoch 0:" not in output and "it/s]" not in output
     for noise in ("litlogger", "LeafSpec", "`srun` command", "Total FLOPs: 0"):
         assert noise not in output
-
-
-def test_sigkill_leaves_the_history_so_far_and_resume_continues(tmp_path, fake_data_dir):
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from conftest import REPO
-
-    from actlab.record import effective_status
-
-    run_dir = tmp_path / "run"
-    args = [*data_overrides(fake_data_dir), f"hydra.run.dir={run_dir}", "trainer.max_epochs=40", "callbacks=none",
-            "data.batch_size=32", "logger=csv"]  # fmt: skip
-    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.time() + 120
-    while (read_record(run_dir) or {}).get("epochs_completed", 0) < 2:  # the heartbeat after each epoch
-        assert proc.poll() is None and time.time() < deadline
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)  # no handler runs: only what was written survives
-    proc.wait(timeout=60)
-    record = read_record(run_dir)
-    assert record["status"] == "running" and record["updated_at"]
-    done = record["epochs_completed"]
-    assert 2 <= done < 40 and len(record["history"]["val/acc"]) == done == len(record["epoch_times_s"])
-    from datetime import datetime, timedelta
-
-    later = datetime.fromisoformat(record["updated_at"]) + timedelta(hours=1)
-    assert effective_status(record, later) == "lost"
-
-    result = run_train_cli([*args, "resume=true", "trainer.max_epochs=42"], tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    resumed = read_record(run_dir)
-    assert resumed["status"] == "completed" and resumed["epochs_completed"] == 42
-    assert resumed["resumed_from"].endswith("last.ckpt") and resumed["resume_warning"] is None
 
 
 def test_a_corrupt_last_checkpoint_falls_back_and_never_loses_the_history(tmp_path, fake_data_dir):
