@@ -184,16 +184,12 @@ def run_in_processes(work: list, n_jobs: int, parallel: int | None) -> dict[int,
                 try:
                     records.update(zip(indices, future.result()))
                 except (CancelledError, SystemExit, BrokenProcessPool):  # stopped: what the records say
-                    records.update(zip(indices, [read_record(m.output_dir) or _not_started(m) for m in group]))
+                    records.update(zip(indices, [read_record(m.output_dir) or {"status": "queued"} for m in group]))
     if received:
         log.error("packed launcher: stopped by signal %d; resume=true with the same sweep dir finishes it",
                   received[0])  # fmt: skip
         raise SystemExit(128 + received[0])
     return records
-
-
-def _not_started(member: Any) -> dict:
-    return {"status": "interrupted", "output_dir": str(member.output_dir), "error": "the sweep stopped before it ran"}
 
 
 @contextlib.contextmanager
