@@ -1,14 +1,19 @@
-"""The fair comparison in one command: pick each activation's learning rate on validation,
-then train three seeds at that rate with early stopping and test the best checkpoint.
+"""The fair comparison in one command: pick each activation's learning rate on validation
+(two seeds, the grid extended until the choice is bracketed), then train five seeds at that
+rate with early stopping and test the best checkpoint; optionally at several depths.
 
-    python scripts/fair_table.py                                  # packed, on this machine
-    python scripts/fair_table.py --out outputs/fair --launcher local_parallel
+    python scripts/fair_table.py                                  # depth 4, packed, on this machine
+    python scripts/fair_table.py --depths 2,4,8 --out outputs/fair_depth
+    python scripts/fair_table.py --floor-s 0.48                   # + the protocol's efficiency
     python scripts/fair_table.py -- trainer=gpu                   # extra overrides for every run
 
-Stage 1: `train.py -m experiment=fair_lr_search` (activation x lr grid, one seed, early
-stopping); stage 2: one `train.py -m experiment=fair_table` sweep per chosen rate (the
-activations that chose it, seeds 1-3); then `summarize.py` on stage 2 (with --baseline, a
-textbook-protocol sweep's numbers beside it). Both stages resume where they stopped.
+Stage 1: `train.py -m experiment=fair_lr_search` (activation x depth x lr grid, seeds 101 and
+102, stage 2's epoch budget and early stopping), then one more rate past every choice that sits
+on the edge of its grid, until every choice is interior or capped (`chosen_lr.json` says
+which). Stage 2: one `train.py -m experiment=fair_table` sweep per depth and chosen rate (seeds
+1-5), then `summarize.py` on stage 2 (95% CIs, tests against the best; with --baseline, a
+textbook-protocol sweep's numbers beside it). Jobs differing only in activation, seed and rate
+share packs. Everything resumes where it stopped.
 """
 
 import argparse
@@ -18,8 +23,8 @@ import sys
 import time
 from pathlib import Path
 
-from actlab.fair import choose_learning_rates
-from actlab.summary import summarize
+from actlab.fair import MAX_RATE, MIN_RATE, choose_learning_rates, rates_to_extend
+from actlab.summary import load_runs, summarize
 
 TRAIN = Path(__file__).resolve().parents[1] / "train.py"
 
@@ -33,35 +38,71 @@ def sweep(overrides: list[str], sweep_dir: Path, launcher: str, extra: list[str]
         print(f"fair_table: a run of {sweep_dir} did not complete (see its records); going on", flush=True)
 
 
+def search(args: argparse.Namespace) -> dict:
+    """Stage 1, extended round by round until no choice sits on an open edge of its grid."""
+    grid = ["experiment=fair_lr_search", f"model.depth={args.depths}"]
+    grid += [f"activation={args.activations}"] if args.activations else []
+    grid += [f"optimizer.lr={args.rates}"] if args.rates else []
+    sweep(grid, args.out / "lr_search" / "grid", args.launcher, args.extra)
+    for round_ in range(1, args.max_rounds + 1):
+        chosen = choose_learning_rates(args.out / "lr_search", args.min_rate, args.max_rate)
+        todo = rates_to_extend(chosen)
+        if not todo:
+            break
+        for (depth, rate), activations in todo.items():
+            print(f"fair_table: depth {depth}, {','.join(activations)} chose the edge of the grid: trying lr {rate:g}")
+            sweep(["experiment=fair_lr_search", f"activation={','.join(activations)}", f"model.depth={depth}",
+                   f"optimizer.lr={rate}"], args.out / "lr_search" / f"round{round_}_depth{depth}_lr{rate:g}",
+                  args.launcher, args.extra)  # fmt: skip
+    return choose_learning_rates(args.out / "lr_search", args.min_rate, args.max_rate)
+
+
+def epochs_trained(sweep_dir: Path) -> int:
+    return sum(int(r.get("epochs_completed") or 0) for r in load_runs(sweep_dir))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("outputs/fair"), help="where both stages write")
     parser.add_argument("--launcher", default="packed", help="hydra/launcher for both stages")
     parser.add_argument("--baseline", type=Path, default=None, help="a textbook-protocol sweep to compare with")
     parser.add_argument("--activations", default=None, help="comma-separated (default: the book table's 14)")
-    parser.add_argument("--rates", default=None, help="comma-separated learning rates to search (default: 3e-3..0.1)")
+    parser.add_argument("--depths", default="4", help="comma-separated model depths (default 4)")
+    parser.add_argument("--rates", default=None, help="comma-separated starting rates (default: 0.01,0.03,0.1)")
+    parser.add_argument("--min-rate", type=float, default=MIN_RATE, help="the grid extends no lower")
+    parser.add_argument("--max-rate", type=float, default=MAX_RATE, help="the grid extends no higher")
+    parser.add_argument("--max-rounds", type=int, default=3, help="rounds of extending the grid at most")
+    parser.add_argument("--floor-s", type=float, default=None,
+                        help="the stacked hand loop's per-model epoch (scripts/benchmark.py --pack), measured the "
+                             "same day: prints the protocol's efficiency")  # fmt: skip
     parser.add_argument("extra", nargs="*", help="overrides for every run (after --)")
     args = parser.parse_args()
     start = time.perf_counter()
-    search = ["experiment=fair_lr_search"]
-    search += [f"activation={args.activations}"] if args.activations else []
-    search += [f"optimizer.lr={args.rates}"] if args.rates else []
-    sweep(search, args.out / "lr_search", args.launcher, args.extra)
-    chosen = choose_learning_rates(args.out / "lr_search")
+    chosen = search(args)
     if not chosen:
         raise SystemExit(f"fair_table: no run of {args.out / 'lr_search'} completed; see their metrics.json")
-    (args.out / "chosen_lr.json").write_text(json.dumps(chosen, indent=2) + "\n")
-    by_rate: dict[float, list[str]] = {}
-    for activation, choice in chosen.items():
-        by_rate.setdefault(choice["lr"], []).append(activation)
-        print(f"{activation:<15} lr {choice['lr']:<6g} val acc {100 * choice['val/acc_best']:.2f}%", flush=True)
-    for lr, activations in sorted(by_rate.items()):
-        sweep(["experiment=fair_table", f"activation={','.join(activations)}", f"optimizer.lr={lr}"],
-              args.out / "final" / f"lr_{lr:g}", args.launcher, args.extra)  # fmt: skip
+    (args.out / "chosen_lr.json").write_text(json.dumps({str(d): c for d, c in chosen.items()}, indent=2) + "\n")
+    searched = time.perf_counter() - start
+    for depth, activations in chosen.items():
+        by_rate: dict[float, list[str]] = {}
+        for activation, choice in activations.items():
+            by_rate.setdefault(choice["lr"], []).append(activation)
+            print(f"depth {depth} {activation:<15} lr {choice['lr']:<6g} val acc {100 * choice['val/acc_best']:.2f}% "
+                  f"({choice['seeds']} seeds, {choice['choice']})", flush=True)  # fmt: skip
+        for lr, names in sorted(by_rate.items()):
+            sweep(["experiment=fair_table", f"activation={','.join(names)}", f"optimizer.lr={lr}",
+                   f"model.depth={depth}"], args.out / "final" / f"depth{depth}_lr{lr:g}", args.launcher,
+                  args.extra)  # fmt: skip
     for path in summarize(args.out / "final", args.out, args.baseline):
         print(path)
     print((args.out / "summary.md").read_text())
-    print(f"fair_table: {time.perf_counter() - start:.0f} s in all")
+    wall = time.perf_counter() - start
+    epochs = {stage: epochs_trained(args.out / stage) for stage in ("lr_search", "final")}
+    print(f"fair_table: {wall:.0f} s in all (stage 1 {searched:.0f} s, stage 2 {wall - searched:.0f} s); "
+          f"model-epochs trained: stage 1 {epochs['lr_search']}, stage 2 {epochs['final']}")  # fmt: skip
+    if args.floor_s:
+        print(f"fair_table: protocol efficiency {sum(epochs.values()) * args.floor_s / wall:.2f} "
+              f"(model-epochs x {args.floor_s} s / wall)")  # fmt: skip
 
 
 if __name__ == "__main__":

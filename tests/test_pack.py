@@ -1,5 +1,6 @@
 """Packed sweeps: a pack's members are the runs `python train.py <their overrides>` would do."""
 
+import re
 import subprocess
 import sys
 
@@ -129,7 +130,7 @@ def test_what_would_couple_members_is_refused(tmp_path, fake_data_dir):
     members, _ = members_for(tmp_path, fake_data_dir, [(1, "relu"), (2, "relu")], ["+trainer.gradient_clip_val=1.0"])
     with pytest.raises(ConfigError, match="gradient_clip_val"):
         check_packable(members)
-    mixed, _ = members_for(tmp_path, fake_data_dir, [(1, "relu"), (2, "relu", "optimizer.lr=0.1")])
+    mixed, _ = members_for(tmp_path, fake_data_dir, [(1, "relu"), (2, "relu", "optimizer.momentum=0.5")])
     with pytest.raises(ConfigError, match="equal configs"):
         check_packable(mixed)
 
@@ -204,15 +205,25 @@ def test_one_dead_neuron_scan_for_the_pack_equals_each_members_own_scan():
             assert torch.equal(a.dead(), b.dead()) and torch.equal(a.near_dead(), b.near_dead())
 
 
-def test_a_pack_follows_the_fair_protocol_like_its_separate_runs(tmp_path, fake_data_dir):
-    """Early stopping per member, a shared cosine schedule, testing each member's best epoch."""
+def test_a_pack_follows_the_fair_protocol_like_its_separate_runs(tmp_path, fake_data_dir, caplog):
+    """Early stopping per member (a stopped member leaves the stacked computation), a cosine
+    schedule from each member's own rate, testing each member's best epoch."""
     protocol = ["callbacks=none", "trainer.max_epochs=6", "callbacks.early_stopping.patience=1", "test_ckpt=best",
-                "scheduler=cosine", "optimizer.lr=0.05"]  # fmt: skip
-    specs = [(1, "relu"), (2, "tanh"), (3, "staf")]
+                "scheduler=cosine"]  # fmt: skip
+    specs = [(1, "relu", "optimizer.lr=0.05"), (2, "tanh", "optimizer.lr=0.2"), (3, "staf", "optimizer.lr=0.05")]
     members, base = members_for(tmp_path, fake_data_dir, specs, protocol)
-    records = train_pack(members, "p")
-    for (seed, activation), packed in zip(specs, records):
-        alone, _ = single_run(tmp_path, [*base, *protocol], seed, activation)
+    with caplog.at_level("INFO", logger="actlab.pack.callbacks"):
+        records = train_pack(members, "p")
+    computed = [int(m.group(1)) for m in re.finditer(r"computing (\d) of 3 members", caplog.text)]
+    stopped = sorted(r["stopped_epoch"] for r in records if r["stopped_epoch"] is not None)
+    assert len(set(stopped)) > 1 or len(stopped) < 3, "the members should stop at different epochs"
+    # an epoch computes the members live at its start: one fewer after each stop
+    assert computed == [3 - sum(s < epoch for s in stopped) for epoch in range(len(computed))], caplog.text
+    for record in records:  # the summary's epoch time per model: the pack's epoch / the members it computed
+        shares = [t / n for t, n in zip(record["epoch_times_s"], computed)]
+        assert record["epoch_times_per_member_s"] == pytest.approx(shares)
+    for (seed, activation, lr), packed in zip(specs, records):
+        alone, _ = single_run(tmp_path, [*base, *protocol], seed, activation, lr)
         for key in ("epochs_completed", "stopped_epoch", "best_epoch"):
             assert packed[key] == alone[key], (activation, key, packed[key], alone[key])
         assert packed["history"]["train/lr"] == pytest.approx(alone["history"]["train/lr"])

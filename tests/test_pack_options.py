@@ -5,6 +5,7 @@ Each honoured option trains a pack of two and the first member's single run, and
 what a user reads: the record's values, the TensorBoard tags, the checkpoint files."""
 
 import pytest
+import torch
 from conftest import compose_train, data_overrides, run_train_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -168,3 +169,60 @@ def test_a_refused_job_runs_alone_in_the_same_sweep_with_one_line_saying_why(tmp
     assert all(r["pack"]["size"] == 2 for r in records if not r["config"]["scheduler"])
     refusals = [line for line in (result.stdout + result.stderr).splitlines() if "runs as a single run" in line]
     assert len(refusals) == 2 and all("plateau" in line for line in refusals)
+
+
+@pytest.mark.parametrize("optimizer", [
+    "optimizer=sgd scheduler=none",
+    "optimizer=sgd scheduler=step scheduler.step_size=1 scheduler.warmup_epochs=1 trainer.max_epochs=3",
+    "optimizer=adam scheduler=cosine",
+    "optimizer=adam scheduler=onecycle trainer.log_every_n_steps=1",
+])  # fmt: skip
+def test_members_with_their_own_rate_and_weight_decay_are_their_single_runs(optimizer, tmp_path, fake_data_dir):
+    """Members differing in optimizer.lr and optimizer.weight_decay (not side by side: three
+    parameter groups) train as their single runs: records, TensorBoard (LearningRateMonitor's
+    lr-<optimiser> included), CSV, and the optimiser and schedule states in their checkpoints."""
+    extra = [*optimizer.split(), "+callbacks.lr_monitor._target_=lightning.pytorch.callbacks.LearningRateMonitor"]
+    lr = 0.05 if "sgd" in optimizer else 0.003
+    specs = [(1, "relu", lr, 0.0), (2, "tanh", 4 * lr, 0.01), (3, "prelu", lr, 0.0)]
+    members, singles = [], []
+    for seed, activation, rate, decay in specs:
+        own = [*data_overrides(fake_data_dir), *BASE, *extra, f"seed={seed}", f"activation={activation}",
+               f"optimizer.lr={rate}", f"optimizer.weight_decay={decay}"]  # fmt: skip
+        out = tmp_path / "pack" / f"{activation}-{seed}"
+        members.append(Member(compose_train(own, out), out, activation, own))
+        single = tmp_path / "single" / f"{activation}-{seed}"
+        run(compose_train(own, single), single, activation)
+        singles.append(single)
+    assert group_into_packs(members, 64) == ([[0, 2, 1]], [])  # equal settings side by side
+    records = train_pack(members, "p")
+    assert [r["pack"]["size"] for r in records] == [3, 3, 3]
+    for member, single in zip(members, singles):
+        assert_member_is_its_single_run(member.output_dir, single)
+        rates = [tensorboard_tags(d)["scalars"][f"lr-{type_name(optimizer)}"] for d in (member.output_dir, single)]
+        assert [v for _, v in rates[0]] == pytest.approx([v for _, v in rates[1]], rel=1e-6)
+        mine, theirs = (torch.load(d / "checkpoints" / "last.ckpt", weights_only=False)
+                        for d in (member.output_dir, single))  # fmt: skip
+        assert_nearly_equal(mine["optimizer_states"], theirs["optimizer_states"], "optimizer_states")
+        assert_nearly_equal(mine["lr_schedulers"], theirs["lr_schedulers"], "lr_schedulers")
+
+
+def type_name(optimizer):
+    return "Adam" if "adam" in optimizer else "SGD"
+
+
+def assert_nearly_equal(a, b, where):
+    """Equal structures, numbers and tensors to float32 rounding."""
+    if isinstance(b, dict):
+        assert isinstance(a, dict) and a.keys() == b.keys(), where
+        for key in b:
+            assert_nearly_equal(a[key], b[key], f"{where}.{key}")
+    elif isinstance(b, (list, tuple)):
+        assert isinstance(a, (list, tuple)) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_nearly_equal(x, y, f"{where}[{i}]")
+    elif torch.is_tensor(b):
+        assert torch.allclose(torch.as_tensor(a).float(), b.float(), rtol=1e-5, atol=1e-6), where
+    elif isinstance(b, float):
+        assert a == pytest.approx(b, rel=1e-6), where
+    else:
+        assert a == b, where

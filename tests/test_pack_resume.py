@@ -14,9 +14,10 @@ from test_sweeps import generated_data_overrides
 
 from actlab.record import read_record
 
-# cosine schedule + per-member early stopping + best-checkpoint testing, slow enough epochs to interrupt
+# cosine schedule from two rates (two optimiser groups) + per-member early stopping + best-checkpoint testing,
+# slow enough epochs to interrupt
 PROTOCOL = ["activation=relu,tanh", "trainer.max_epochs=14", "callbacks=none", "logger=csv", "data.batch_size=8",
-            "scheduler=cosine", "optimizer.lr=0.02", "callbacks.early_stopping.patience=3",
+            "scheduler=cosine", "optimizer.lr=0.02,0.05", "callbacks.early_stopping.patience=3",
             "test_ckpt=best"]  # fmt: skip
 
 

@@ -151,20 +151,26 @@ def test_fair_table_script_picks_rates_on_validation_and_tests_best_checkpoints(
              "hydra.job.config.override_dirname.exclude_keys=[data.data_dir,data.system_dir,data.download,"
              "data.val_size,trainer.enable_progress_bar,callbacks.progress_bar,trainer.max_epochs,callbacks,logger,"
              "experiment,resume]"]  # fmt: skip
+    # one starting rate: the grid must extend once (to 0.03), then every choice is capped at 0.01 or 0.03
     result = subprocess.run([sys.executable, str(REPO / "scripts" / "fair_table.py"), "--out", str(tmp_path / "fair"),
-                             "--activations", "relu,tanh", "--rates", "0.01,0.1", "--", *extra],
+                             "--activations", "relu,tanh", "--rates", "0.01", "--min-rate", "0.01", "--max-rate",
+                             "0.03", "--floor-s", "0.01", "--", *extra, "seed=1"],
                             capture_output=True, text=True, timeout=600, cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    chosen = json.loads((tmp_path / "fair" / "chosen_lr.json").read_text())
-    assert set(chosen) == {"relu", "tanh"} and all(set(c["tried"]) == {"0.01", "0.1"} for c in chosen.values())
+    assert "relu,tanh chose the edge of the grid: trying lr 0.03" in result.stdout
+    (chosen,) = json.loads((tmp_path / "fair" / "chosen_lr.json").read_text()).values()  # one depth
+    assert set(chosen) == {"relu", "tanh"} and all(set(c["tried"]) == {"0.01", "0.03"} for c in chosen.values())
+    assert all(c["choice"] == "capped" and c["seeds"] == 1 for c in chosen.values())
     search = load_runs(tmp_path / "fair" / "lr_search")
+    assert len(search) == 4 and not any(r.get("test/acc") for r in search)  # the test set unseen in stage 1
     for activation, choice in chosen.items():  # the best validation score, never the test score
         best = max((r for r in search if r["activation"] == activation), key=lambda r: r["val/acc_best"])
         assert choice["lr"] == best["config"]["optimizer"]["lr"]
     final = load_runs(tmp_path / "fair" / "final")
-    assert len(final) == 6 and all(r["status"] == "completed" and r["test_ckpt"]["which"] == "best" for r in final)
+    assert len(final) == 2 and all(r["status"] == "completed" and r["test_ckpt"]["which"] == "best" for r in final)
     assert all(r["config"]["optimizer"]["lr"] == chosen[r["activation"]]["lr"] for r in final)
-    assert "| lr | best epoch |" in (tmp_path / "fair" / "summary.md").read_text()
+    assert "| 95% CI | p vs best |" in (tmp_path / "fair" / "summary.md").read_text()
+    assert "model-epochs trained: stage 1 " in result.stdout and "protocol efficiency" in result.stdout
 
 
 def test_a_two_trial_optuna_search_runs_offline_and_resumes_from_its_study(tmp_path, fake_data_dir):

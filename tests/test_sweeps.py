@@ -152,6 +152,7 @@ def test_summary_of_a_synthetic_sweep_has_the_known_numbers(tmp_path):
         "summary.md",
         "accuracy_heatmap.png",
         "test_accuracy.png",
+        "test_accuracy_by_depth.png",  # two depths: accuracy against depth, with CIs
         "learning_curves.png",
         "learning_curves_overlaid.png",
     }
@@ -169,7 +170,10 @@ def test_summary_of_a_synthetic_sweep_has_the_known_numbers(tmp_path):
     assert rows[("tanh", "4")]["failed"] == "1" and rows[("tanh", "4")]["test/acc_mean"] == ""
     assert rows[("relu", "4")]["lost"] == "1" and rows[("relu", "4")]["running"] == "1"
     markdown = (tmp_path / "out" / "summary.md").read_text()
-    assert "| relu | 2 | 85.00 ± 7.07 | 0.400 ± 0.141 | 15.0 ± 7.1 |" in markdown
+    # 95% CI of two runs: t(0.975, 1) x 7.07 / sqrt(2); tanh's one completed run cannot be tested against relu
+    assert "| relu | 2 | 85.00 ± 7.07 | ± 63.53 | best | 0.400 ± 0.141 | 15.0 ± 7.1 | 2.00 ± 0.00 |" in markdown
+    assert "| tanh | 2 | 60.00 | — | — |" in markdown and "Holm-corrected" in markdown
+    assert float(relu2["test/acc_ci95"]) == pytest.approx(12.7062 * math.sqrt(0.005) / math.sqrt(2), rel=1e-4)
     counts = "9 runs: 0 queued, 1 running, 4 completed, 1 failed, 1 diverged, 0 interrupted, 1 lost, 1 unreadable"
     assert counts in markdown
     assert "- `g`: unreadable" in markdown

@@ -150,11 +150,12 @@ class Classifier(L.LightningModule):
         return optimizer_and_schedule(self, self.optimizer_factory, self.scheduler_factory)
 
 
-def optimizer_and_schedule(module: L.LightningModule, optimizer: OptimizerFactory,
-                           scheduler: Callable | None) -> Any:  # fmt: skip
-    """What ``configure_optimizers`` returns for ``module``'s parameters: the optimiser, with
-    its learning-rate schedule sized to the trainer's run (epochs, steps per epoch) if any."""
-    built = optimizer(module.parameters())
+def optimizer_and_schedule(module: L.LightningModule, optimizer: OptimizerFactory, scheduler: Callable | None,
+                           params: Iterable[Any] | None = None) -> Any:  # fmt: skip
+    """What ``configure_optimizers`` returns for ``module``'s parameters (or ``params``, e.g.
+    parameter groups): the optimiser, with its learning-rate schedule sized to the trainer's
+    run (epochs, steps per epoch) if any."""
+    built = optimizer(module.parameters() if params is None else params)
     if scheduler is None:
         return built
     epochs = max(1, module.trainer.max_epochs or 1)

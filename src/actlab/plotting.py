@@ -286,3 +286,24 @@ def plot_accuracy_bars(rows: Sequence[tuple[str, float, float | None]], path: st
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def plot_accuracy_by_depth(series: Mapping[str, Sequence[tuple[int, float, float | None]]], path: str | Path,
+                           ylabel: str = "test accuracy (%), mean and 95% CI over seeds") -> Path:  # fmt: skip
+    """Test accuracy against depth (log scale), a line per activation: ``series[name]`` is
+    ``(depth, mean, half-width of its confidence interval or None)`` per depth."""
+    fig = Figure(figsize=(8, 5))
+    ax = fig.add_subplot()
+    for colour, (name, points) in zip(_palette(len(series)), sorted(series.items())):
+        points = sorted(points)
+        ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] or 0.0 for p in points], label=name,
+                    color=colour, marker="o", markersize=3, linewidth=1.2, capsize=2)  # fmt: skip
+    depths = sorted({p[0] for points in series.values() for p in points})
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(depths, [str(d) for d in depths])
+    ax.set_xlabel("depth (hidden layers)")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc="best")
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -15,9 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from actlab.comparison import P_VS_BEST_TEST, mean_confidence_interval, p_values_vs_best
 from actlab.record import LOST, RECORD_FILE, STATUSES, effective_status, read_record
 
 METRICS = ("test/acc", "test/f1", "test/loss", "dead/overall", "epoch_time_s", "best_epoch")
+# a packed run's share of its pack's epoch (the pack's epoch / the members it computed), a single run's epoch
+EPOCH_PER_MODEL = "epoch_s_per_model"
 # a metrics.json that does not parse (a damaged file): counted and named, never a crash
 UNREADABLE = "unreadable"
 # what a summary counts: the written statuses, `lost` for running records gone silent, and unreadable ones
@@ -40,6 +43,8 @@ class Group:
         out = []
         for r in self.runs:
             value = r.get(metric)
+            if metric == EPOCH_PER_MODEL:
+                value = r.get("epoch_time_per_member_s") or r.get("epoch_time_s")
             if r.get("status") == "completed" and isinstance(value, (int, float)) and math.isfinite(value):
                 out.append(float(value))
         return out
@@ -59,6 +64,23 @@ class Group:
         if not values:
             return None, None
         return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+    def confidence_interval(self, metric: str = "test/acc") -> float | None:
+        """Half-width of the 95% confidence interval of ``metric``'s mean."""
+        return mean_confidence_interval(self.values(metric))
+
+
+def p_vs_best(groups: list[Group]) -> dict[tuple[str, int], float | str | None]:
+    """Per (activation, depth): "best" for the best mean test accuracy of its depth, else the
+    corrected p-value of its test against that best (see :data:`P_VS_BEST_TEST`)."""
+    cells: dict[tuple[str, int], float | str | None] = {}
+    for depth in sorted({g.depth for g in groups}):
+        samples = {g.activation: g.values("test/acc") for g in groups if g.depth == depth}
+        best, p_values = p_values_vs_best(samples)
+        cells.update({(activation, depth): p for activation, p in p_values.items()})
+        if best is not None:
+            cells[(best, depth)] = "best"
+    return cells
 
 
 def load_runs(sweep_dir: str | Path) -> list[dict[str, Any]]:
@@ -110,44 +132,64 @@ def _fmt(mean: float | None, std: float | None, scale: float = 1.0, digits: int 
     return text + (f" ± {std * scale:.{digits}f}" if std is not None else "")
 
 
+def _number(value: float | str | None) -> str:
+    return "" if value is None else value if isinstance(value, str) else f"{value:.6g}"
+
+
 def write_csv(groups: list[Group], path: Path) -> Path:
     columns = ["activation", "depth", "runs", *REPORTED_STATUSES]
-    for metric in METRICS:
+    for metric in (*METRICS, EPOCH_PER_MODEL):
         columns += [f"{metric}_mean", f"{metric}_std"]
+    columns += ["test/acc_ci95", "test/acc_p_vs_best"]
+    p_values = p_vs_best(groups)
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(columns)
         for g in groups:
             row: list[Any] = [g.activation, g.depth, len(g.runs), *(g.count(s) for s in REPORTED_STATUSES)]
-            for metric in METRICS:
-                mean, std = g.mean_std(metric)
-                row += ["" if mean is None else f"{mean:.6g}", "" if std is None else f"{std:.6g}"]
+            for metric in (*METRICS, EPOCH_PER_MODEL):
+                row += [_number(value) for value in g.mean_std(metric)]
+            row += [_number(g.confidence_interval()), _number(p_values.get((g.activation, g.depth)))]
             writer.writerow(row)
     return path
+
+
+def _p_cell(p: float | str | None) -> str:
+    if p is None or isinstance(p, str):
+        return p or "—"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def markdown_table(groups: list[Group], baseline: dict[tuple[str, int], Group] | None = None) -> str:
     """One row per (activation, depth); with a ``baseline`` sweep's groups, its test accuracy
     beside each row (e.g. the textbook protocol's number beside the fair protocol's)."""
     header = (
-        "| activation | depth | test acc (%) | test loss | dead (%) | epoch (s) | completed | failed | diverged "
-        "| other | lr | best epoch |"
+        "| activation | depth | test acc (%) | 95% CI | p vs best | test loss | dead (%) | epoch (s/model) "
+        "| completed | failed | diverged | other | lr | best epoch |"
         + (" baseline test acc (%) |" if baseline else "")
-        + "\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        + "\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         + ("---:|" if baseline else "")
         + "\n"
     )
+    p_values = p_vs_best(groups)
     rows = []
     for g in groups:
         other = len(g.runs) - g.count("completed") - g.count("failed") - g.count("diverged")
+        ci = g.confidence_interval()
         rows.append(
             f"| {g.activation} | {g.depth} | {_fmt(*g.mean_std('test/acc'), scale=100)} "
+            f"| {'—' if ci is None else f'± {100 * ci:.2f}'} | {_p_cell(p_values.get((g.activation, g.depth)))} "
             f"| {_fmt(*g.mean_std('test/loss'), digits=3)} | {_fmt(*g.mean_std('dead/overall'), scale=100, digits=1)} "
-            f"| {_fmt(*g.mean_std('epoch_time_s'))} | {g.count('completed')} | {g.count('failed')} "
+            f"| {_fmt(*g.mean_std(EPOCH_PER_MODEL))} | {g.count('completed')} | {g.count('failed')} "
             f"| {g.count('diverged')} | {other} | {g.learning_rates()} | {_fmt(*g.mean_std('best_epoch'), digits=1)} |"
             + (f" {_baseline_cell(baseline, g)} |" if baseline else "")
         )
-    return header + "\n".join(rows) + "\n"
+    notes = (
+        "\ntest acc: mean ± standard deviation over seeds; 95% CI: half-width of the 95% confidence interval of "
+        f"that mean (Student's t); p vs best: {P_VS_BEST_TEST}. epoch (s/model): a single run's median epoch; a "
+        "packed run's share of its pack's epoch (the pack's epoch / the members it computed).\n"
+    )
+    return header + "\n".join(rows) + "\n" + notes
 
 
 def plot_heatmap(groups: list[Group], path: Path) -> Path:
@@ -208,11 +250,23 @@ def plot_learning_curves(groups: list[Group], path: Path, metric: str = "val/acc
     return draw(curves, metric, path)
 
 
+def plot_accuracy_by_depth(groups: list[Group], path: Path) -> Path:
+    from actlab.plotting import plot_accuracy_by_depth as draw
+
+    series: dict[str, list[tuple[int, float, float | None]]] = defaultdict(list)
+    for g in groups:
+        mean, ci = g.mean_std("test/acc")[0], g.confidence_interval()
+        if mean is not None:
+            series[g.activation].append((g.depth, 100 * mean, None if ci is None else 100 * ci))
+    return draw(series, path)
+
+
 def summarize(sweep_dir: str | Path, out_dir: str | Path | None = None,
               baseline_dir: str | Path | None = None) -> list[Path]:  # fmt: skip
     """Write summary.csv, summary.md, accuracy_heatmap.png, test_accuracy.png (sorted, with
     error bars), learning_curves.png (a panel per activation) and
-    learning_curves_overlaid.png (every group on shared axes, mean ± std bands). With a
+    learning_curves_overlaid.png (every group on shared axes, mean ± std bands), and with
+    several depths test_accuracy_by_depth.png (mean and 95% CI per activation). With a
     ``baseline_dir`` sweep, its test accuracies stand beside this one's."""
     runs = load_runs(sweep_dir)
     if not runs:
@@ -233,6 +287,8 @@ def summarize(sweep_dir: str | Path, out_dir: str | Path | None = None,
     if any(g.values("test/acc") for g in groups):  # figures of what there is to draw
         written += [plot_heatmap(groups, out / "accuracy_heatmap.png"),
                     plot_accuracy_bars(groups, out / "test_accuracy.png", baseline)]  # fmt: skip
+        if len({g.depth for g in groups if g.values("test/acc")}) > 1:
+            written.append(plot_accuracy_by_depth(groups, out / "test_accuracy_by_depth.png"))
     if _curves(groups, "val/acc"):
         written += [plot_learning_curves(groups, out / "learning_curves.png"),
                     plot_overlaid_curves(groups, out / "learning_curves_overlaid.png")]  # fmt: skip

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import statistics
 import time
 
 import lightning as L
@@ -49,6 +50,8 @@ class MemberHistory(MemberCallback, RunHistory):
     def __init__(self, member: int, record: RunRecord, diagnostics: list[Diagnostic]) -> None:
         super().__init__(record, log_epochs=False, diagnostics=diagnostics)
         self.member = member
+        # the pack's epoch divided by the members it computed: this member's share of it
+        self.member_epoch_times: list[float] = []
 
     def epoch_metrics(self, trainer: L.Trainer) -> dict[str, float]:
         prefix = member_prefix(self.member)
@@ -63,6 +66,19 @@ class MemberHistory(MemberCallback, RunHistory):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: PackModule) -> None:
         if pl_module.live[self.member]:
             super().on_train_epoch_end(trainer, pl_module)
+            self.member_epoch_times.append(self.epoch_times[-1] / max(1, pl_module.computed))
+
+    def record_fields(self, trainer: L.Trainer | None) -> dict:
+        times = self.member_epoch_times
+        return {**super().record_fields(trainer), "epoch_times_per_member_s": times,
+                "epoch_time_per_member_s": statistics.median(times) if times else None}  # fmt: skip
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "member_epoch_times": self.member_epoch_times}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self.member_epoch_times = list(state_dict.get("member_epoch_times", []))
 
 
 class MemberModelCheckpoint(MemberCallback, ModelCheckpoint):
@@ -262,7 +278,8 @@ class MemberDiagnostics(L.Callback):
 
 
 class PackEpochLog(L.Callback):
-    """One log line per pack epoch: its time and how many members still train."""
+    """One log line per pack epoch: its time, how many members it computed (the pack is
+    compacted to its live members at each epoch start) and how many train on."""
 
     def __init__(self, pack_id: str) -> None:
         self.pack_id = pack_id
@@ -272,6 +289,6 @@ class PackEpochLog(L.Callback):
         self._start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: PackModule) -> None:
-        log.info("pack %s: epoch %d/%s done in %.1f s, %d of %d members training on", self.pack_id,
+        log.info("pack %s: epoch %d/%s done in %.1f s computing %d of %d members, %d training on", self.pack_id,
                  trainer.current_epoch + 1, trainer.max_epochs, time.perf_counter() - self._start,
-                 sum(pl_module.live), pl_module.size)  # fmt: skip
+                 pl_module.computed, pl_module.size, sum(pl_module.live))  # fmt: skip

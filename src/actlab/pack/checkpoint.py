@@ -46,24 +46,63 @@ def _member_callbacks(callbacks: dict[str, Any], k: int) -> dict[str, Any]:
     return mine
 
 
-def _parameter_slots(module: PackModule, k: int) -> list[tuple[int, int | None]]:
-    """For each parameter of member k's SimpleNetwork (in its own order): the index of the
-    stacked parameter holding it in the pack optimiser, and its index along dim 0."""
+def _member_tensors(module: PackModule, k: int) -> list[tuple[int, int]]:
+    """For each parameter of member k's SimpleNetwork (in its own order): where its optimiser
+    state lives in the pack's optimiser, as (index among the tensors of member k's parameter
+    group, row along dim 0 of that tensor)."""
     index = {id(p): i for i, p in enumerate(module.parameters())}
+    tensors = module.optimizer_layout()[module.group_of(k)]
+    place = {i: (n, first) for n, (i, first, _) in enumerate(tensors)}
     slots = module.net.member_slots(k)
     names = [name for name, _ in module.net.member_templates[k].named_parameters()]
-    return [(index[id(slots[name][0])], slots[name][1]) for name in names]
+    found = []
+    for name in names:
+        n, first = place[index[id(slots[name][0])]]
+        found.append((n, slots[name][1] - first))
+    return found
+
+
+def _group_offsets(module: PackModule) -> list[int]:
+    """Where each parameter group's tensors start in the optimiser's flat state numbering."""
+    offsets, total = [], 0
+    for tensors in module.optimizer_layout():
+        offsets.append(total)
+        total += len(tensors)
+    return offsets
 
 
 def _member_optimizer_state(state: dict[str, Any], module: PackModule, k: int) -> dict[str, Any]:
     """Member k's slice of the pack optimiser's state dict, laid out as its own optimiser's."""
-    sizes = {i: p.shape[0] for i, p in enumerate(module.parameters())}
+    g = module.group_of(k)
+    offset, tensors = _group_offsets(module)[g], module.optimizer_layout()[g]
     mine = {}
-    for m, (i, j) in enumerate(_parameter_slots(module, k)):
-        mine[m] = {key: (v[j].clone() if torch.is_tensor(v) and v.dim() and j is not None and v.shape[0] == sizes[i]
-                         else v) for key, v in state["state"].get(i, {}).items()}  # fmt: skip
-    (group,) = state["param_groups"]
-    return {"state": mine, "param_groups": [{**group, "params": list(range(len(mine)))}]}
+    for m, (n, row) in enumerate(_member_tensors(module, k)):
+        rows = tensors[n][2] - tensors[n][1]
+        mine[m] = {key: (v[row].clone() if torch.is_tensor(v) and v.dim() and v.shape[0] == rows else v)
+                   for key, v in state["state"].get(offset + n, {}).items()}  # fmt: skip
+    return {"state": mine, "param_groups": [{**state["param_groups"][g], "params": list(range(len(mine)))}]}
+
+
+# a learning-rate scheduler's state entries that hold one value per parameter group
+PER_GROUP_SCHEDULER_KEYS = ("base_lrs", "_last_lr")
+
+
+def _member_scheduler_state(state: dict[str, Any], g: int) -> dict[str, Any]:
+    """A scheduler's state as it holds group g's values only (a single run has one group)."""
+    mine = {key: ([value[g]] if key in PER_GROUP_SCHEDULER_KEYS else value) for key, value in state.items()}
+    if "_schedulers" in state:  # SequentialLR (warm-up): its schedulers' states
+        mine["_schedulers"] = [_member_scheduler_state(inner, g) for inner in state["_schedulers"]]
+    return mine
+
+
+def _pack_scheduler_state(states: list[dict[str, Any]]) -> dict[str, Any]:
+    """The inverse of :func:`_member_scheduler_state`: one member's state per group."""
+    joined = {key: ([s[key][0] for s in states] if key in PER_GROUP_SCHEDULER_KEYS else value)
+              for key, value in states[0].items()}  # fmt: skip
+    if "_schedulers" in joined:
+        inners = zip(*(s["_schedulers"] for s in states))
+        joined["_schedulers"] = [_pack_scheduler_state(list(inner)) for inner in inners]
+    return joined
 
 
 def member_checkpoint(checkpoint: dict[str, Any], module: PackModule, k: int, data_key: str) -> dict[str, Any]:
@@ -72,6 +111,8 @@ def member_checkpoint(checkpoint: dict[str, Any], module: PackModule, k: int, da
               if key not in ("state_dict", "optimizer_states", "callbacks", PACK_DATA_KEY)}  # fmt: skip
     member["state_dict"] = {name: value.detach().cpu().clone() for name, value in module.member_state_dict(k).items()}
     member["optimizer_states"] = [_member_optimizer_state(s, module, k) for s in checkpoint.get("optimizer_states", [])]
+    if "lr_schedulers" in checkpoint:
+        member["lr_schedulers"] = [_member_scheduler_state(s, module.group_of(k)) for s in checkpoint["lr_schedulers"]]
     member["callbacks"] = _member_callbacks(checkpoint.get("callbacks", {}), k)
     if PACK_DATA_KEY in checkpoint:
         member[data_key] = {"shuffle_generator": checkpoint[PACK_DATA_KEY]["shuffle_generators"][k]}
@@ -131,6 +172,10 @@ def pack_checkpoint(checkpoints: list[dict[str, Any]], module: PackModule, data_
         module.load_member_weights(k, checkpoint["state_dict"])
     joined["state_dict"] = {name: value.detach().clone() for name, value in module.state_dict().items()}
     joined["optimizer_states"] = [_pack_optimizer_state(checkpoints, module)]
+    if "lr_schedulers" in reference:
+        firsts = [checkpoints[start] for start, _ in module.runs]  # each group's settings: its first member's
+        joined["lr_schedulers"] = [_pack_scheduler_state(list(states)) for states in
+                                   zip(*(c["lr_schedulers"] for c in firsts))]  # fmt: skip
     shared = {key: state for key, state in reference["callbacks"].items() if not key.startswith(MEMBER_CALLBACKS)}
     mine = {member_key(key, k): state for k, checkpoint in enumerate(checkpoints)
             for key, state in checkpoint["callbacks"].items() if key.startswith(MEMBER_CALLBACKS)}  # fmt: skip
@@ -140,17 +185,24 @@ def pack_checkpoint(checkpoints: list[dict[str, Any]], module: PackModule, data_
 
 
 def _pack_optimizer_state(checkpoints: list[dict[str, Any]], module: PackModule) -> dict[str, Any]:
-    params = list(module.parameters())
+    """The pack optimiser's state dict from its members' (the inverse of :func:`_member_optimizer_state`)."""
+    parameters, layout, offsets = list(module.parameters()), module.optimizer_layout(), _group_offsets(module)
     state: dict[int, dict[str, Any]] = {}
     for k, checkpoint in enumerate(checkpoints):
         (member,) = checkpoint["optimizer_states"]
-        for m, (i, j) in enumerate(_parameter_slots(module, k)):
-            target = state.setdefault(i, {})
+        g = module.group_of(k)
+        for m, (n, row) in enumerate(_member_tensors(module, k)):
+            i, first, end = layout[g][n]
+            target = state.setdefault(offsets[g] + n, {})
             for key, value in member["state"].get(m, {}).items():
-                if torch.is_tensor(value) and value.dim() and j is not None:
-                    target.setdefault(key, torch.zeros_like(params[i], device="cpu"))[j] = value
+                if torch.is_tensor(value) and value.dim():
+                    shape = (end - first, *parameters[i].shape[1:])
+                    target.setdefault(key, torch.zeros(shape, dtype=value.dtype))[row] = value
                 else:
                     target[key] = value
-    group = {key: value for key, value in checkpoints[0]["optimizer_states"][0]["param_groups"][0].items()
-             if key != "params"}  # fmt: skip
-    return {"state": state, "param_groups": [{**group, "params": list(range(len(params)))}]}
+    groups = []
+    for g, (start, _) in enumerate(module.runs):
+        group = {key: value for key, value in checkpoints[start]["optimizer_states"][0]["param_groups"][0].items()
+                 if key != "params"}  # fmt: skip
+        groups.append({**group, "params": list(range(offsets[g], offsets[g] + len(layout[g])))})
+    return {"state": state, "param_groups": groups}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from argparse import Namespace
 from typing import Any
 
@@ -14,12 +15,17 @@ class PackLogger(Logger):
     """Routes what the pack's Trainer logs to its members' own loggers (TensorBoard, CSV in
     each run's directory): a metric logged as ``member/k/<name>`` goes to member k's loggers
     as ``<name>``; any other (``epoch``, a LearningRateMonitor's ``lr-SGD``) goes to every
-    member's, as it would in each single run."""
+    member's, as it would in each single run. Where members train in several optimiser
+    parameter groups (``groups[k]``: member k's), a value of group g (LearningRateMonitor's
+    ``lr-SGD/pg<g+1>``) goes to that group's members under its single-run name (``lr-SGD``)."""
 
-    def __init__(self, member_loggers: list[list[Logger]], save_dir: str) -> None:
+    GROUP_SUFFIX = re.compile(r"^(.*)/pg(\d+)$")
+
+    def __init__(self, member_loggers: list[list[Logger]], save_dir: str, groups: list[int] | None = None) -> None:
         super().__init__()
         self.member_loggers = member_loggers
         self._save_dir = save_dir
+        self.groups = groups
 
     @property
     def name(self) -> str:
@@ -38,9 +44,17 @@ class PackLogger(Logger):
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         shared = {key: value for key, value in metrics.items() if not key.startswith("member/")}
+        per_group: dict[int, dict[str, float]] = {}
+        if self.groups is not None:
+            for key in list(shared):
+                match = self.GROUP_SUFFIX.match(key)
+                if match:
+                    per_group.setdefault(int(match.group(2)) - 1, {})[match.group(1)] = shared.pop(key)
         for k, loggers in enumerate(self.member_loggers):
             prefix = member_prefix(k)
             mine = {key[len(prefix) :]: value for key, value in metrics.items() if key.startswith(prefix)}
+            if self.groups is not None:
+                mine.update(per_group.get(self.groups[k], {}))
             if mine or shared:
                 for logger in loggers:
                     logger.log_metrics({**shared, **mine}, step=step)

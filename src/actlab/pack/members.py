@@ -16,6 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 
 # config keys that may differ between the members of one pack
 MEMBER_KEYS = ("seed", "activation")
+# optimiser settings that may differ too (each member's parameter group has its own)
+MEMBER_OPTIMIZER_KEYS = ("lr", "weight_decay")
 
 # trainer settings Lightning applies to a pack exactly as to a single run (the same Trainer
 # drives both): every other key refuses packing
@@ -69,12 +71,27 @@ class Member:
     overrides: list[str] = field(default_factory=list)
 
 
+def member_settings(cfg: DictConfig) -> dict:
+    """The optimiser settings of ``cfg`` that may differ between the members of a pack."""
+    optimizer = cfg.get("optimizer") or {}
+    return {key: optimizer[key] for key in MEMBER_OPTIMIZER_KEYS if key in optimizer}
+
+
+def settings_order(cfg: DictConfig) -> tuple:
+    """Where a member goes in its pack: members with equal optimiser settings side by side
+    (each run of them is one parameter group of the pack's optimiser)."""
+    return tuple(float(value) if isinstance(value, (int, float)) else str(value)
+                 for value in member_settings(cfg).values())  # fmt: skip
+
+
 def pack_key(cfg: DictConfig) -> str:
     """What must be equal for runs to share a pack: the whole config but the members' own
-    keys (seed, activation) and where each writes."""
+    keys (seed, activation, learning rate, weight decay) and where each writes."""
     container = OmegaConf.to_container(cfg, resolve=True)
     for key in MEMBER_KEYS:
         container.pop(key, None)
+    for key in MEMBER_OPTIMIZER_KEYS:
+        (container.get("optimizer") or {}).pop(key, None)
     container.pop("paths", None)
     text = json.dumps(container, sort_keys=True, default=str)
     return text.replace(str(cfg.paths.output_dir), "<run>")  # callbacks, loggers, trainer point into the run
@@ -139,4 +156,4 @@ def _model_refusal(cfg: DictConfig) -> str | None:
     return None
 
 
-__all__ = ["Member", "pack_key", "packing_refusal"]
+__all__ = ["Member", "member_settings", "pack_key", "packing_refusal", "settings_order"]

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from actlab.classifier import OptimizerFactory, optimizer_and_schedule
-from actlab.pack.stacked import StackedNetwork
+from actlab.pack.stacked import Selection, StackedNetwork
 from actlab.tensorboard import tensorboard_writers
 
 STAGES = ("train", "val", "test")
@@ -56,18 +56,34 @@ class PackModule(L.LightningModule):
     under ``member/k/`` (``member/k/train/loss``, ``member/k/val/acc``, ``member/k/test/f1``,
     ...); the pack's logger routes those to member k's own loggers. A member stopped early or
     diverged leaves the live set: its loss is masked and its weights are put back after every
-    optimiser step (momentum would go on moving them).
+    optimiser step (momentum would go on moving them); from the next epoch on it is no longer
+    computed at all (the pack is compacted to its live members: an epoch costs what they do).
+
+    Members may differ in learning rate and weight decay (``member_settings``): the optimiser
+    then has one parameter group per run of consecutive members with equal settings, over
+    views of their rows of the stacked parameters, so each member's update (and schedule,
+    from its own base rate) is the one its single run's optimiser makes.
 
     Args:
         net: the members' networks, stacked.
-        optimizer: the members' optimiser factory (their optimiser configs are equal).
+        optimizer: the members' optimiser factory (their optimiser configs are equal but for
+            ``member_settings``).
         scheduler: their learning-rate schedule factory (``actlab.schedulers``), or None.
+        member_settings: per member, its optimiser settings that may differ from the others'
+            (``{"lr": 0.1, "weight_decay": 0.0}``); None: all equal.
     """
 
-    def __init__(self, net: StackedNetwork, optimizer: OptimizerFactory, scheduler: Callable | None = None) -> None:
+    def __init__(self, net: StackedNetwork, optimizer: OptimizerFactory, scheduler: Callable | None = None,
+                 member_settings: list[dict[str, Any]] | None = None) -> None:  # fmt: skip
         super().__init__()
         self.net = net
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.member_settings = member_settings or [{} for _ in range(net.size)]
+        if len(self.member_settings) != net.size:
+            raise ValueError(f"{len(self.member_settings)} member settings for {net.size} members")
+        self.runs = settings_runs(self.member_settings)
+        self._selection: Selection | None = None  # the members computed this epoch (None: all)
+        self._grad_hooks: list = []
         self.live = [True] * net.size
         self.register_buffer("live_mask", torch.ones(net.size, dtype=torch.bool), persistent=False)
         self._stopped_before: list[int] = []  # resumed members that had stopped: frozen once restored
@@ -128,33 +144,64 @@ class PackModule(L.LightningModule):
             self.stop_member(k)
         self._stopped_before = []
 
-    def _accumulate(self, stage: str, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Per-member mean losses ``(K,)``; the stage's loss sums and confusion matrices grow
-        (training: the correct predictions and the samples)."""
+    def on_train_epoch_start(self) -> None:
+        # the rate this epoch trains at (Lightning steps epoch schedules before on_train_epoch_end)
+        self._epoch_lr = [torch.tensor(float(group["lr"])) for group in self.trainer.optimizers[0].param_groups]
+        live = [k for k in range(self.size) if self.live[k]]
+        self._selection = self.net.selection(live) if 0 < len(live) < self.size else None
+
+    @property
+    def computed(self) -> int:
+        """How many members the stacked computation holds this epoch."""
+        return self.size if self._selection is None else len(self._selection)
+
+    def _accumulate(self, stage: str, logits: torch.Tensor, targets: torch.Tensor,
+                    members: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        """Per-member mean losses of the members computed (``members``, default all); the
+        stage's loss sums and confusion matrices grow (training: the correct predictions and
+        the samples)."""
         k, batch = targets.shape
         losses = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(k, batch)
         with torch.no_grad():
-            getattr(self, f"{stage}_loss_sum").add_(losses.detach().sum(1))  # into float64
+            loss_sum = getattr(self, f"{stage}_loss_sum")  # float64
+            if members is None:
+                loss_sum.add_(losses.detach().sum(1))
+            else:
+                loss_sum.index_add_(0, members, losses.detach().sum(1).double())
             predictions = logits.argmax(-1)
             if stage == "train":
-                self.train_correct.add_((predictions == targets).sum(1))
+                correct = (predictions == targets).sum(1)
+                if members is None:
+                    self.train_correct.add_(correct)
+                else:
+                    self.train_correct.index_add_(0, members, correct)
                 self.train_count += batch
             else:
-                c = self.classes
-                cells = torch.arange(k, device=targets.device).unsqueeze(1) * c * c + targets * c + predictions
-                getattr(self, f"{stage}_confusion").view(-1).add_(torch.bincount(cells.flatten(), minlength=k * c * c))
+                c, rows = self.classes, torch.arange(k, device=targets.device) if members is None else members
+                cells = rows.unsqueeze(1) * c * c + targets * c + predictions
+                size = self.size * c * c
+                getattr(self, f"{stage}_confusion").view(-1).add_(torch.bincount(cells.flatten(), minlength=size))
         return losses.mean(1)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch  # (K, B, ...), (K, B): each member's own batch
-        losses = self._accumulate("train", self.net(x), y)
-        self.member_losses = losses.detach()  # the step's loss of each member (divergence checks read it)
-        return torch.where(self.live_mask, losses, 0.0).sum()
+        selection = self._selection
+        if selection is None:
+            losses = self._accumulate("train", self.net(x), y)
+            self.member_losses = losses.detach()  # the step's loss of each member (divergence checks read it)
+            return torch.where(self.live_mask, losses, 0.0).sum()
+        members = selection.members
+        x, y = x.index_select(0, members), y.index_select(0, members)
+        losses = self._accumulate("train", self.net(x, selection), y, members)
+        self.member_losses = torch.zeros(self.size, device=losses.device).index_copy_(0, members, losses.detach())
+        return torch.where(self.live_mask.index_select(0, members), losses, 0.0).sum()
 
     def _evaluation_step(self, batch, stage: str) -> None:
         x, y = batch  # the members' common batch
-        k = self.size
-        self._accumulate(stage, self.net(x.unsqueeze(0).expand(k, *x.shape)), y.unsqueeze(0).expand(k, -1))
+        selection = self._selection if stage == "val" else None
+        k = self.size if selection is None else len(selection)
+        logits = self.net(x.unsqueeze(0).expand(k, *x.shape), selection)
+        self._accumulate(stage, logits, y.unsqueeze(0).expand(k, -1), None if selection is None else selection.members)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._evaluation_step(batch, "val")
@@ -186,24 +233,21 @@ class PackModule(L.LightningModule):
         return metrics
 
     def _log_members(self, stage: str, members: list[int], names: tuple[str, ...],
-                     extra: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+                     extra: dict[int, dict[str, torch.Tensor]] | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
         metrics = self._epoch_metrics(stage)
         values = {}
         for k in members:
             prefix = member_prefix(k)
             values.update({f"{prefix}{stage}/{name}": metrics[name][k] for name in names})
-            values.update({f"{prefix}{stage}/{name}": v for name, v in (extra or {}).items()})
+            values.update({f"{prefix}{stage}/{name}": v for name, v in (extra or {}).get(k, {}).items()})
         self.log_dict(values)
         return metrics
 
-    def on_train_epoch_start(self) -> None:
-        # the rate this epoch trains at (Lightning steps epoch schedules before on_train_epoch_end)
-        self._epoch_lr = torch.tensor(float(self.trainer.optimizers[0].param_groups[0]["lr"]))
-
     def on_train_epoch_end(self) -> None:
         live = [k for k in range(self.size) if self.live[k]]
-        lr = getattr(self, "_epoch_lr", None)  # none when the fit resumed inside this epoch
-        self._log_members("train", live, ("loss", "acc"), {"lr": lr} if lr is not None else None)
+        rates = getattr(self, "_epoch_lr", None)  # none when the fit resumed inside this epoch
+        extra = {k: {"lr": rates[self.group_of(k)]} for k in live} if rates is not None else None
+        self._log_members("train", live, ("loss", "acc"), extra)
         self._epoch_lr = None
 
     def on_validation_epoch_end(self) -> None:
@@ -229,5 +273,71 @@ class PackModule(L.LightningModule):
                     writer.add_figure("test/confusion_matrix", confusion_matrix_figure(metrics["confusion"][k].cpu()),
                                       self.global_step)  # fmt: skip
 
+    # -- the optimiser ----------------------------------------------------------------------
+
+    def group_of(self, k: int) -> int:
+        """The optimiser's parameter group that steps member k."""
+        return next(g for g, (start, stop) in enumerate(self.runs) if start <= k < stop)
+
+    def optimizer_layout(self) -> list[list[tuple[int, int, int]]]:
+        """Per parameter group (one per run of members with equal settings), its tensors as
+        (index of the stacked parameter in ``self.parameters()``, first row, end row)."""
+        index = {id(p): i for i, p in enumerate(self.parameters())}
+        layout = []
+        for start, stop in self.runs:
+            tensors = []
+            for parameter, members in self.net.parameter_members():
+                rows = [j for j, k in enumerate(members) if start <= k < stop]
+                if rows:  # a run of members is a run of rows in every stack (members ascend in each)
+                    tensors.append((index[id(parameter)], rows[0], rows[-1] + 1))
+            layout.append(sorted(tensors))
+        return layout
+
+    def _optimizer_groups(self) -> list[Any]:
+        """What the optimiser factory takes: the parameters themselves when the members'
+        settings are equal; else one group per run, over views of its rows, whose gradients
+        are views of the stacked gradients (linked after every backward)."""
+        for handle in self._grad_hooks:
+            handle.remove()
+        self._grad_hooks = []
+        if len(self.runs) == 1:
+            return list(self.parameters())
+        parameters = list(self.parameters())
+        views: dict[int, list[tuple[torch.Tensor, int, int]]] = {}
+        groups = []
+        for (start, _), tensors in zip(self.runs, self.optimizer_layout()):
+            params = []
+            for i, first, end in tensors:
+                view = parameters[i].detach()[first:end]
+                views.setdefault(i, []).append((view, first, end))
+                params.append(view)
+            groups.append({"params": params, **self.member_settings[start]})
+
+        def link(parameter: torch.Tensor, mine: list[tuple[torch.Tensor, int, int]]) -> None:
+            for view, first, end in mine:
+                view.grad = parameter.grad[first:end]
+
+        for i, mine in views.items():
+            self._grad_hooks.append(parameters[i].register_post_accumulate_grad_hook(
+                lambda parameter, mine=mine: link(parameter, mine)))  # fmt: skip
+        return groups
+
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.zero_grad()
+        if len(self.runs) > 1:  # the optimiser holds views: the stacked gradients are cleared here
+            for parameter in self.parameters():
+                parameter.grad = None
+
     def configure_optimizers(self) -> Any:
-        return optimizer_and_schedule(self, self.optimizer_factory, self.scheduler_factory)
+        return optimizer_and_schedule(self, self.optimizer_factory, self.scheduler_factory, self._optimizer_groups())
+
+
+def settings_runs(settings: list[dict[str, Any]]) -> list[tuple[int, int]]:
+    """The maximal runs ``[start, stop)`` of consecutive members with equal settings."""
+    runs: list[tuple[int, int]] = []
+    for k, mine in enumerate(settings):
+        if runs and settings[runs[-1][0]] == mine:
+            runs[-1] = (runs[-1][0], k + 1)
+        else:
+            runs.append((k, k + 1))
+    return runs

@@ -4,6 +4,8 @@ matrix products, each member's activation applied to its own slice."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -39,12 +41,33 @@ class ActivationGroup(nn.Module):
         buffers = {k[len("buffer__") :].replace("__", "."): v for k, v in self.named_buffers() if "." not in k}
         return params, buffers
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """``x``: ``(members, batch, width)``, the group's members in order, or (``rows``) those
+        of its members whose places in the group's stack ``rows`` gives."""
         if not self.trainable:
             return self.shared(x)
         params, buffers = self.stacked_state()
+        if rows is not None:
+            params = {k: v.index_select(0, rows) for k, v in params.items()}
+            buffers = {k: v.index_select(0, rows) for k, v in buffers.items()}
         template = self.template[0]
         return vmap(lambda p, b, h: functional_call(template, (p, b), (h,)), randomness="different")(params, buffers, x)
+
+
+@dataclass
+class Selection:
+    """Some members of a StackedNetwork, computed without the others (a compacted pack).
+
+    ``members``: their indices, ascending; ``groups``: per activation group with a selected
+    member, (its index, the selected members' places in the selection, their places in the
+    group's stack); ``order``: the groups' outputs, concatenated, back in selection order."""
+
+    members: torch.Tensor
+    groups: list[tuple[int, torch.Tensor, torch.Tensor]]
+    order: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.members)
 
 
 class StackedNetwork(nn.Module):
@@ -98,28 +121,64 @@ class StackedNetwork(nn.Module):
     def depth(self) -> int:
         return len(self.hidden_shape)
 
-    def _activate(self, layer: int, h: torch.Tensor) -> torch.Tensor:
+    def selection(self, members: Sequence[int]) -> Selection:
+        """The members ``members`` (ascending) as a :class:`Selection` for :meth:`forward`."""
+        device = self.weights[0].device
+        place = {k: i for i, k in enumerate(members)}
+        groups, order = [], []
+        for g, members_of in enumerate(self.group_members):
+            mine = [k for k in members_of if k in place]
+            if mine:
+                groups.append((g, torch.tensor([place[k] for k in mine], device=device),
+                               torch.tensor([members_of.index(k) for k in mine], device=device)))  # fmt: skip
+                order += [place[k] for k in mine]
+        order_back = torch.tensor(order, device=device).argsort()
+        return Selection(torch.tensor(list(members), device=device), groups, order_back)
+
+    def _activate(self, layer: int, h: torch.Tensor, selection: Selection | None = None) -> torch.Tensor:
         groups = self.activations[layer]
+        if selection is not None:
+            if len(selection.groups) == 1:
+                ((g, _, rows),) = selection.groups
+                return groups[g](h, rows)
+            outputs = [groups[g](h.index_select(0, places), rows) for g, places, rows in selection.groups]
+            return torch.cat(outputs).index_select(0, selection.order)
         if len(groups) == 1:
             return groups[0](h)
         outputs = [group(h.index_select(0, getattr(self, f"group_index_{i}"))) for i, group in enumerate(groups)]
         return torch.cat(outputs).index_select(0, self.member_order)  # one copy, not one per group
 
-    def _linear(self, i: int, h: torch.Tensor) -> torch.Tensor:
-        return torch.baddbmm(self.biases[i].unsqueeze(1), h, self.weights[i].transpose(1, 2))
+    def _linear(self, i: int, h: torch.Tensor, selection: Selection | None = None) -> torch.Tensor:
+        weight, bias = self.weights[i], self.biases[i]
+        if selection is not None:
+            weight, bias = weight.index_select(0, selection.members), bias.index_select(0, selection.members)
+        return torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
 
-    def forward_hidden(self, x: torch.Tensor, layers: int | None = None) -> list[torch.Tensor]:
-        """Post-activation outputs ``(K, batch, width)`` of the first ``layers`` hidden layers."""
+    def forward_hidden(self, x: torch.Tensor, layers: int | None = None,
+                       selection: Selection | None = None) -> list[torch.Tensor]:  # fmt: skip
+        """Post-activation outputs ``(K, batch, width)`` of the first ``layers`` hidden layers
+        (of the selected members only, in their order, with ``selection``)."""
         h = x.flatten(2)
         outputs = []
         for layer in range(self.depth if layers is None else layers):
-            h = self._activate(layer, self._linear(layer, h))
+            h = self._activate(layer, self._linear(layer, h, selection), selection)
             outputs.append(h)
         return outputs
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = self.forward_hidden(x)
-        return self._linear(self.depth, hidden[-1])
+    def forward(self, x: torch.Tensor, selection: Selection | None = None) -> torch.Tensor:
+        """Logits ``(K, batch, classes)`` from inputs ``(K, batch, ...)``; with ``selection``,
+        of its members only, from theirs (``(len(selection), batch, ...)``)."""
+        hidden = self.forward_hidden(x, selection=selection)
+        return self._linear(self.depth, hidden[-1], selection)
+
+    def parameter_members(self) -> list[tuple[nn.Parameter, list[int]]]:
+        """Every stacked parameter with the member each of its dim-0 rows belongs to."""
+        members = [(p, list(range(self.size))) for p in (*self.weights, *self.biases)]
+        for groups in self.activations:
+            for group, members_of in zip(groups, self.group_members):
+                if group.trainable:
+                    members += [(p, list(members_of)) for p in group.params.values()]
+        return members
 
     def linear_weights(self) -> list[nn.Parameter]:
         """The stacked ``(K, out, in)`` weights of the hidden layers, then the head."""

@@ -41,7 +41,7 @@ from actlab.pack.callbacks import (
 from actlab.pack.checkpoint import PackCheckpointIO, pack_checkpoint, save_atomically, stopped_early
 from actlab.pack.data import PackDataModule
 from actlab.pack.loggers import PackLogger
-from actlab.pack.members import Member, pack_key, packing_refusal
+from actlab.pack.members import Member, member_settings, pack_key, packing_refusal
 from actlab.pack.module import PackModule, member_prefix
 from actlab.pack.stacked import StackedNetwork
 from actlab.record import RunRecord, read_record
@@ -69,7 +69,8 @@ def check_packable(members: list[Member]) -> None:
     if not members:
         raise ValueError("a pack needs at least one member")
     if len({pack_key(m.cfg) for m in members}) != 1:
-        raise ConfigError("a pack's members must have equal configs but for seed and activation")
+        raise ConfigError("a pack's members must have equal configs but for seed, activation, optimizer.lr and "
+                          "optimizer.weight_decay")
     reason = packing_refusal(members[0].cfg)
     if reason:
         raise ConfigError(f"{reason}; run these jobs as single runs (hydra/launcher=basic)")
@@ -172,7 +173,7 @@ class PackRun:
                 for m in self.members]  # fmt: skip
         classifier, datamodule = built[0][1], built[0][2]
         module = PackModule(StackedNetwork([c.net for _, c, _, _ in built], keys), classifier.optimizer_factory,
-                            classifier.scheduler_factory)  # fmt: skip
+                            classifier.scheduler_factory, [member_settings(m.cfg) for m in self.members])  # fmt: skip
         return module, PackDataModule(datamodule, [state for *_, state in built])
 
     def _keep(self, kept: list[int]) -> None:
@@ -235,7 +236,8 @@ class PackRun:
         ]
         io = PackCheckpointIO(module, [m.output_dir for m in self.members], type(data.members_data).__qualname__)
         self.member_loggers = member_loggers
-        return trainer_for(self.cfg, callbacks, [PackLogger(member_loggers, str(self.pack_dir))],
+        groups = [module.group_of(k) for k in range(module.size)] if len(module.runs) > 1 else None
+        return trainer_for(self.cfg, callbacks, [PackLogger(member_loggers, str(self.pack_dir), groups)],
                            default_root_dir=str(self.pack_dir), plugins=[io])  # fmt: skip
 
     # -- the whole run -----------------------------------------------------------------------

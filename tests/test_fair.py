@@ -1,0 +1,53 @@
+"""The fair protocol's choices: a learning rate per activation from the mean validation score
+of its seeds, and a grid that extends until the choice is bracketed."""
+
+import pytest
+
+from actlab.fair import choose_learning_rates, neighbour_rate, rates_to_extend
+from actlab.record import write_record
+
+
+def search_run(root, activation, lr, seed, score, status="completed", depth=4):
+    write_record(root / f"{activation}-{lr}-{seed}-{depth}", {
+        "status": status, "activation": activation, "depth": depth, "seed": seed, "val/acc_best": score,
+        "config": {"optimizer": {"lr": lr}, "model": {"depth": depth}},
+    })  # fmt: skip
+
+
+def test_rates_step_by_half_decades():
+    assert [neighbour_rate(r, 1) for r in (0.003, 0.01, 0.03, 0.1, 0.3)] == [0.01, 0.03, 0.1, 0.3, 1.0]
+    assert [neighbour_rate(r, -1) for r in (0.01, 0.003, 0.001)] == [0.003, 0.001, 0.0003]
+
+
+def test_the_choice_is_the_best_mean_over_seeds_and_says_where_it_sits(tmp_path):
+    # relu: best mean at 0.03 (interior), though its single best seed is at 0.1
+    for lr, scores in {0.01: (0.80, 0.81), 0.03: (0.86, 0.86), 0.1: (0.87, 0.80)}.items():
+        for seed, score in enumerate(scores):
+            search_run(tmp_path, "relu", lr, seed, score)
+    # sigmoid: best at the top of its grid -> the grid extends to 0.3; at depth 8 it is capped at 1.0
+    for lr, score in {0.03: 0.70, 0.1: 0.80}.items():
+        search_run(tmp_path, "sigmoid", lr, 0, score)
+        search_run(tmp_path, "sigmoid", lr, 1, score)
+    search_run(tmp_path, "sigmoid", 0.3, 0, 0.85, depth=8)
+    search_run(tmp_path, "sigmoid", 1.0, 0, 0.86, depth=8)
+    # staf: best at the bottom; the rate below it diverged for one seed, which counts as 0
+    search_run(tmp_path, "staf", 0.01, 0, 0.85)
+    search_run(tmp_path, "staf", 0.03, 0, 0.80)
+    search_run(tmp_path, "staf", 0.003, 0, 0.90)
+    search_run(tmp_path, "staf", 0.003, 1, None, status="diverged")
+    chosen = choose_learning_rates(tmp_path)
+    relu, sigmoid, staf = chosen[4]["relu"], chosen[4]["sigmoid"], chosen[4]["staf"]
+    assert relu["lr"] == 0.03 and relu["choice"] == "interior" and relu["val/acc_best"] == pytest.approx(0.86)
+    assert relu["seeds"] == 2 and relu["tried"] == {"0.01": 0.805, "0.03": 0.86, "0.1": 0.835}
+    assert sigmoid["lr"] == 0.1 and sigmoid["choice"] == "edge"
+    assert chosen[8]["sigmoid"]["lr"] == 1.0 and chosen[8]["sigmoid"]["choice"] == "capped"
+    assert staf["lr"] == 0.01 and staf["tried"]["0.003"] == pytest.approx(0.45) and staf["choice"] == "interior"
+    assert rates_to_extend(chosen) == {(4, 0.3): ["sigmoid"]}
+
+
+def test_a_rate_that_never_completes_is_not_tried_forever(tmp_path):
+    search_run(tmp_path, "mish", 0.03, 0, 0.80)
+    search_run(tmp_path, "mish", 0.1, 0, 0.85)
+    search_run(tmp_path, "mish", 0.3, 0, None, status="failed")  # the extension's run failed
+    chosen = choose_learning_rates(tmp_path)
+    assert chosen[4]["mish"]["choice"] == "edge (0.3 did not complete)" and rates_to_extend(chosen) == {}
