@@ -8,12 +8,15 @@ rate with early stopping and test the best checkpoint; optionally at several dep
     python scripts/fair_table.py -- trainer=gpu                   # extra overrides for every run
 
 Stage 1: `train.py -m experiment=fair_lr_search` (activation x depth x lr grid, seeds 101 and
-102, stage 2's epoch budget and early stopping), then one more rate past every choice that sits
-on the edge of its grid, until every choice is interior or capped (`chosen_lr.json` says
-which). Stage 2: one `train.py -m experiment=fair_table` sweep per depth and chosen rate (seeds
-1-5), then `summarize.py` on stage 2 (95% CIs, tests against the best; with --baseline, a
-textbook-protocol sweep's numbers beside it). Jobs differing only in activation, seed and rate
-share packs. Everything resumes where it stopped.
+102, stage 2's epoch budget and early stopping), then a sweep per round with one more rate past
+every choice that sits on the edge of its grid, until every choice is interior or capped
+(`chosen_lr.json` says which). Stage 2: one `train.py -m experiment=fair_table` sweep of every
+(activation, depth) at its chosen rate, seeds 1-5; then `summarize.py` on stage 2 (95% CIs,
+tests against the best; with --baseline, a textbook-protocol sweep's numbers beside it).
+
+A sweep gives each activation its own rate through generated `fair_choice` configs (an
+activation, a depth, a rate each; `<out>/choices/`), so jobs differing only in activation, seed
+and rate share packs. Everything resumes where it stopped.
 """
 
 import argparse
@@ -38,9 +41,23 @@ def sweep(overrides: list[str], sweep_dir: Path, launcher: str, extra: list[str]
         print(f"fair_table: a run of {sweep_dir} did not complete (see its records); going on", flush=True)
 
 
+def choices(directory: Path, runs: dict[str, tuple[str, int, float]]) -> list[str]:
+    """Write one `fair_choice` config per name -> (activation, depth, rate) below ``directory``
+    (a Hydra search path): `+fair_choice=<name>` trains that activation at that depth and rate."""
+    group = directory / "fair_choice"
+    group.mkdir(parents=True, exist_ok=True)
+    for name, (activation, depth, rate) in runs.items():
+        (group / f"{name}.yaml").write_text(
+            "# @package _global_\n# written by scripts/fair_table.py\n"
+            f"defaults:\n  - override /activation: {activation}\nmodel:\n  depth: {depth}\noptimizer:\n  lr: {rate}\n"
+        )
+    return [f"+fair_choice={','.join(runs)}", f"hydra.searchpath=[file://{directory.resolve()}]",
+            "hydra.sweeper.params=null"]  # fmt: skip
+
+
 def search(args: argparse.Namespace) -> dict:
     """Stage 1, extended round by round until no choice sits on an open edge of its grid."""
-    grid = ["experiment=fair_lr_search", f"model.depth={args.depths}"]
+    grid = ["experiment=fair_lr_search", f"model.depth={args.depths}", f"seed={args.search_seeds}"]
     grid += [f"activation={args.activations}"] if args.activations else []
     grid += [f"optimizer.lr={args.rates}"] if args.rates else []
     sweep(grid, args.out / "lr_search" / "grid", args.launcher, args.extra)
@@ -49,11 +66,13 @@ def search(args: argparse.Namespace) -> dict:
         todo = rates_to_extend(chosen)
         if not todo:
             break
+        runs = {}
         for (depth, rate), activations in todo.items():
             print(f"fair_table: depth {depth}, {','.join(activations)} chose the edge of the grid: trying lr {rate:g}")
-            sweep(["experiment=fair_lr_search", f"activation={','.join(activations)}", f"model.depth={depth}",
-                   f"optimizer.lr={rate}"], args.out / "lr_search" / f"round{round_}_depth{depth}_lr{rate:g}",
-                  args.launcher, args.extra)  # fmt: skip
+            runs.update({f"{a}_depth{depth}_lr{rate:g}": (a, depth, rate) for a in activations})
+        overrides = choices(args.out / "choices" / f"round{round_}", runs)
+        sweep(["experiment=fair_lr_search", *overrides, f"seed={args.search_seeds}"],
+              args.out / "lr_search" / f"round{round_}", args.launcher, args.extra)  # fmt: skip
     return choose_learning_rates(args.out / "lr_search", args.min_rate, args.max_rate)
 
 
@@ -72,6 +91,8 @@ def main() -> None:
     parser.add_argument("--min-rate", type=float, default=MIN_RATE, help="the grid extends no lower")
     parser.add_argument("--max-rate", type=float, default=MAX_RATE, help="the grid extends no higher")
     parser.add_argument("--max-rounds", type=int, default=3, help="rounds of extending the grid at most")
+    parser.add_argument("--search-seeds", default="101,102", help="stage 1's seeds (comma-separated)")
+    parser.add_argument("--seeds", default="1,2,3,4,5", help="stage 2's seeds (comma-separated)")
     parser.add_argument("--floor-s", type=float, default=None,
                         help="the stacked hand loop's per-model epoch (scripts/benchmark.py --pack), measured the "
                              "same day: prints the protocol's efficiency")  # fmt: skip
@@ -83,16 +104,14 @@ def main() -> None:
         raise SystemExit(f"fair_table: no run of {args.out / 'lr_search'} completed; see their metrics.json")
     (args.out / "chosen_lr.json").write_text(json.dumps({str(d): c for d, c in chosen.items()}, indent=2) + "\n")
     searched = time.perf_counter() - start
+    runs = {}
     for depth, activations in chosen.items():
-        by_rate: dict[float, list[str]] = {}
         for activation, choice in activations.items():
-            by_rate.setdefault(choice["lr"], []).append(activation)
+            runs[f"{activation}_depth{depth}"] = (activation, depth, choice["lr"])
             print(f"depth {depth} {activation:<15} lr {choice['lr']:<6g} val acc {100 * choice['val/acc_best']:.2f}% "
                   f"({choice['seeds']} seeds, {choice['choice']})", flush=True)  # fmt: skip
-        for lr, names in sorted(by_rate.items()):
-            sweep(["experiment=fair_table", f"activation={','.join(names)}", f"optimizer.lr={lr}",
-                   f"model.depth={depth}"], args.out / "final" / f"depth{depth}_lr{lr:g}", args.launcher,
-                  args.extra)  # fmt: skip
+    overrides = choices(args.out / "choices" / "final", runs)
+    sweep(["experiment=fair_table", *overrides, f"seed={args.seeds}"], args.out / "final", args.launcher, args.extra)
     for path in summarize(args.out / "final", args.out, args.baseline):
         print(path)
     print((args.out / "summary.md").read_text())

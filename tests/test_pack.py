@@ -171,9 +171,9 @@ def test_packed_launcher_groups_the_sweep_and_writes_every_job_as_if_alone(tmp_p
     assert result.returncode == 0, result.stderr[-3000:]
     records = {p.parent.name: read_record(p.parent) for p in sweep_dir.glob("*/metrics.json")}
     assert len(records) == 8 and all(r["status"] == "completed" for r in records.values())
-    # two depths -> two groups of 4, cut at pack_size 3: packs of 3 and single runs of 1
+    # two depths -> two groups of 4, over pack_size 3: each cut into two equal packs of 2
     sizes = sorted((r.get("pack") or {}).get("size", 1) for r in records.values())
-    assert sizes == [1, 1, 3, 3, 3, 3, 3, 3]
+    assert sizes == [2] * 8
     for name, record in records.items():
         assert (sweep_dir / name / ".hydra" / "config.yaml").is_file()
         assert f"seed={record['seed']}" in name and record["depth"] == int(name.split("model.depth=")[1][0])

@@ -154,7 +154,7 @@ def test_fair_table_script_picks_rates_on_validation_and_tests_best_checkpoints(
     # one starting rate: the grid must extend once (to 0.03), then every choice is capped at 0.01 or 0.03
     result = subprocess.run([sys.executable, str(REPO / "scripts" / "fair_table.py"), "--out", str(tmp_path / "fair"),
                              "--activations", "relu,tanh", "--rates", "0.01", "--min-rate", "0.01", "--max-rate",
-                             "0.03", "--floor-s", "0.01", "--", *extra, "seed=1"],
+                             "0.03", "--floor-s", "0.01", "--search-seeds", "1", "--seeds", "1,2", "--", *extra],
                             capture_output=True, text=True, timeout=600, cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "relu,tanh chose the edge of the grid: trying lr 0.03" in result.stdout
@@ -167,7 +167,8 @@ def test_fair_table_script_picks_rates_on_validation_and_tests_best_checkpoints(
         best = max((r for r in search if r["activation"] == activation), key=lambda r: r["val/acc_best"])
         assert choice["lr"] == best["config"]["optimizer"]["lr"]
     final = load_runs(tmp_path / "fair" / "final")
-    assert len(final) == 2 and all(r["status"] == "completed" and r["test_ckpt"]["which"] == "best" for r in final)
+    assert len(final) == 4 and all(r["status"] == "completed" and r["test_ckpt"]["which"] == "best" for r in final)
+    assert all(r["pack"]["size"] == 4 for r in final)  # one pack, though the activations' rates may differ
     assert all(r["config"]["optimizer"]["lr"] == chosen[r["activation"]]["lr"] for r in final)
     assert "| 95% CI | p vs best |" in (tmp_path / "fair" / "summary.md").read_text()
     assert "model-epochs trained: stage 1 " in result.stdout and "protocol efficiency" in result.stdout

@@ -122,8 +122,8 @@ def _target(entry) -> str:
 
 def _callbacks_refusal(cfg: DictConfig) -> str | None:
     for name, entry in (cfg.get("callbacks") or {}).items():
-        if entry is None:
-            continue
+        if entry is None or (isinstance(entry, DictConfig) and "_target_" not in entry):
+            continue  # off, or settings left for a callback that is off (built by neither path)
         target = _target(entry)
         if target not in SHARED_CALLBACKS | MEMBER_CALLBACKS:
             return f"callbacks.{name} ({target or 'no _target_'}) is not known to work per member in a pack"

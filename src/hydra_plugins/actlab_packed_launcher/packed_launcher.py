@@ -60,8 +60,10 @@ def _as_member(cfg: DictConfig) -> Any:
 def group_into_packs(members: list, pack_size: int) -> tuple[list[list[int]], list[int]]:
     """Indices of ``members`` grouped into packs (by :func:`~actlab.pack.members.pack_key`,
     at most ``pack_size`` each) and the indices that run alone: those alone in their group,
-    and those with an option a pack cannot honour (one log line each, saying which). Within a
-    pack, members with equal optimiser settings (learning rate, weight decay) sit side by side."""
+    and those with an option a pack cannot honour (one log line each, saying which). A group
+    larger than ``pack_size`` is cut into packs of equal size (parallel workers then finish
+    together). Within a pack, members with equal optimiser settings (learning rate, weight
+    decay) sit side by side."""
     from actlab.pack.members import pack_key, packing_refusal, settings_order
 
     groups: dict[str, list[int]] = {}
@@ -76,8 +78,9 @@ def group_into_packs(members: list, pack_size: int) -> tuple[list[list[int]], li
     packs = []
     for indices in groups.values():
         indices.sort(key=lambda i: settings_order(members[i].cfg))
-        for start in range(0, len(indices), pack_size):
-            chunk = indices[start : start + pack_size]
+        size = -(-len(indices) // -(-len(indices) // pack_size))  # packs of equal size, none over pack_size
+        for start in range(0, len(indices), size):
+            chunk = indices[start : start + size]
             if len(chunk) > 1:
                 packs.append(chunk)
             else:
