@@ -193,7 +193,8 @@ def test_members_with_their_own_rate_and_weight_decay_are_their_single_runs(opti
         single = tmp_path / "single" / f"{activation}-{seed}"
         run(compose_train(own, single), single, activation)
         singles.append(single)
-    assert group_into_packs(members, 64) == ([[0, 2, 1]], [])  # equal settings side by side
+    # equal settings side by side (three parameter groups), then by activation config: prelu, relu; tanh
+    assert group_into_packs(members, 64) == ([[2, 0, 1]], [])
     records = train_pack(members, "p")
     assert [r["pack"]["size"] for r in records] == [3, 3, 3]
     for member, single in zip(members, singles):

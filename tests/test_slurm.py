@@ -79,33 +79,6 @@ def test_smoke_grid_runs_as_a_slurm_job_array(cluster, launched, tmp_path, fake_
     assert list((sweep_dir / ".submitit").iterdir())  # submitit's logs live in the sweep dir
 
 
-def test_preempted_job_requeues_and_resumes_from_its_own_checkpoint(cluster, launched, tmp_path, fake_data_dir):
-    proc, sweep_dir = launch(
-        tmp_path, fake_data_dir, "activation=relu", "trainer.max_epochs=30", "callbacks=none",
-        "data.batch_size=8", "logger=csv",
-    )  # fmt: skip
-    launched.append(proc)
-    deadline = time.time() + 300
-    job_dir = None
-    while job_dir is None or not (job_dir / "checkpoints" / "last.ckpt").exists():  # training has started
-        assert proc.poll() is None, proc.stdout.read()[-4000:]
-        assert time.time() < deadline, "job did not start training"
-        found = list(sweep_dir.glob("*/metrics.json"))
-        job_dir = found[0].parent if found else None
-        time.sleep(0.2)
-    job_id = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split()[0]
-    # what SLURM does before a time limit or preemption: SIGUSR1 to the job's processes
-    subprocess.run(["scancel", "--signal=USR1", job_id], check=True)
-    output, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0, output[-4000:]
-    record = read_record(job_dir)
-    assert record["status"] == "completed" and record["epochs_completed"] == 30
-    assert "hpc_ckpt" in (record["resumed_from"] or ""), record["resumed_from"]  # Lightning's requeue checkpoint
-    assert len(record["history"]["val/acc"]) >= 30  # the history came back with the checkpoint
-    assert record["test/acc"] > 0.5  # tested with the final weights, not the requeue checkpoint's
-    assert not list(job_dir.glob("hpc_ckpt_*.ckpt"))  # spent requeue checkpoints are removed
-
-
 PACKED = ["hydra/launcher=packed_slurm", "hydra.launcher.slurm.cpus_per_task=1", "hydra.launcher.slurm.mem_gb=1",
           "hydra.launcher.slurm.timeout_min=10"]  # fmt: skip
 
@@ -120,23 +93,35 @@ def test_packs_run_as_slurm_array_tasks(cluster, launched, tmp_path, fake_data_d
     assert len(records) == 8 and all(r["status"] == "completed" and r["pack"]["size"] == 4 for r in records)
 
 
-def test_a_preempted_pack_requeues_and_resumes_its_members(cluster, launched, tmp_path, fake_data_dir):
-    proc, sweep_dir = launch(tmp_path, fake_data_dir, "activation=relu,tanh", "trainer.max_epochs=30",
-                             "callbacks=none", "data.batch_size=8", "logger=csv", launcher=PACKED)  # fmt: skip
-    launched.append(proc)
+def test_a_preempted_run_and_a_preempted_pack_requeue_and_resume(cluster, launched, tmp_path, fake_data_dir):
+    """SLURM's preemption signal to a single run's job and to a pack's, at once (their requeue
+    delays overlap): each is requeued by Lightning and resumes from its own checkpoint."""
+    slow = ["trainer.max_epochs=30", "callbacks=none", "data.batch_size=8", "logger=csv"]
+    (tmp_path / "single").mkdir()
+    (tmp_path / "packed").mkdir()
+    single, single_dir = launch(tmp_path / "single", fake_data_dir, "activation=relu", *slow)
+    packed, packed_dir = launch(tmp_path / "packed", fake_data_dir, "activation=relu,tanh", *slow, launcher=PACKED)
+    launched += [single, packed]
     deadline = time.time() + 300
-    while len(list(sweep_dir.glob("*/checkpoints/last.ckpt"))) < 2:  # the pack has finished an epoch
-        assert proc.poll() is None, proc.stdout.read()[-4000:]
-        assert time.time() < deadline, "pack did not start training"
+    # training has started: the single run's first checkpoint, and the pack's first epoch (both members)
+    while len(list(single_dir.glob("*/checkpoints/last.ckpt"))) < 1 or \
+            len(list(packed_dir.glob("*/checkpoints/last.ckpt"))) < 2:  # fmt: skip
+        assert single.poll() is None, single.stdout.read()[-4000:]
+        assert packed.poll() is None, packed.stdout.read()[-4000:]
+        assert time.time() < deadline, "the jobs did not start training"
         time.sleep(0.2)
-    job_id = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split()[0]
-    # what SLURM does before a time limit or preemption: SIGUSR1 to the job's processes (as for a single run)
-    subprocess.run(["scancel", "--signal=USR1", job_id], check=True)
-    output, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0, output[-4000:]
-    for path in sweep_dir.glob("*/metrics.json"):
-        record = read_record(path.parent)
+    # what SLURM does before a time limit or preemption: SIGUSR1 to the jobs' processes
+    for job_id in subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split():
+        subprocess.run(["scancel", "--signal=USR1", job_id], check=True)
+    for proc in (single, packed):
+        output, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, output[-4000:]
+    records = [read_record(p.parent) for sweep in (single_dir, packed_dir) for p in sweep.glob("*/metrics.json")]
+    assert len(records) == 3
+    for record in records:
         assert record["status"] == "completed" and record["epochs_completed"] == 30
-        assert "hpc_ckpt" in record["resumed_from"] and len(record["history"]["val/acc"]) >= 30
-        assert record["test/acc"] > 0.5
-    assert not list(sweep_dir.glob(".packs/*/hpc_ckpt_*.ckpt"))  # spent requeue checkpoints are removed
+        assert "hpc_ckpt" in (record["resumed_from"] or ""), record["resumed_from"]  # Lightning's requeue checkpoint
+        assert len(record["history"]["val/acc"]) >= 30  # the history came back with the checkpoint
+        assert record["test/acc"] > 0.5  # tested with the final weights, not the requeue checkpoint's
+    assert not list(single_dir.glob("*/hpc_ckpt_*.ckpt"))  # spent requeue checkpoints are removed
+    assert not list(packed_dir.glob(".packs/*/hpc_ckpt_*.ckpt"))

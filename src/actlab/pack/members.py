@@ -79,9 +79,12 @@ def member_settings(cfg: DictConfig) -> dict:
 
 def settings_order(cfg: DictConfig) -> tuple:
     """Where a member goes in its pack: members with equal optimiser settings side by side
-    (each run of them is one parameter group of the pack's optimiser)."""
-    return tuple(float(value) if isinstance(value, (int, float)) else str(value)
-                 for value in member_settings(cfg).values())  # fmt: skip
+    (each run of them is one parameter group of the pack's optimiser), and among those, members
+    with one activation config side by side (each run of them is one call per layer)."""
+    settings = tuple(float(value) if isinstance(value, (int, float)) else str(value)
+                     for value in member_settings(cfg).values())  # fmt: skip
+    activation = json.dumps(OmegaConf.to_container(cfg.activation, resolve=True), sort_keys=True, default=str)
+    return (*settings, activation)
 
 
 def pack_key(cfg: DictConfig) -> str:

@@ -1,5 +1,6 @@
 """K SimpleNetworks of one shape as one module: stacked Linear weights applied as batched
-matrix products, each member's activation applied to its own slice."""
+matrix products, each member's activation applied to its own slice (members side by side with
+the same activation config share one call: packs put them next to each other)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from actlab.models import SimpleNetwork
 
 
 class ActivationGroup(nn.Module):
-    """The activations of one layer for the members that share an activation config.
+    """The activations of one layer for a run of consecutive members with one activation config.
 
     Parameter-free activations are elementwise, so one module applies to the whole
     ``(members, batch, width)`` slice at once (RReLU's training noise then comes from one draw
@@ -59,12 +60,11 @@ class Selection:
     """Some members of a StackedNetwork, computed without the others (a compacted pack).
 
     ``members``: their indices, ascending; ``groups``: per activation group with a selected
-    member, (its index, the selected members' places in the selection, their places in the
-    group's stack); ``order``: the groups' outputs, concatenated, back in selection order."""
+    member, in order, (its index, how many of its members are selected, their places in the
+    group's stack)."""
 
     members: torch.Tensor
-    groups: list[tuple[int, torch.Tensor, torch.Tensor]]
-    order: torch.Tensor
+    groups: list[tuple[int, int, torch.Tensor]]
 
     def __len__(self) -> int:
         return len(self.members)
@@ -75,8 +75,9 @@ class StackedNetwork(nn.Module):
 
     Input ``(K, batch, ...)``, output ``(K, batch, classes)``: member k sees its own batch and
     its own weights; nothing couples members (the loss of one never reaches another's
-    gradients). ``activation_keys[k]`` names member k's activation config: members with the
-    same key share one :class:`ActivationGroup` per layer.
+    gradients). ``activation_keys[k]`` names member k's activation config: each run of
+    consecutive members with the same key is one :class:`ActivationGroup` per layer, applied to
+    its slice of the stacked hidden tensor (a view: no gather or scatter of activations).
 
     Built from the members' own modules (each made from its own seed, exactly as a single
     run makes it), whose values it copies; :meth:`member_state_dict` gives them back in
@@ -100,13 +101,12 @@ class StackedNetwork(nn.Module):
             nn.Parameter(torch.stack([layers[i].bias.detach() for layers in linears]).clone())
             for i in range(len(linears[0]))
         )
-        keys = sorted(set(activation_keys), key=activation_keys.index)
-        self.group_members = [[k for k, key in enumerate(activation_keys) if key == group] for group in keys]
-        for i, members_of in enumerate(self.group_members):
-            self.register_buffer(f"group_index_{i}", torch.tensor(members_of), persistent=False)
-        # the groups' outputs, concatenated in group order, back in member order
-        order = [k for members_of in self.group_members for k in members_of]
-        self.register_buffer("member_order", torch.tensor(order).argsort(), persistent=False)
+        self.group_members: list[list[int]] = []  # runs of consecutive members with one activation key
+        for k, key in enumerate(activation_keys):
+            if self.group_members and activation_keys[self.group_members[-1][0]] == key:
+                self.group_members[-1].append(k)
+            else:
+                self.group_members.append([k])
         self.activations = nn.ModuleList(
             nn.ModuleList(
                 ActivationGroup([members[k].activations[layer] for k in group]) for group in self.group_members
@@ -124,29 +124,27 @@ class StackedNetwork(nn.Module):
     def selection(self, members: Sequence[int]) -> Selection:
         """The members ``members`` (ascending) as a :class:`Selection` for :meth:`forward`."""
         device = self.weights[0].device
-        place = {k: i for i, k in enumerate(members)}
-        groups, order = [], []
+        chosen = set(members)
+        groups = []
         for g, members_of in enumerate(self.group_members):
-            mine = [k for k in members_of if k in place]
-            if mine:
-                groups.append((g, torch.tensor([place[k] for k in mine], device=device),
-                               torch.tensor([members_of.index(k) for k in mine], device=device)))  # fmt: skip
-                order += [place[k] for k in mine]
-        order_back = torch.tensor(order, device=device).argsort()
-        return Selection(torch.tensor(list(members), device=device), groups, order_back)
+            rows = [j for j, k in enumerate(members_of) if k in chosen]
+            if rows:
+                groups.append((g, len(rows), torch.tensor(rows, device=device)))
+        return Selection(torch.tensor(sorted(chosen), device=device), groups)
 
     def _activate(self, layer: int, h: torch.Tensor, selection: Selection | None = None) -> torch.Tensor:
         groups = self.activations[layer]
         if selection is not None:
-            if len(selection.groups) == 1:
-                ((g, _, rows),) = selection.groups
-                return groups[g](h, rows)
-            outputs = [groups[g](h.index_select(0, places), rows) for g, places, rows in selection.groups]
-            return torch.cat(outputs).index_select(0, selection.order)
+            outputs, start = [], 0
+            for g, count, rows in selection.groups:
+                outputs.append(groups[g](h[start : start + count], rows))
+                start += count
+            return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
         if len(groups) == 1:
             return groups[0](h)
-        outputs = [group(h.index_select(0, getattr(self, f"group_index_{i}"))) for i, group in enumerate(groups)]
-        return torch.cat(outputs).index_select(0, self.member_order)  # one copy, not one per group
+        runs = zip(groups, self.group_members)
+        outputs = [group(h[members_of[0] : members_of[-1] + 1]) for group, members_of in runs]
+        return torch.cat(outputs)  # one copy of the layer's output
 
     def _linear(self, i: int, h: torch.Tensor, selection: Selection | None = None) -> torch.Tensor:
         weight, bias = self.weights[i], self.biases[i]
