@@ -37,6 +37,7 @@ from actlab.data.fashion_mnist import (
     normalise,
 )
 from actlab.models import SimpleNetwork
+from actlab.pack import StackedNetwork
 
 
 def find_files(data_dir: str | None, system_dir: str | None) -> dict[str, Path]:
@@ -309,30 +310,34 @@ def activation_speed(names: list[str], device: str = "cpu", shape: tuple[int, in
     return results
 
 
-def stacked_hand_loop(files: dict[str, Path], activation: str, device: torch.device, members: int, epochs: int,
-                      steps: int | None, batch_size: int = 128, val_size: int = 5000) -> Timing:  # fmt: skip
-    """The floor for training ``members`` models at once in eager PyTorch: stacked weights,
-    batched matrix products, one SGD over the stacked tensors, each member its own batches;
-    plus the validation pass. No framework, no bookkeeping."""
-    train_x, train_y, val_x, val_y = load_data(files, device, val_size)
-    nets = [_network(activation, torch.device("cpu")) for _ in range(members)]
-    layers = [[*net.linears, net.head] for net in nets]
-    weights = [torch.stack([m[i].weight.detach() for m in layers]).to(device).requires_grad_() for i in range(5)]
-    biases = [torch.stack([m[i].bias.detach() for m in layers]).to(device).requires_grad_() for i in range(5)]
-    act = nets[0].activations[0].to(device)
-    optimizer = torch.optim.SGD([*weights, *biases], lr=1e-3, momentum=0.9)
-    n = len(train_y) if steps is None else min(len(train_y), steps * batch_size)
+def _member_network(activation: str, seed: int) -> SimpleNetwork:
+    """A member as a run builds it: its activation config's factory (per-layer widths for the
+    activations that take them), its own initial weights."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
 
-    def forward(h: torch.Tensor) -> torch.Tensor:
-        for i in range(4):
-            h = act(torch.baddbmm(biases[i].unsqueeze(1), h, weights[i].transpose(1, 2)))
-        return torch.baddbmm(biases[4].unsqueeze(1), h, weights[4].transpose(1, 2))
+    torch.manual_seed(seed)
+    return SimpleNetwork(instantiate(OmegaConf.load(CONFIG_DIR / "activation" / f"{activation}.yaml")))
+
+
+def stacked_hand_loop(files: dict[str, Path], activations: list[str], device: torch.device, members: int,
+                      epochs: int, steps: int | None, batch_size: int = 128,
+                      val_size: int = 5000) -> Timing:  # fmt: skip
+    """The floor for training ``members`` models at once in eager PyTorch: the pack's stacked
+    network (batched matrix products; each run of members with one activation one call), one
+    SGD over the stacked tensors, each member its own batches; plus the validation pass. No
+    framework, no bookkeeping. Members cycle through ``activations``, side by side as in a pack."""
+    train_x, train_y, val_x, val_y = load_data(files, device, val_size)
+    names = sorted((activations[k % len(activations)] for k in range(members)), key=activations.index)
+    net = StackedNetwork([_member_network(name, k) for k, name in enumerate(names)], names).to(device).train()
+    optimizer = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
+    n = len(train_y) if steps is None else min(len(train_y), steps * batch_size)
 
     def epoch() -> None:
         orders = torch.stack([torch.randperm(len(train_y)) for _ in range(members)]).to(device)
         for start in range(0, n, batch_size):
             idx = orders[:, start : start + batch_size]
-            logits = forward(train_x[idx])
+            logits = net(train_x[idx])
             loss = F.cross_entropy(logits.flatten(0, 1), train_y[idx].flatten(), reduction="none")
             optimizer.zero_grad(set_to_none=True)
             loss.view(members, -1).mean(1).sum().backward()
@@ -341,10 +346,11 @@ def stacked_hand_loop(files: dict[str, Path], activation: str, device: torch.dev
             correct = torch.zeros(members, device=device, dtype=torch.long)
             for start in range(0, len(val_y), 1024):
                 xb = val_x[start : start + 1024]
-                correct += (forward(xb.expand(members, *xb.shape)).argmax(-1) == val_y[start : start + 1024]).sum(1)
+                correct += (net(xb.expand(members, *xb.shape)).argmax(-1) == val_y[start : start + 1024]).sum(1)
             correct.tolist()
 
-    return Timing(f"stacked hand loop ({members} models)", _time_epochs(epoch, epochs, device))
+    label = ",".join(activations) if len(activations) < 4 else f"{len(activations)} activations"
+    return Timing(f"stacked hand loop ({members} models, {label})", _time_epochs(epoch, epochs, device))
 
 
 def sweep_wall_time(launcher: list[str], members: int, activation: str, device: torch.device, epochs: int,
@@ -356,7 +362,8 @@ def sweep_wall_time(launcher: list[str], members: int, activation: str, device: 
     import sys
 
     sweep_dir = Path(tempfile.mkdtemp(prefix="actlab-bench-sweep-"))
-    overrides = ["-m", f"seed={','.join(str(s) for s in range(1, members + 1))}", f"activation={activation}",
+    seeds = members // len(activation.split(","))  # every activation with seeds 1..seeds
+    overrides = ["-m", f"seed={','.join(str(s) for s in range(1, seeds + 1))}", f"activation={activation}",
                  f"trainer={'gpu' if device.type == 'cuda' else 'cpu'}", f"trainer.max_epochs={epochs}",
                  "callbacks=none", "data.download=false", f"hydra.sweep.dir={sweep_dir}", *launcher]  # fmt: skip
     if data_dir:
@@ -379,12 +386,16 @@ def sweep_wall_time(launcher: list[str], members: int, activation: str, device: 
 
 
 def pack_benchmark(device: str, activation: str, members: int, epochs: int, steps: int | None,
-                   data_dir: str | None, system_dir: str | None) -> str:  # fmt: skip
+                   data_dir: str | None, system_dir: str | None, floor_only: bool = False) -> str:  # fmt: skip
     """Model-epochs per second of ``members`` runs done four ways, and the pack's per-model
-    epoch against the stacked hand loop's (the arithmetic floor of eager PyTorch)."""
+    epoch against the stacked hand loop's (the arithmetic floor of eager PyTorch). With
+    several (comma-separated) activations, the members cycle through them."""
     torch_device = torch.device(device)
     files = find_files(data_dir, system_dir)
-    floor = stacked_hand_loop(files, activation, torch_device, members, max(2, epochs), steps)
+    floor = stacked_hand_loop(files, activation.split(","), torch_device, members, max(2, epochs), steps)
+    if floor_only:
+        epoch = statistics.median(floor.epoch_times[1:] or floor.epoch_times)
+        return f"{floor.name}: per-model epoch {epoch / members:.3f} s ({device}, {torch.get_num_threads()} threads)"
     ways = {
         "separate processes, basic launcher": ["hydra/launcher=basic"],
         "separate processes, local_parallel n_jobs=2": ["hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2"],
@@ -422,7 +433,8 @@ def pack_benchmark(device: str, activation: str, members: int, epochs: int, step
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--activation", default="relu", choices=group_options("activation"))
+    parser.add_argument("--activation", default="relu",
+                        help="an activation (with --pack: a comma-separated list the members cycle through)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds, one timed epoch per loop each")
     parser.add_argument("--steps", type=int, default=None, help="training steps per epoch (default: all)")
     parser.add_argument("--data-dir", default=None, help="first place to look for FashionMNIST")
@@ -438,7 +450,13 @@ def main() -> None:
     parser.add_argument("--pack", type=int, default=None, metavar="K",
                         help="model-epochs/s of K runs: separate processes, a pack, the stacked floor")  # fmt: skip
     parser.add_argument("--epochs", type=int, default=3, help="epochs per run with --pack")
+    parser.add_argument("--floor-only", action="store_true", help="with --pack: only the stacked hand loop")
     args = parser.parse_args()
+    unknown = [a for a in args.activation.split(",") if a not in group_options("activation")]
+    if unknown or ("," in args.activation and not args.pack):
+        parser.error(f"--activation: unknown {unknown}" if unknown else "several activations need --pack")
+    if args.pack and not args.floor_only and args.pack % len(args.activation.split(",")):
+        parser.error("--pack K: K must be a multiple of the number of activations (each gets K/n seeds)")
     if args.activations:
         print(f"{'activation':<18} {'forward us':>11} {'fwd+bwd us':>11}  (128x256 batch, {args.device})")
         for name, forward, both in activation_speed(group_options("activation"), args.device):
@@ -447,7 +465,7 @@ def main() -> None:
     system_dir = None if args.system_dir is None else ("" if args.system_dir == "none" else args.system_dir)
     if args.pack:
         print(pack_benchmark(args.device, args.activation, args.pack, args.epochs, args.steps, args.data_dir,
-                             system_dir))  # fmt: skip
+                             system_dir, args.floor_only))  # fmt: skip
         return
     timings = benchmark(args.device, args.activation, args.rounds, args.steps, args.data_dir, system_dir,
                         args.skip_reference, args.versus)  # fmt: skip

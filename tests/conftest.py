@@ -18,6 +18,14 @@ from actlab.config import CONFIG_DIR
 from actlab.data.fashion_mnist import FILES, SYSTEM_DIR
 
 REPO = CONFIG_DIR.parent
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # the suite runs on pytest-xdist workers, one per core: each worker (and every `train.py` it
+    # starts) computes on one thread, or the workers' thread pools would spin against each other
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
 HAS_REAL_DATA = all((Path(SYSTEM_DIR) / f"{stem}.gz").is_file() for stem in FILES.values())
 requires_real_data = pytest.mark.skipif(
     not HAS_REAL_DATA, reason=f"needs `apt-get install dataset-fashion-mnist` ({SYSTEM_DIR})"

@@ -27,3 +27,14 @@ def test_activation_speed_table(tmp_path):
     spec.loader.exec_module(benchmark)
     rows = benchmark.activation_speed(["relu", "staf"], repeats=3)
     assert [r[0] for r in rows] == ["relu", "staf"] and all(r[1] > 0 and r[2] >= r[1] for r in rows)
+
+
+def test_the_stacked_floor_of_a_mixed_pack(tmp_path):
+    """The stacked hand loop of a pack whose members differ in activation (the floor a fair
+    protocol's efficiency is measured against)."""
+    data = make_fake_fashion_mnist(tmp_path / "data", n_train=5300, n_test=200)
+    command = [sys.executable, str(REPO / "scripts" / "benchmark.py"), "--data-dir", str(data), "--system-dir", "none",
+               "--steps", "2", "--epochs", "1", "--pack", "4", "--activation", "relu,staf", "--floor-only"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "stacked hand loop (4 models, relu,staf): per-model epoch" in result.stdout, result.stdout

@@ -230,3 +230,38 @@ def test_a_pack_follows_the_fair_protocol_like_its_separate_runs(tmp_path, fake_
         assert packed["test_ckpt"]["epoch"] == alone["test_ckpt"]["epoch"] == alone["best_epoch"]
         for key in ("test/acc", "test/f1", "test/acc_class_3"):
             assert packed[key] == pytest.approx(alone[key], abs=1e-5), (activation, key)
+
+
+def test_a_compacted_packs_own_checkpoint_rebuilds_the_same_stack():
+    """Lightning's checkpoint of a pack whose stopped members left the stack (SLURM's requeue
+    saves one) restores that stack into a fresh pack: its shape, every member's weights (the
+    stopped ones' from the stash) and who is still training."""
+    from actlab.pack.module import PackModule
+
+    def pack():
+        nets = []
+        for seed, name in enumerate(["relu", "relu", "prelu", "prelu", "tanh"]):
+            torch.manual_seed(seed)
+            nets.append(SimpleNetwork(activation_factory(name), hidden_shape=[12, 8]))
+        return PackModule(StackedNetwork(nets, ["relu", "relu", "prelu", "prelu", "tanh"]), torch.optim.SGD)
+
+    saved = pack()
+    with torch.no_grad():
+        for p in saved.parameters():
+            p.add_(1.0)  # trained: not the initial weights a fresh pack has
+    saved.stop_member(1)
+    saved.stop_member(2)
+    saved.compact([0, 3, 4])
+    assert saved.net.height == 3 and saved.net.weights[0].shape[0] == 3 and sorted(saved.net.stash) == [1, 2]
+    checkpoint = {"state_dict": saved.state_dict()}
+    saved.on_save_checkpoint(checkpoint)
+    fresh = pack()
+    fresh.on_load_checkpoint(checkpoint)  # Lightning calls it before loading the weights
+    fresh.load_state_dict(checkpoint["state_dict"])
+    assert fresh.net.present == [0, 3, 4] and fresh.live == [True, False, False, True, True]
+    for k in range(5):
+        mine, theirs = fresh.member_state_dict(k), saved.member_state_dict(k)
+        assert all(torch.equal(mine[name], theirs[name]) for name in theirs), k
+    fresh.expand()  # all five back, e.g. for testing
+    assert fresh.net.height == 5 and torch.equal(fresh.member_state_dict(2)["net.head.weight"],
+                                                 saved.member_state_dict(2)["net.head.weight"])  # fmt: skip

@@ -37,10 +37,29 @@ def job_dirs(sweep_dir: Path) -> dict[str, Path]:
     return {p.parent.name: p.parent for p in sweep_dir.glob("*/metrics.json")}
 
 
-@pytest.mark.parametrize("launcher", ["basic", "local_parallel"])
-def test_smoke_grid_with_each_local_launcher(launcher, tmp_path, fake_data_dir):
-    result, sweep_dir = sweep(tmp_path, fake_data_dir, "experiment=smoke", f"hydra/launcher={launcher}")
+@pytest.fixture(scope="module")
+def smoke_sweep(tmp_path_factory, fake_data_dir) -> Path:
+    """One smoke grid (2 activations x 2 depths, basic launcher), shared by the tests that read
+    it; a test that changes it works on a copy (:func:`copy_of`)."""
+    root = tmp_path_factory.mktemp("smoke")
+    result, sweep_dir = sweep(root, fake_data_dir, "experiment=smoke", "hydra/launcher=basic")
     assert result.returncode == 0, result.stderr[-3000:]
+    return sweep_dir
+
+
+def copy_of(sweep_dir: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(sweep_dir, tmp_path / "sweep"))
+
+
+@pytest.mark.parametrize("launcher", ["basic", "local_parallel"])
+def test_smoke_grid_with_each_local_launcher(launcher, tmp_path, fake_data_dir, smoke_sweep):
+    if launcher == "basic":
+        sweep_dir = smoke_sweep
+    else:
+        result, sweep_dir = sweep(tmp_path, fake_data_dir, "experiment=smoke", f"hydra/launcher={launcher}")
+        assert result.returncode == 0, result.stderr[-3000:]
     jobs = job_dirs(sweep_dir)
     assert set(jobs) == SMOKE_DIRS  # named by their overrides
     for name, job in jobs.items():
@@ -89,16 +108,14 @@ def test_failing_and_diverging_jobs_do_not_stop_the_sweep(tmp_path, fake_data_di
     assert "model.depth must be a positive integer" in read_record(failed)["error"]
 
 
-def test_resume_skips_completed_jobs_and_resumes_interrupted_ones(tmp_path, fake_data_dir):
-    args = ["experiment=smoke", "activation=relu"]
-    result, sweep_dir = sweep(tmp_path, fake_data_dir, *args)
-    assert result.returncode == 0, result.stderr[-3000:]
-    jobs = job_dirs(sweep_dir)
+def test_resume_skips_completed_jobs_and_resumes_interrupted_ones(tmp_path, fake_data_dir, smoke_sweep):
+    copy_of(smoke_sweep, tmp_path)  # the sweep as it was left, resumed in place
+    jobs = {name: job for name, job in job_dirs(tmp_path / "sweep").items() if "relu" in name}
     before = {name: read_record(job) for name, job in jobs.items()}
     # pretend the depth-2 job was interrupted after its first epoch
     interrupted = jobs["activation=relu,model.depth=2"]
     write_record(interrupted, {**before["activation=relu,model.depth=2"], "status": "interrupted"})
-    result, _ = sweep(tmp_path, fake_data_dir, *args, "resume=true")
+    result, _ = sweep(tmp_path, fake_data_dir, "experiment=smoke", "activation=relu", "resume=true")
     assert result.returncode == 0, result.stderr[-3000:]
     skipped = read_record(jobs["activation=relu,model.depth=1"])
     assert skipped == before["activation=relu,model.depth=1"]  # untouched: not re-run
@@ -183,9 +200,8 @@ def test_summary_of_a_synthetic_sweep_has_the_known_numbers(tmp_path):
     assert "baseline test acc (%)" in compared and compared.count("85.00 ± 7.07") == 2
 
 
-def test_summarize_script_on_a_real_partial_sweep(tmp_path, fake_data_dir):
-    result, sweep_dir = sweep(tmp_path, fake_data_dir, "experiment=smoke", "activation=relu", "model.depth=1")
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_summarize_script_on_a_real_partial_sweep(tmp_path, smoke_sweep):
+    sweep_dir = copy_of(smoke_sweep, tmp_path)
     write_record(
         sweep_dir / "still-running",
         {"status": "running", "activation": "relu", "depth": 1, "updated_at": datetime.now(timezone.utc).isoformat()},
@@ -193,8 +209,8 @@ def test_summarize_script_on_a_real_partial_sweep(tmp_path, fake_data_dir):
     out = subprocess.run([sys.executable, str(REPO / "scripts" / "summarize.py"), str(sweep_dir)],
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert out.returncode == 0, out.stderr
-    assert "2 runs: 0 queued, 1 running, 1 completed" in out.stdout
-    assert len(load_runs(sweep_dir)) == 2 and (sweep_dir / "accuracy_heatmap.png").is_file()
+    assert "5 runs: 0 queued, 1 running, 4 completed" in out.stdout
+    assert len(load_runs(sweep_dir)) == 5 and (sweep_dir / "accuracy_heatmap.png").is_file()
     assert json.loads((sweep_dir / "activation=relu,model.depth=1" / "metrics.json").read_text())["test/acc"] >= 0
 
 

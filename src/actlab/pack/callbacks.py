@@ -266,14 +266,14 @@ class MemberDiagnostics(L.Callback):
             if kind is DeadNeuronMonitor:
                 counters = scan_members(net, data.probe_set(first.probe_size)[0], first)
                 for k, instance in instances.items():
-                    instance.record_counters(self.loggers[k], counters[k], step)
+                    instance.record_counters(self.loggers[k], counters[net.row(k)], step)
                 continue
             probe = data.probe_set(first.probe_size)
             values = (member_weight_gradients(net, *probe) if kind is GradientHistograms
                       else member_layer_outputs(net, probe[0]))  # fmt: skip
             names = layer_names(net)[: len(values)]
             for k, instance in instances.items():
-                instance.record_values(self.loggers[k], names, [v[k] for v in values], step)
+                instance.record_values(self.loggers[k], names, [v[net.row(k)] for v in values], step)
         return found
 
 

@@ -17,7 +17,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from actlab.errors import ConfigError
 from actlab.pack.callbacks import MEMBER_CALLBACK_CLASSES, MemberCallbacks
-from actlab.pack.module import MEMBER_SUFFIX, PackModule, member_key, member_prefix
+from actlab.pack.module import MEMBER_SUFFIX, PACK_STACK_KEY, PackModule, member_key, member_prefix
 
 PACK_DATA_KEY = "PackDataModule"
 # the single-run callbacks a pack keeps once per member: the start of their state keys
@@ -108,7 +108,7 @@ def _pack_scheduler_state(states: list[dict[str, Any]]) -> dict[str, Any]:
 def member_checkpoint(checkpoint: dict[str, Any], module: PackModule, k: int, data_key: str) -> dict[str, Any]:
     """Member k's checkpoint, as its single run would have saved it at the same moment."""
     member = {key: value for key, value in checkpoint.items()
-              if key not in ("state_dict", "optimizer_states", "callbacks", PACK_DATA_KEY)}  # fmt: skip
+              if key not in ("state_dict", "optimizer_states", "callbacks", PACK_DATA_KEY, PACK_STACK_KEY)}  # fmt: skip
     member["state_dict"] = {name: value.detach().cpu().clone() for name, value in module.member_state_dict(k).items()}
     member["optimizer_states"] = [_member_optimizer_state(s, module, k) for s in checkpoint.get("optimizer_states", [])]
     if "lr_schedulers" in checkpoint:

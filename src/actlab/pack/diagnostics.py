@@ -19,18 +19,18 @@ def member_weight_gradients(net: StackedNetwork, inputs: torch.Tensor, targets: 
     backward pass of the summed losses (members do not interact, so member k's slice is its
     own gradient); like :func:`~actlab.callbacks.weight_gradients`, the optimiser's ``.grad``
     buffers are untouched."""
-    members = inputs.unsqueeze(0).expand(net.size, *inputs.shape)
+    members = inputs.unsqueeze(0).expand(net.height, *inputs.shape)
     with torch.enable_grad(), torch.inference_mode(False):
         logits = net(members)
-        loss = F.cross_entropy(logits.flatten(0, 1), targets.repeat(net.size), reduction="none")
-        total = loss.view(net.size, -1).mean(1).sum()
+        loss = F.cross_entropy(logits.flatten(0, 1), targets.repeat(net.height), reduction="none")
+        total = loss.view(net.height, -1).mean(1).sum()
         return list(torch.autograd.grad(total, list(net.weights), allow_unused=True))
 
 
 @torch.inference_mode()
 def member_layer_outputs(net: StackedNetwork, inputs: torch.Tensor) -> list[torch.Tensor]:
-    """Every member's post-activation outputs ``(K, batch, width)`` per hidden layer."""
-    return net.forward_hidden(inputs.unsqueeze(0).expand(net.size, *inputs.shape))
+    """Every member's post-activation outputs ``(height, batch, width)`` per hidden layer."""
+    return net.forward_hidden(inputs.unsqueeze(0).expand(net.height, *inputs.shape))
 
 
 class MembersAsNeurons:
@@ -43,7 +43,7 @@ class MembersAsNeurons:
         self.linears = range(net.depth)
 
     def forward_hidden(self, x: torch.Tensor, layers: int | None = None) -> list[torch.Tensor]:
-        members = x.unsqueeze(0).expand(self.net.size, *x.shape)
+        members = x.unsqueeze(0).expand(self.net.height, *x.shape)
         return [out.transpose(0, 1).flatten(1) for out in self.net.forward_hidden(members, layers)]
 
 
@@ -51,7 +51,7 @@ class MembersAsNeurons:
 def scan_members(
     net: StackedNetwork, inputs: torch.Tensor, monitor: DeadNeuronMonitor
 ) -> list[list[DeadNeuronCounter]]:
-    """Every member's dead-neuron counters (one per hidden layer) from one scan of ``inputs``,
+    """Every member's dead-neuron counters (one per hidden layer, per row of the stack) from one scan of ``inputs``,
     with ``monitor``'s settings. Exact, as a scan of each member alone would be: a layer's scan
     settles once no member's answer can change any more."""
     was_training = net.training
@@ -62,12 +62,12 @@ def scan_members(
     finally:
         net.train(was_training)
     per_member = []
-    for k in range(net.size):
+    for k in range(net.height):
         mine = []
         for counter in counters:
             member = DeadNeuronCounter(counter.near_dead_tol, counter.probe_samples)
-            member.fired = counter.fired.view(net.size, -1)[k]
-            member.near_zero_count = counter.near_zero_count.view(net.size, -1)[k]
+            member.fired = counter.fired.view(net.height, -1)[k]
+            member.near_zero_count = counter.near_zero_count.view(net.height, -1)[k]
             member.samples = counter.samples
             mine.append(member)
         per_member.append(mine)

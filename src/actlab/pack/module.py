@@ -10,13 +10,15 @@ import torch
 import torch.nn.functional as F
 
 from actlab.classifier import OptimizerFactory, optimizer_and_schedule
-from actlab.pack.stacked import Selection, StackedNetwork
+from actlab.pack.stacked import StackedNetwork
 from actlab.tensorboard import tensorboard_writers
 
 STAGES = ("train", "val", "test")
 
 
 MEMBER_SUFFIX = "@member"
+# where a compacted pack's own checkpoint keeps its stack (members in it, the others' weights)
+PACK_STACK_KEY = "pack_stack"
 
 
 def member_prefix(k: int) -> str:
@@ -82,7 +84,7 @@ class PackModule(L.LightningModule):
         if len(self.member_settings) != net.size:
             raise ValueError(f"{len(self.member_settings)} member settings for {net.size} members")
         self.runs = settings_runs(self.member_settings)
-        self._selection: Selection | None = None  # the members computed this epoch (None: all)
+        self._present: torch.Tensor | None = None  # the members in the stack, once it is compacted
         self._grad_hooks: list = []
         self.live = [True] * net.size
         self.register_buffer("live_mask", torch.ones(net.size, dtype=torch.bool), persistent=False)
@@ -119,12 +121,10 @@ class PackModule(L.LightningModule):
         if not any(self.live) and self._trainer is not None:
             self.trainer.should_stop = True
 
-    @torch.no_grad()
     def load_member_weights(self, k: int, state_dict: dict[str, torch.Tensor]) -> None:
         """Member k's weights from a single run's state dict (``net.*`` keys)."""
-        for name, (tensor, j) in self.net.member_slots(k).items():
-            if j is not None:
-                tensor[j] = state_dict[f"net.{name}"].to(tensor.device)
+        self.net.load_member_state_dict(k, {name[len("net.") :]: v for name, v in state_dict.items()
+                                            if name.startswith("net.")})  # fmt: skip
 
     def member_state_dict(self, k: int) -> dict[str, torch.Tensor]:
         """Member k's weights as its single run's Classifier holds them (``net.*`` keys)."""
@@ -148,12 +148,71 @@ class PackModule(L.LightningModule):
         # the rate this epoch trains at (Lightning steps epoch schedules before on_train_epoch_end)
         self._epoch_lr = [torch.tensor(float(group["lr"])) for group in self.trainer.optimizers[0].param_groups]
         live = [k for k in range(self.size) if self.live[k]]
-        self._selection = self.net.selection(live) if 0 < len(live) < self.size else None
+        if live and live != self.net.present:
+            self.compact(live)
 
     @property
     def computed(self) -> int:
         """How many members the stacked computation holds this epoch."""
-        return self.size if self._selection is None else len(self._selection)
+        return self.net.height
+
+    # -- compaction -------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def compact(self, keep: list[int]) -> None:
+        """Take the members not in ``keep`` (stopped ones) out of the stacked computation, and
+        out of the optimiser: the stacked parameters shrink in place, their optimiser state
+        with them, each kept member's rows and state unchanged."""
+        optimizer = self.trainer.optimizers[0] if self._trainer is not None and self.trainer.optimizers else None
+        parameters = list(self.parameters())
+        before = {id(p): members for p, members in self.net.parameter_members()}
+        layout = self.optimizer_layout()
+        kept = self.net.compact(keep)
+        self._frozen = {}  # every frozen member has left
+        self._present = torch.tensor(self.net.present, device=self.live_mask.device)
+        if optimizer is None:
+            return
+        if len(self.runs) == 1:  # the optimiser holds the stacked parameters themselves
+            for parameter in parameters:
+                state, rows = optimizer.state.get(parameter), kept.get(id(parameter))
+                if state and rows is not None:
+                    optimizer.state[parameter] = _rows_of(state, rows, len(before[id(parameter)]))
+            return
+        after = {id(p): members for p, members in self.net.parameter_members()}
+        for group, old, new in zip(optimizer.param_groups, layout, self.optimizer_layout()):
+            old_views = dict(zip((i for i, _, _ in old), zip(group["params"], old)))
+            views = []
+            for i, first, end in new:
+                view, (_, old_first, old_end) = old_views[i]
+                mine = before[id(parameters[i])][old_first:old_end]
+                rows = torch.tensor([mine.index(k) for k in after[id(parameters[i])][first:end]])
+                views.append(parameters[i].detach()[first:end])
+                state = optimizer.state.pop(view, None)
+                if state:
+                    optimizer.state[views[-1]] = _rows_of(state, rows, len(mine))
+            for view, _ in old_views.values():
+                optimizer.state.pop(view, None)
+            group["params"] = views
+        self._link_gradients(optimizer.param_groups)
+
+    def expand(self) -> None:
+        """Every member back in the stack (with the weights it stopped with), e.g. to test all."""
+        self.net.expand()
+        self._present = None
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.net.stash:  # a compacted pack: what a resume needs to rebuild the same stack
+            checkpoint[PACK_STACK_KEY] = {"present": list(self.net.present), "stash": self.net.stash,
+                                          "live": list(self.live)}  # fmt: skip
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        stack = checkpoint.get(PACK_STACK_KEY)
+        if stack:  # before the weights are loaded and the optimiser is built: the saved stack's shape
+            self.live = list(stack["live"])
+            self.live_mask.copy_(torch.tensor(self.live))
+            self.net.compact(stack["present"])
+            self.net.stash = {int(k): v for k, v in stack["stash"].items()}
+            self._present = torch.tensor(self.net.present, device=self.live_mask.device)
 
     def _accumulate(self, stage: str, logits: torch.Tensor, targets: torch.Tensor,
                     members: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
@@ -185,23 +244,21 @@ class PackModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch  # (K, B, ...), (K, B): each member's own batch
-        selection = self._selection
-        if selection is None:
+        members = self._present
+        if members is None:
             losses = self._accumulate("train", self.net(x), y)
             self.member_losses = losses.detach()  # the step's loss of each member (divergence checks read it)
             return torch.where(self.live_mask, losses, 0.0).sum()
-        members = selection.members
-        x, y = x.index_select(0, members), y.index_select(0, members)
-        losses = self._accumulate("train", self.net(x, selection), y, members)
+        x, y = x.index_select(0, members), y.index_select(0, members)  # the batches of the members in the stack
+        losses = self._accumulate("train", self.net(x), y, members)
         self.member_losses = torch.zeros(self.size, device=losses.device).index_copy_(0, members, losses.detach())
         return torch.where(self.live_mask.index_select(0, members), losses, 0.0).sum()
 
     def _evaluation_step(self, batch, stage: str) -> None:
         x, y = batch  # the members' common batch
-        selection = self._selection if stage == "val" else None
-        k = self.size if selection is None else len(selection)
-        logits = self.net(x.unsqueeze(0).expand(k, *x.shape), selection)
-        self._accumulate(stage, logits, y.unsqueeze(0).expand(k, -1), None if selection is None else selection.members)
+        k = self.net.height
+        self._accumulate(stage, self.net(x.unsqueeze(0).expand(k, *x.shape)), y.unsqueeze(0).expand(k, -1),
+                         self._present)  # fmt: skip
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._evaluation_step(batch, "val")
@@ -297,30 +354,31 @@ class PackModule(L.LightningModule):
         """What the optimiser factory takes: the parameters themselves when the members'
         settings are equal; else one group per run, over views of its rows, whose gradients
         are views of the stacked gradients (linked after every backward)."""
-        for handle in self._grad_hooks:
-            handle.remove()
-        self._grad_hooks = []
         if len(self.runs) == 1:
             return list(self.parameters())
         parameters = list(self.parameters())
+        groups = [{"params": [parameters[i].detach()[first:end] for i, first, end in tensors],
+                   **self.member_settings[start]} for (start, _), tensors in zip(self.runs, self.optimizer_layout())]
+        self._link_gradients(groups)
+        return groups
+
+    def _link_gradients(self, groups: list[dict[str, Any]]) -> None:
+        """After every backward, each view of a stacked parameter in ``groups`` gets its rows
+        of that parameter's gradient as its own."""
+        for handle in self._grad_hooks:
+            handle.remove()
+        parameters = list(self.parameters())
         views: dict[int, list[tuple[torch.Tensor, int, int]]] = {}
-        groups = []
-        for (start, _), tensors in zip(self.runs, self.optimizer_layout()):
-            params = []
-            for i, first, end in tensors:
-                view = parameters[i].detach()[first:end]
+        for group, tensors in zip(groups, self.optimizer_layout()):
+            for view, (i, first, end) in zip(group["params"], tensors):
                 views.setdefault(i, []).append((view, first, end))
-                params.append(view)
-            groups.append({"params": params, **self.member_settings[start]})
 
         def link(parameter: torch.Tensor, mine: list[tuple[torch.Tensor, int, int]]) -> None:
             for view, first, end in mine:
                 view.grad = parameter.grad[first:end]
 
-        for i, mine in views.items():
-            self._grad_hooks.append(parameters[i].register_post_accumulate_grad_hook(
-                lambda parameter, mine=mine: link(parameter, mine)))  # fmt: skip
-        return groups
+        self._grad_hooks = [parameters[i].register_post_accumulate_grad_hook(lambda p, mine=mine: link(p, mine))
+                            for i, mine in views.items()]  # fmt: skip
 
     def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
         optimizer.zero_grad()
@@ -330,6 +388,13 @@ class PackModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         return optimizer_and_schedule(self, self.optimizer_factory, self.scheduler_factory, self._optimizer_groups())
+
+
+def _rows_of(state: dict[str, Any], rows: torch.Tensor, height: int) -> dict[str, Any]:
+    """An optimiser state with its per-row tensors (dim 0 of size ``height``) cut to ``rows``."""
+    return {key: (value.index_select(0, rows.to(value.device))
+                  if torch.is_tensor(value) and value.dim() and value.shape[0] == height else value)
+            for key, value in state.items()}  # fmt: skip
 
 
 def settings_runs(settings: list[dict[str, Any]]) -> list[tuple[int, int]]:

@@ -1,12 +1,14 @@
 """K SimpleNetworks of one shape as one module: stacked Linear weights applied as batched
 matrix products, each member's activation applied to its own slice (members side by side with
-the same activation config share one call: packs put them next to each other)."""
+the same activation config share one call: packs put them next to each other).
+
+Members that stop training can be taken out of the stack (:meth:`StackedNetwork.compact`),
+so the computation shrinks with them; their weights wait in a stash until the stack is
+expanded back (:meth:`StackedNetwork.expand`), e.g. to test every member."""
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -42,38 +44,19 @@ class ActivationGroup(nn.Module):
         buffers = {k[len("buffer__") :].replace("__", "."): v for k, v in self.named_buffers() if "." not in k}
         return params, buffers
 
-    def forward(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """``x``: ``(members, batch, width)``, the group's members in order, or (``rows``) those
-        of its members whose places in the group's stack ``rows`` gives."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.trainable:
             return self.shared(x)
         params, buffers = self.stacked_state()
-        if rows is not None:
-            params = {k: v.index_select(0, rows) for k, v in params.items()}
-            buffers = {k: v.index_select(0, rows) for k, v in buffers.items()}
         template = self.template[0]
         return vmap(lambda p, b, h: functional_call(template, (p, b), (h,)), randomness="different")(params, buffers, x)
-
-
-@dataclass
-class Selection:
-    """Some members of a StackedNetwork, computed without the others (a compacted pack).
-
-    ``members``: their indices, ascending; ``groups``: per activation group with a selected
-    member, in order, (its index, how many of its members are selected, their places in the
-    group's stack)."""
-
-    members: torch.Tensor
-    groups: list[tuple[int, int, torch.Tensor]]
-
-    def __len__(self) -> int:
-        return len(self.members)
 
 
 class StackedNetwork(nn.Module):
     """``members`` SimpleNetworks of one hidden shape as one module.
 
-    Input ``(K, batch, ...)``, output ``(K, batch, classes)``: member k sees its own batch and
+    Input ``(height, batch, ...)``, output ``(height, batch, classes)``, one row per member in
+    the stack (``present``; all of them until :meth:`compact`): each sees its own batch and
     its own weights; nothing couples members (the loss of one never reaches another's
     gradients). ``activation_keys[k]`` names member k's activation config: each run of
     consecutive members with the same key is one :class:`ActivationGroup` per layer, applied to
@@ -101,94 +84,86 @@ class StackedNetwork(nn.Module):
             nn.Parameter(torch.stack([layers[i].bias.detach() for layers in linears]).clone())
             for i in range(len(linears[0]))
         )
-        self.group_members: list[list[int]] = []  # runs of consecutive members with one activation key
+        runs: list[list[int]] = []  # runs of consecutive members with one activation key
         for k, key in enumerate(activation_keys):
-            if self.group_members and activation_keys[self.group_members[-1][0]] == key:
-                self.group_members[-1].append(k)
+            if runs and activation_keys[runs[-1][0]] == key:
+                runs[-1].append(k)
             else:
-                self.group_members.append([k])
+                runs.append([k])
+        self.all_group_members = runs
+        self.group_members = [list(run) for run in runs]  # each group's members in the stack
         self.activations = nn.ModuleList(
-            nn.ModuleList(
-                ActivationGroup([members[k].activations[layer] for k in group]) for group in self.group_members
-            )
+            nn.ModuleList(ActivationGroup([members[k].activations[layer] for k in group]) for group in runs)
             for layer in range(len(self.hidden_shape))
         )
         # each member's own layout (on the meta device: no memory), for member_network; a plain
         # list, so they are not submodules
         self.member_templates = [copy.deepcopy(m).to("meta") for m in members]
+        self.present = list(range(self.size))  # the members in the stack, one row each, ascending
+        self.stash: dict[int, dict[str, torch.Tensor]] = {}  # the weights of the members taken out
 
     @property
     def depth(self) -> int:
         return len(self.hidden_shape)
 
-    def selection(self, members: Sequence[int]) -> Selection:
-        """The members ``members`` (ascending) as a :class:`Selection` for :meth:`forward`."""
-        device = self.weights[0].device
-        chosen = set(members)
-        groups = []
-        for g, members_of in enumerate(self.group_members):
-            rows = [j for j, k in enumerate(members_of) if k in chosen]
-            if rows:
-                groups.append((g, len(rows), torch.tensor(rows, device=device)))
-        return Selection(torch.tensor(sorted(chosen), device=device), groups)
+    @property
+    def height(self) -> int:
+        """How many members the stack holds (computes) now."""
+        return len(self.present)
 
-    def _activate(self, layer: int, h: torch.Tensor, selection: Selection | None = None) -> torch.Tensor:
+    def row(self, k: int) -> int:
+        """Member k's row in the stack (a ValueError once it is taken out)."""
+        return self.present.index(k)
+
+    def _activate(self, layer: int, h: torch.Tensor) -> torch.Tensor:
         groups = self.activations[layer]
-        if selection is not None:
-            outputs, start = [], 0
-            for g, count, rows in selection.groups:
-                outputs.append(groups[g](h[start : start + count], rows))
-                start += count
-            return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
-        if len(groups) == 1:
-            return groups[0](h)
-        runs = zip(groups, self.group_members)
-        outputs = [group(h[members_of[0] : members_of[-1] + 1]) for group, members_of in runs]
-        return torch.cat(outputs)  # one copy of the layer's output
+        slices, start = [], 0
+        for group, members_of in zip(groups, self.group_members):
+            if members_of:
+                slices.append((group, start, start + len(members_of)))
+                start += len(members_of)
+        if len(slices) == 1:
+            return slices[0][0](h)
+        return torch.cat([group(h[first:end]) for group, first, end in slices])  # one copy of the layer's output
 
-    def _linear(self, i: int, h: torch.Tensor, selection: Selection | None = None) -> torch.Tensor:
-        weight, bias = self.weights[i], self.biases[i]
-        if selection is not None:
-            weight, bias = weight.index_select(0, selection.members), bias.index_select(0, selection.members)
-        return torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
+    def _linear(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.biases[i].unsqueeze(1), h, self.weights[i].transpose(1, 2))
 
-    def forward_hidden(self, x: torch.Tensor, layers: int | None = None,
-                       selection: Selection | None = None) -> list[torch.Tensor]:  # fmt: skip
-        """Post-activation outputs ``(K, batch, width)`` of the first ``layers`` hidden layers
-        (of the selected members only, in their order, with ``selection``)."""
+    def forward_hidden(self, x: torch.Tensor, layers: int | None = None) -> list[torch.Tensor]:
+        """Post-activation outputs ``(height, batch, width)`` of the first ``layers`` hidden layers."""
         h = x.flatten(2)
         outputs = []
         for layer in range(self.depth if layers is None else layers):
-            h = self._activate(layer, self._linear(layer, h, selection), selection)
+            h = self._activate(layer, self._linear(layer, h))
             outputs.append(h)
         return outputs
 
-    def forward(self, x: torch.Tensor, selection: Selection | None = None) -> torch.Tensor:
-        """Logits ``(K, batch, classes)`` from inputs ``(K, batch, ...)``; with ``selection``,
-        of its members only, from theirs (``(len(selection), batch, ...)``)."""
-        hidden = self.forward_hidden(x, selection=selection)
-        return self._linear(self.depth, hidden[-1], selection)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.forward_hidden(x)
+        return self._linear(self.depth, hidden[-1])
+
+    def linear_weights(self) -> list[nn.Parameter]:
+        """The stacked ``(height, out, in)`` weights of the hidden layers, then the head."""
+        return list(self.weights)
 
     def parameter_members(self) -> list[tuple[nn.Parameter, list[int]]]:
         """Every stacked parameter with the member each of its dim-0 rows belongs to."""
-        members = [(p, list(range(self.size))) for p in (*self.weights, *self.biases)]
+        members = [(p, list(self.present)) for p in (*self.weights, *self.biases)]
         for groups in self.activations:
             for group, members_of in zip(groups, self.group_members):
                 if group.trainable:
                     members += [(p, list(members_of)) for p in group.params.values()]
         return members
 
-    def linear_weights(self) -> list[nn.Parameter]:
-        """The stacked ``(K, out, in)`` weights of the hidden layers, then the head."""
-        return list(self.weights)
-
     def member_slots(self, k: int) -> dict[str, tuple[torch.Tensor, int | None]]:
-        """Where member ``k``'s tensors live: SimpleNetwork state-dict name -> (stacked tensor,
-        index along dim 0), or (the one shared tensor, None) for a parameter-free group's buffers."""
+        """Where member ``k``'s tensors live in the stack: SimpleNetwork state-dict name ->
+        (stacked tensor, index along dim 0), or (the one shared tensor, None) for a
+        parameter-free group's buffers."""
+        row = self.row(k)
         slots: dict[str, tuple[torch.Tensor, int | None]] = {}
         for i in range(self.depth):
-            slots[f"linears.{i}.weight"], slots[f"linears.{i}.bias"] = (self.weights[i], k), (self.biases[i], k)
-        slots["head.weight"], slots["head.bias"] = (self.weights[-1], k), (self.biases[-1], k)
+            slots[f"linears.{i}.weight"], slots[f"linears.{i}.bias"] = (self.weights[i], row), (self.biases[i], row)
+        slots["head.weight"], slots["head.bias"] = (self.weights[-1], row), (self.biases[-1], row)
         for layer, groups in enumerate(self.activations):
             for group, members_of in zip(groups, self.group_members):
                 if k not in members_of:
@@ -202,11 +177,80 @@ class StackedNetwork(nn.Module):
         return slots
 
     def member_state_dict(self, k: int) -> dict[str, torch.Tensor]:
-        """Member ``k``'s weights as a SimpleNetwork state dict."""
+        """Member ``k``'s weights as a SimpleNetwork state dict (from the stash once taken out)."""
+        if k in self.stash:
+            return {name: value.clone() for name, value in self.stash[k].items()}
         return {name: (v if j is None else v[j]).detach().clone() for name, (v, j) in self.member_slots(k).items()}
+
+    @torch.no_grad()
+    def load_member_state_dict(self, k: int, state_dict: dict[str, torch.Tensor]) -> None:
+        """Member ``k``'s weights from a SimpleNetwork state dict (into the stash once taken out)."""
+        if k in self.stash:
+            self.stash[k] = {name: state_dict[name].detach().cpu().clone() for name in self.stash[k]}
+            return
+        for name, (tensor, j) in self.member_slots(k).items():
+            if j is not None:
+                tensor[j] = state_dict[name].to(tensor.device)
 
     def member_network(self, k: int) -> SimpleNetwork:
         """Member ``k`` as a SimpleNetwork of its own (a copy, on this module's device)."""
         net = copy.deepcopy(self.member_templates[k]).to_empty(device=self.weights[0].device)
         net.load_state_dict(self.member_state_dict(k))
         return net
+
+    def _stacked_tensors(self) -> list[tuple[torch.Tensor, list[int]]]:
+        """Every tensor stacked per member (parameters and trainable groups' buffers), with the
+        member of each row."""
+        tensors: list[tuple[torch.Tensor, list[int]]] = [(p, list(self.present)) for p in (*self.weights, *self.biases)]
+        for groups in self.activations:
+            for group, members_of in zip(groups, self.group_members):
+                if group.trainable:
+                    params, buffers = group.stacked_state()
+                    tensors += [(v, list(members_of)) for v in (*params.values(), *buffers.values())]
+        return tensors
+
+    @torch.no_grad()
+    def compact(self, keep: list[int]) -> dict[int, torch.Tensor]:
+        """Take every member not in ``keep`` out of the stack (its weights into the stash);
+        the stacked tensors keep their identity (their ``.data`` shrinks). Returns, per
+        stacked tensor (by ``id``), the rows of its old stack that remain."""
+        keep = [k for k in self.present if k in set(keep)]
+        for k in self.present:
+            if k not in keep:
+                self.stash[k] = {name: value.cpu() for name, value in self.member_state_dict(k).items()}
+        kept = {}
+        for tensor, members in self._stacked_tensors():
+            rows = torch.tensor([j for j, k in enumerate(members) if k in keep], dtype=torch.long)
+            tensor.data = tensor.data.index_select(0, rows.to(tensor.device))
+            tensor.grad = None  # of the old shape; the next backward makes it anew
+            kept[id(tensor)] = rows
+        self.group_members = [[k for k in members_of if k in keep] for members_of in self.group_members]
+        self.present = keep
+        return kept
+
+    @torch.no_grad()
+    def expand(self) -> None:
+        """Put every member taken out back into the stack, with its stashed weights."""
+        if not self.stash:
+            return
+        states = {k: self.member_state_dict(k) for k in range(self.size)}
+        full = {id(t): len(members) for t, members in self._full_tensors()}
+        for tensor, _ in self._stacked_tensors():
+            tensor.data = tensor.data.new_empty((full[id(tensor)], *tensor.shape[1:]))
+            tensor.grad = None
+        self.group_members = [list(run) for run in self.all_group_members]
+        self.present, self.stash = list(range(self.size)), {}
+        for k, state in states.items():
+            for name, (tensor, j) in self.member_slots(k).items():
+                if j is not None:
+                    tensor[j] = state[name].to(tensor.device)
+
+    def _full_tensors(self) -> list[tuple[torch.Tensor, list[int]]]:
+        tensors: list[tuple[torch.Tensor, list[int]]] = [(p, list(range(self.size)))
+                                                          for p in (*self.weights, *self.biases)]  # fmt: skip
+        for groups in self.activations:
+            for group, members_of in zip(groups, self.all_group_members):
+                if group.trainable:
+                    params, buffers = group.stacked_state()
+                    tensors += [(v, list(members_of)) for v in (*params.values(), *buffers.values())]
+        return tensors

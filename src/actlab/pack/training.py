@@ -314,6 +314,7 @@ class PackRun:
         """Test every member at once, on its last weights or (``test_ckpt=best``) its best
         epoch's, loaded from its own best checkpoint into its slot of the pack."""
         which = self.cfg.get("test_ckpt", "last")
+        module.expand()  # members taken out of the stack when they stopped come back to be tested
         for k in live:
             record = self.records[k]
             if which == "best":
