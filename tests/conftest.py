@@ -32,6 +32,16 @@ requires_real_data = pytest.mark.skipif(
 )
 
 
+# the longest test files first: pytest-xdist hands out whole files in this order, so the last
+# ones to finish are short
+LONGEST_FIRST = ("test_slurm.py", "test_pack_faults.py", "test_pack_resume.py", "test_protocols.py", "test_sweeps.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 def write_idx(path: str | Path, array: np.ndarray) -> None:
     """Write a uint8 array as an IDX file (gzip-compressed if ``path`` ends in ``.gz``)."""
     array = np.ascontiguousarray(array, dtype=np.uint8)

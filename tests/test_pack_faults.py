@@ -104,7 +104,7 @@ def test_sigterm_to_a_parallel_packed_sweep_reaches_every_worker_and_resume_fini
     import time
 
     overrides, sweep_dir = packed_sweep(tmp_path, fake_data_dir, "activation=relu,tanh", "model.depth=2,3,4",
-                                        "trainer.max_epochs=40", "callbacks=none", "logger=csv", "data.batch_size=8",
+                                        "trainer.max_epochs=16", "callbacks=none", "logger=csv", "data.batch_size=8",
                                         "hydra.launcher.n_jobs=2")  # fmt: skip
     proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *overrides], cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
@@ -124,7 +124,7 @@ def test_sigterm_to_a_parallel_packed_sweep_reaches_every_worker_and_resume_fini
     assert proc.wait(timeout=120) == 128 + signal.SIGTERM
     records = [read_record(p.parent) for p in sweep_dir.glob("*/metrics.json")]
     assert sorted(r["status"] for r in records) == ["interrupted"] * 4 + ["queued"] * 2  # never started: queued
-    assert all(1 <= r["epochs_completed"] < 40 for r in records if r["status"] == "interrupted")
+    assert all(1 <= r["epochs_completed"] < 16 for r in records if r["status"] == "interrupted")
     deadline = time.time() + 30
     while any(os.path.exists(f"/proc/{pid}") for pid in workers):  # no worker left behind
         assert time.time() < deadline, [pid for pid in workers if os.path.exists(f"/proc/{pid}")]
@@ -134,5 +134,5 @@ def test_sigterm_to_a_parallel_packed_sweep_reaches_every_worker_and_resume_fini
     assert result.returncode == 0, result.stderr[-3000:]
     for path in sweep_dir.glob("*/metrics.json"):
         record = read_record(path.parent)
-        assert record["status"] == "completed" and record["epochs_completed"] == 40
-        assert len(record["history"]["val/acc"]) == 40
+        assert record["status"] == "completed" and record["epochs_completed"] == 16
+        assert len(record["history"]["val/acc"]) == 16

@@ -14,7 +14,6 @@ from actlab.record import read_record
 
 pytestmark = [
     pytest.mark.slurm,
-    pytest.mark.xdist_group("slurm"),  # one cluster per machine: these tests share one worker
     pytest.mark.slow,
     pytest.mark.skipif(slurm_cluster.available() is not None, reason=str(slurm_cluster.available())),
 ]

@@ -52,13 +52,15 @@ def summary_line(record: dict[str, Any]) -> str:
     """One line: status, test and best validation accuracy, epochs, median epoch time, where
     the record is and how to look at what the run's loggers wrote."""
     output_dir = Path(record.get("output_dir", "."))
-    epoch_s = record.get("epoch_time_s")
+    epoch_s, unit = record.get("epoch_time_s"), "s/epoch"
+    if isinstance(record.get("epoch_time_per_member_s"), (int, float)):  # a pack member: its share of the pack's epoch
+        epoch_s, unit = record["epoch_time_per_member_s"], "s/epoch (its share of the pack's)"
     parts = [
         f"run {record.get('status')}",
         f"test acc {_percent(record.get('test/acc'))}",
         f"best val acc {_percent(record.get('val/acc_best'))}",
         f"{record.get('epochs_completed', 0)} epochs",
-        f"{epoch_s:.2f} s/epoch" if isinstance(epoch_s, (int, float)) else "- s/epoch",
+        f"{epoch_s:.2f} {unit}" if isinstance(epoch_s, (int, float)) else "- s/epoch",
         f"record {output_dir / 'metrics.json'}",
         *_views(record, output_dir),
     ]
