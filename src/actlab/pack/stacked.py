@@ -198,12 +198,13 @@ class StackedNetwork(nn.Module):
         net.load_state_dict(self.member_state_dict(k))
         return net
 
-    def _stacked_tensors(self) -> list[tuple[torch.Tensor, list[int]]]:
+    def _stacked_tensors(self, full: bool = False) -> list[tuple[torch.Tensor, list[int]]]:
         """Every tensor stacked per member (parameters and trainable groups' buffers), with the
-        member of each row."""
-        tensors: list[tuple[torch.Tensor, list[int]]] = [(p, list(self.present)) for p in (*self.weights, *self.biases)]
+        member of each row: as the stack is now, or (``full``) as it is with every member in it."""
+        rows = list(range(self.size)) if full else list(self.present)
+        tensors: list[tuple[torch.Tensor, list[int]]] = [(p, rows) for p in (*self.weights, *self.biases)]
         for groups in self.activations:
-            for group, members_of in zip(groups, self.group_members):
+            for group, members_of in zip(groups, self.all_group_members if full else self.group_members):
                 if group.trainable:
                     params, buffers = group.stacked_state()
                     tensors += [(v, list(members_of)) for v in (*params.values(), *buffers.values())]
@@ -234,7 +235,7 @@ class StackedNetwork(nn.Module):
         if not self.stash:
             return
         states = {k: self.member_state_dict(k) for k in range(self.size)}
-        full = {id(t): len(members) for t, members in self._full_tensors()}
+        full = {id(t): len(members) for t, members in self._stacked_tensors(full=True)}
         for tensor, _ in self._stacked_tensors():
             tensor.data = tensor.data.new_empty((full[id(tensor)], *tensor.shape[1:]))
             tensor.grad = None
@@ -244,13 +245,3 @@ class StackedNetwork(nn.Module):
             for name, (tensor, j) in self.member_slots(k).items():
                 if j is not None:
                     tensor[j] = state[name].to(tensor.device)
-
-    def _full_tensors(self) -> list[tuple[torch.Tensor, list[int]]]:
-        tensors: list[tuple[torch.Tensor, list[int]]] = [(p, list(range(self.size)))
-                                                          for p in (*self.weights, *self.biases)]  # fmt: skip
-        for groups in self.activations:
-            for group, members_of in zip(groups, self.all_group_members):
-                if group.trainable:
-                    params, buffers = group.stacked_state()
-                    tensors += [(v, list(members_of)) for v in (*params.values(), *buffers.values())]
-        return tensors
