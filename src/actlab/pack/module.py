@@ -210,9 +210,8 @@ class PackModule(L.LightningModule):
         if stack:  # before the weights are loaded and the optimiser is built: the saved stack's shape
             self.live = list(stack["live"])
             self.live_mask.copy_(torch.tensor(self.live))
-            self.net.compact(stack["present"])
+            self.compact(stack["present"])  # no optimiser yet: the stack alone
             self.net.stash = {int(k): v for k, v in stack["stash"].items()}
-            self._present = torch.tensor(self.net.present, device=self.live_mask.device)
 
     def _accumulate(self, stage: str, logits: torch.Tensor, targets: torch.Tensor,
                     members: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
