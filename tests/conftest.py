@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import importlib.util
+import io
+import logging
 import os
 import struct
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -102,3 +107,67 @@ def run_train_cli(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.
         text=True,
         timeout=timeout,
     )
+
+
+_TRAIN_SCRIPT = None
+
+
+def _train_script():
+    """train.py as a module, loaded once per test process."""
+    global _TRAIN_SCRIPT
+    if _TRAIN_SCRIPT is None:
+        spec = importlib.util.spec_from_file_location("actlab_train_script", REPO / "train.py")
+        _TRAIN_SCRIPT = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(_TRAIN_SCRIPT)
+        # as when run as a script: Hydra then finds conf/ beside the file (not in a package)
+        _TRAIN_SCRIPT.main.__wrapped__.__module__ = "__main__"
+    return _TRAIN_SCRIPT
+
+
+def run_train_main(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`python train.py <args>` in ``cwd`` without starting an interpreter: train.py's Hydra
+    entry point called in this process (the command line parsed, the config composed, the
+    launcher, the run and the exit status all as the script's), its stdout/stderr captured.
+    Saves the seconds a new process spends importing torch and Lightning; tests that need
+    the process itself (signals, the interpreter's own exit path) use :func:`run_train_cli`."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    root = logging.getLogger()
+    saved_logging = (root.handlers[:], root.level)
+    saved_env = {key: os.environ.get(key) for key in {"HYDRA_FULL_ERROR", *(env or {})}}
+    os.environ.update({"HYDRA_FULL_ERROR": "0", **(env or {})})
+    saved_argv, saved_cwd = sys.argv, os.getcwd()
+    stdout, stderr = io.StringIO(), io.StringIO()
+    returncode = 0
+    try:
+        os.chdir(cwd)
+        sys.argv = [str(REPO / "train.py"), *args]
+        GlobalHydra.instance().clear()
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                _train_script().main()
+            except SystemExit as exit_:  # what the interpreter does with it
+                if isinstance(exit_.code, str):
+                    print(exit_.code, file=sys.stderr)
+                    returncode = 1
+                else:
+                    returncode = exit_.code or 0
+            except Exception:  # raised through Hydra (HYDRA_FULL_ERROR=1): the interpreter prints it
+                traceback.print_exc()
+                returncode = 1
+    finally:
+        GlobalHydra.instance().clear()
+        sys.argv = saved_argv
+        os.chdir(saved_cwd)
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        for handler in root.handlers[:]:
+            if handler not in saved_logging[0]:
+                root.removeHandler(handler)
+                handler.close()
+        root.handlers[:] = saved_logging[0]
+        root.setLevel(saved_logging[1])
+    return subprocess.CompletedProcess(sys.argv, returncode, stdout.getvalue(), stderr.getvalue())

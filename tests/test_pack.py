@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, compose_train, data_overrides, run_train_cli
+from conftest import REPO, compose_train, data_overrides, run_train_main
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -167,7 +167,7 @@ def packed_sweep(tmp_path, fake_data_dir, *args):
 def test_packed_launcher_groups_the_sweep_and_writes_every_job_as_if_alone(tmp_path, fake_data_dir):
     overrides, sweep_dir = packed_sweep(tmp_path, fake_data_dir, "experiment=smoke", "seed=1,2",
                                         "hydra.launcher.pack_size=3")  # fmt: skip
-    result = run_train_cli(overrides, tmp_path)
+    result = run_train_main(overrides, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     records = {p.parent.name: read_record(p.parent) for p in sweep_dir.glob("*/metrics.json")}
     assert len(records) == 8 and all(r["status"] == "completed" for r in records.values())

@@ -4,7 +4,7 @@ in that run's record (and the summary names it), never in its pack-mates' or the
 import subprocess
 import sys
 
-from conftest import REPO, run_train_cli
+from conftest import REPO, run_train_main
 from test_pack import members_for, packed_sweep
 
 from actlab.record import SCHEMA_DEFAULTS, read_record, write_record
@@ -27,7 +27,7 @@ def test_a_member_that_cannot_be_built_is_recorded_failed_and_its_pack_mates_tra
 def test_a_packed_sweep_with_failing_jobs_finishes_the_others_and_names_the_failures(tmp_path, fake_data_dir):
     overrides, sweep_dir = packed_sweep(tmp_path, fake_data_dir, "activation=relu,gelu", "optimizer.lr=0.01,-1",
                                         "trainer.max_epochs=1", "callbacks=none", "logger=csv")  # fmt: skip
-    result = run_train_cli(overrides, tmp_path)
+    result = run_train_main(overrides, tmp_path)
     assert result.returncode != 0
     records = {p.parent.name: read_record(p.parent) for p in sweep_dir.glob("*/metrics.json")}
     assert len(records) == 4  # every job has its record, the failed ones too
@@ -130,7 +130,9 @@ def test_sigterm_to_a_parallel_packed_sweep_reaches_every_worker_and_resume_fini
         assert time.time() < deadline, [pid for pid in workers if os.path.exists(f"/proc/{pid}")]
         time.sleep(0.1)
 
-    result = run_train_cli([*overrides, "resume=true"], tmp_path)
+    # resumed in this process, one pack after another (the same sweep and job directories: the
+    # launcher's parallelism is not part of a job's identity)
+    result = run_train_main([*overrides, "resume=true", "hydra.launcher.n_jobs=1"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     for path in sweep_dir.glob("*/metrics.json"):
         record = read_record(path.parent)

@@ -6,7 +6,7 @@ what a user reads: the record's values, the TensorBoard tags, the checkpoint fil
 
 import pytest
 import torch
-from conftest import compose_train, data_overrides, run_train_cli
+from conftest import compose_train, data_overrides, run_train_main
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from actlab.pack.members import Member, packing_refusal
@@ -157,7 +157,7 @@ def test_a_refused_job_runs_alone_in_the_same_sweep_with_one_line_saying_why(tmp
     from test_sweeps import generated_data_overrides
 
     sweep_dir = tmp_path / "sweep"
-    result = run_train_cli(["-m", "hydra/launcher=packed", "activation=relu,tanh", "scheduler=none,plateau",
+    result = run_train_main(["-m", "hydra/launcher=packed", "activation=relu,tanh", "scheduler=none,plateau",
                             "trainer.max_epochs=2", "callbacks=none", "logger=csv",
                             *generated_data_overrides(fake_data_dir), f"hydra.sweep.dir={sweep_dir}"],
                            tmp_path)  # fmt: skip

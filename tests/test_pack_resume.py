@@ -9,7 +9,7 @@ import time
 
 import pytest
 import torch
-from conftest import REPO, data_overrides, run_train_cli
+from conftest import REPO, data_overrides, run_train_main
 from test_sweeps import generated_data_overrides
 
 from actlab.record import read_record
@@ -33,7 +33,7 @@ def members(sweep_dir):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, fake_data_dir):
     root = tmp_path_factory.mktemp("uninterrupted")
-    result = run_train_cli(packed_sweep(fake_data_dir, root / "sweep"), root)
+    result = run_train_main(packed_sweep(fake_data_dir, root / "sweep"), root)
     assert result.returncode == 0, result.stderr[-3000:]
     return members(root / "sweep")
 
@@ -79,7 +79,7 @@ def test_a_pack_interrupted_and_resumed_equals_the_uninterrupted_pack(sig, unint
     assert all(r["status"] == ("interrupted" if sig == signal.SIGTERM else "running") for r in stopped.values())
     assert any(r["epochs_completed"] < uninterrupted_epochs(uninterrupted, n) for n, r in stopped.items())
 
-    result = run_train_cli([*command, "resume=true"], tmp_path)
+    result = run_train_main([*command, "resume=true"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     for name, run_dir in members(tmp_path / "sweep").items():
         assert read_record(run_dir)["resumed_from"].endswith("last.ckpt")
@@ -97,7 +97,7 @@ SINGLE = ["trainer.max_epochs=8", "callbacks=none", "logger=csv", "data.batch_si
 @pytest.fixture(scope="module")
 def uninterrupted_single(tmp_path_factory, fake_data_dir):
     root = tmp_path_factory.mktemp("uninterrupted_single")
-    result = run_train_cli([*data_overrides(fake_data_dir), *SINGLE, f"hydra.run.dir={root / 'run'}"], root)
+    result = run_train_main([*data_overrides(fake_data_dir), *SINGLE, f"hydra.run.dir={root / 'run'}"], root)
     assert result.returncode == 0, result.stderr[-3000:]
     return read_record(root / "run")
 
@@ -122,7 +122,7 @@ def test_a_single_run_interrupted_and_resumed_equals_the_uninterrupted_run(sig, 
     done = stopped["epochs_completed"]
     assert 2 <= done < 8 and len(stopped["history"]["val/acc"]) == done == len(stopped["epoch_times_s"])
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
-    result = run_train_cli([*command, "resume=true"], tmp_path)
+    result = run_train_main([*command, "resume=true"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     resumed = read_record(run_dir)
     assert resumed["status"] == "completed" and resumed["epochs_completed"] == 8

@@ -1,7 +1,7 @@
 """A real (short) training run on the Debian FashionMNIST files, through the CLI."""
 
 import pytest
-from conftest import requires_real_data, run_train_cli
+from conftest import requires_real_data, run_train_main
 
 from actlab.record import read_record
 
@@ -9,7 +9,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.real_data, requires_real_data]
 
 
 def test_default_model_learns_fashion_mnist_in_two_epochs(tmp_path):
-    result = run_train_cli(["trainer.max_epochs=2", "data.data_dir=null"], cwd=tmp_path)
+    result = run_train_main(["trainer.max_epochs=2", "data.data_dir=null"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = (tmp_path / "outputs" / "runs").iterdir()
     record = read_record(run_dir)

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from conftest import REPO, data_overrides, run_train_cli
+from conftest import REPO, data_overrides, run_train_main
 from omegaconf import OmegaConf
 
 from actlab.config import CONFIG_DIR
@@ -30,7 +30,7 @@ def generated_data_overrides(fake_data_dir) -> list[str]:
 def sweep(tmp_path, fake_data_dir, *args, name="sweep"):
     sweep_dir = tmp_path / name
     overrides = ["-m", *args, *generated_data_overrides(fake_data_dir), f"hydra.sweep.dir={sweep_dir}"]
-    return run_train_cli(overrides, tmp_path), sweep_dir
+    return run_train_main(overrides, tmp_path), sweep_dir
 
 
 def job_dirs(sweep_dir: Path) -> dict[str, Path]:

@@ -1,12 +1,9 @@
 """End-to-end runs: config composition, train.py, the run record, bad input, divergence."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
-from conftest import REPO, compose_train, data_overrides, run_train_cli
+from conftest import compose_train, data_overrides, run_train_cli, run_train_main
 from omegaconf import OmegaConf
 
 from actlab.config import group_options
@@ -130,14 +127,14 @@ def test_cli_fast_dev_run_and_unknown_activation(tmp_path, fake_data_dir):
     assert record["status"] == "completed" and record["activation"] == "relu"
     assert (run_dir / ".hydra" / "config.yaml").is_file()
 
-    bad = run_train_cli(["activation=nosuch", *data_overrides(fake_data_dir)], cwd=tmp_path)
+    bad = run_train_main(["activation=nosuch", *data_overrides(fake_data_dir)], cwd=tmp_path)
     assert bad.returncode != 0
     assert "nosuch" in bad.stderr and "telu" in bad.stderr and "staf" in bad.stderr  # lists the choices
     assert len(list((tmp_path / "outputs" / "runs").iterdir())) == 1  # no run started
 
 
 def test_cli_bad_value_exits_nonzero_with_clear_error(tmp_path, fake_data_dir):
-    bad = run_train_cli(["model.depth=0", *data_overrides(fake_data_dir)], cwd=tmp_path)
+    bad = run_train_main(["model.depth=0", *data_overrides(fake_data_dir)], cwd=tmp_path)
     assert bad.returncode != 0 and "model.depth must be a positive integer" in bad.stderr
     (run_dir,) = (tmp_path / "outputs" / "runs").iterdir()
     assert read_record(run_dir)["status"] == "failed"
@@ -153,7 +150,8 @@ def test_a_config_mistake_is_one_clear_line_and_the_record_keeps_the_traceback(o
                                                                                 fake_data_dir):  # fmt: skip
     run_dir = tmp_path / "run"
     args = [*override.split(), *data_overrides(fake_data_dir), f"hydra.run.dir={run_dir}"]
-    bad = run_train_cli(args, cwd=tmp_path)
+    # the script as a process once; in this process for the other mistakes (the same entry point)
+    bad = (run_train_cli if override.startswith("model") else run_train_main)(args, cwd=tmp_path)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     error_line, hint = bad.stderr.strip().splitlines()[-2:]
     assert error_line.startswith("error: ") and message in error_line
@@ -161,8 +159,7 @@ def test_a_config_mistake_is_one_clear_line_and_the_record_keeps_the_traceback(o
     assert "Traceback" in read_record(run_dir)["traceback"]
     if not override.startswith("optimizer"):
         return  # the full traceback on request: checked once
-    full = subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path, capture_output=True,
-                          text=True, env={**os.environ, "HYDRA_FULL_ERROR": "1"}, timeout=300)  # fmt: skip
+    full = run_train_main(args, cwd=tmp_path, env={"HYDRA_FULL_ERROR": "1"})
     assert full.returncode != 0 and "Traceback" in full.stderr and message in full.stderr
 
 
