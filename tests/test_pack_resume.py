@@ -2,6 +2,7 @@
 weights, learning-rate history, early-stopping epochs and test metrics (and a single run,
 killed and resumed, is the run that was never killed)."""
 
+import csv
 import signal
 import subprocess
 import sys
@@ -52,6 +53,12 @@ def interrupt_after_epochs(command, cwd, run_dirs, epochs, sig):
     return proc.returncode
 
 
+def csv_column(run_dir, key):
+    """``key``'s values in ``run_dir``'s csv/metrics.csv, in file order, with their epochs."""
+    with open(run_dir / "csv" / "metrics.csv", newline="") as file:
+        return [(int(row["epoch"]), float(row[key])) for row in csv.DictReader(file) if row.get(key)]
+
+
 def assert_equal_runs(resumed_dir, reference_dir):
     resumed, reference = read_record(resumed_dir), read_record(reference_dir)
     assert resumed["status"] == reference["status"] == "completed"
@@ -62,6 +69,10 @@ def assert_equal_runs(resumed_dir, reference_dir):
         assert resumed["history"][key] == pytest.approx(reference["history"][key], abs=1e-5), key
     for key in ("test/acc", "test/loss", "test/f1"):
         assert resumed[key] == pytest.approx(reference[key], abs=1e-5), key
+    # logger=csv: the resumed run's metrics.csv has every epoch once, the earlier attempt's rows included
+    mine, theirs = csv_column(resumed_dir, "val/acc"), csv_column(reference_dir, "val/acc")
+    assert [epoch for epoch, _ in mine] == [epoch for epoch, _ in theirs] == list(range(len(theirs)))
+    assert [value for _, value in mine] == pytest.approx([value for _, value in theirs], abs=1e-5)
     mine = torch.load(resumed_dir / "checkpoints" / "last.ckpt", weights_only=False)
     theirs = torch.load(reference_dir / "checkpoints" / "last.ckpt", weights_only=False)
     assert mine["epoch"] == theirs["epoch"]

@@ -1,5 +1,6 @@
 """End-to-end runs: config composition, train.py, the run record, bad input, divergence."""
 
+import csv
 import json
 
 import pytest
@@ -233,6 +234,29 @@ def test_a_corrupt_last_checkpoint_falls_back_and_never_loses_the_history(tmp_pa
     fresh, _ = train_in_process(tmp_path, fake_data_dir, ["trainer.max_epochs=1", "callbacks=none", "resume=true"])
     assert fresh["status"] == "completed" and fresh["resumed_from"] is None
     assert "starting afresh" in fresh["resume_warning"] and fresh["previous_attempt"]["epochs_completed"] == 4
+
+
+def test_a_resumed_run_keeps_its_csv_rows_and_writes_each_epoch_once(tmp_path, fake_data_dir):
+    csv_run = ["callbacks=none", "logger=csv", "callbacks.model_checkpoint.monitor=val/loss",
+               "callbacks.model_checkpoint.mode=min"]  # fmt: skip
+    first, out = train_in_process(tmp_path, fake_data_dir, ["trainer.max_epochs=3", *csv_run])
+    write_record(out, {**first, "status": "interrupted"})
+    (out / "checkpoints" / "last.ckpt").unlink()  # so the resume falls back to the best epoch's checkpoint
+    (best,) = (out / "checkpoints").glob("best_epoch=*.ckpt")
+    best_epoch = int(best.stem.split("=")[1])
+
+    def val_rows():
+        with open(out / "csv" / "metrics.csv", newline="") as file:
+            return [(int(r["epoch"]), float(r["val/acc"])) for r in csv.DictReader(file) if r["val/acc"]]
+
+    before = val_rows()
+    assert [epoch for epoch, _ in before] == [0, 1, 2]
+    resumed, _ = train_in_process(tmp_path, fake_data_dir, ["trainer.max_epochs=4", *csv_run, "resume=true"])
+    assert resumed["resumed_from"] == str(best)
+    after = val_rows()
+    assert [epoch for epoch, _ in after] == [0, 1, 2, 3]  # each once: the epochs after the best one trained again
+    assert after[: best_epoch + 1] == before[: best_epoch + 1]  # the earlier attempt's rows, kept
+    assert [value for _, value in after] == pytest.approx(resumed["history"]["val/acc"], abs=1e-6)
 
 
 def test_the_closing_line_points_to_what_the_loggers_wrote(tmp_path, fake_data_dir):

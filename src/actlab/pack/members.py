@@ -54,7 +54,11 @@ MEMBER_CALLBACKS = {
     "actlab.callbacks.DeadNeuronMonitor", "actlab.callbacks.ActivationParameterMonitor",
     "actlab.callbacks.ActivationPlot",
 }  # fmt: skip
-MEMBER_LOGGERS = {"lightning.pytorch.loggers.TensorBoardLogger", "lightning.pytorch.loggers.CSVLogger"}
+MEMBER_LOGGERS = {
+    "lightning.pytorch.loggers.TensorBoardLogger",
+    "lightning.pytorch.loggers.CSVLogger",
+    "actlab.csv_logger.CSVLogger",
+}
 # elementwise optimisers: one step over stacked parameters is K separate steps
 STACKABLE_OPTIMIZERS = {"torch.optim.SGD", "torch.optim.Adam", "torch.optim.AdamW"}
 # schedules that are a function of the step count alone (actlab.schedulers)

@@ -1,0 +1,72 @@
+"""Lightning's CSVLogger, except that a resumed run keeps the rows it had already written.
+
+Lightning's writer deletes ``metrics.csv`` whenever its directory already holds files, so a run
+resumed with ``logger=csv`` (``resume=true``, a SLURM requeue) would lose every epoch before its
+checkpoint. Here the earlier rows are read first and written back; once the resumed run writes
+its first rows, the earlier rows of the epochs it trains again (those after its checkpoint's
+epoch: a partial epoch, or the epochs after the best one when it falls back to that) are dropped,
+so each epoch appears once.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import warnings
+from typing import Any
+
+from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+
+def _epoch(row: dict[str, Any]) -> float:
+    try:
+        return float(row.get("epoch"))
+    except (TypeError, ValueError):
+        return math.inf  # a row without an epoch: superseded by any new one
+
+
+class _ResumingWriter(ExperimentWriter):
+    """Lightning's writer, given the rows an earlier attempt wrote to the same file."""
+
+    def __init__(self, log_dir: str, earlier: list[dict[str, str]]) -> None:
+        with warnings.catch_warnings():  # "...will be deleted": not here (they are written back below)
+            warnings.filterwarnings("ignore", message=r".*Previous log files in this directory will be deleted.*")
+            super().__init__(log_dir)
+        self.earlier: list[dict[str, str]] | None = earlier or None
+        if self.earlier:
+            self._write(self.earlier)
+
+    def _write(self, rows: list[dict[str, Any]]) -> None:
+        self.metrics_keys = sorted({key for row in rows for key in row})
+        with self._fs.open(self.metrics_file_path, "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=self.metrics_keys)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def save(self) -> None:
+        if self.earlier and self.metrics:
+            first_new = min(_epoch(row) for row in self.metrics)
+            self._write([row for row in self.earlier if _epoch(row) < first_new])
+            self.earlier = None
+        super().save()
+
+
+class CSVLogger(LightningCSVLogger):
+    """``lightning.pytorch.loggers.CSVLogger`` that keeps an earlier attempt's rows (see the module)."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is not None:
+            return self._experiment
+        self._fs.makedirs(self.root_dir, exist_ok=True)
+        path = os.path.join(self.log_dir, ExperimentWriter.NAME_METRICS_FILE)
+        earlier = []
+        if self._fs.isfile(path):
+            with self._fs.open(path, "r", newline="") as file:
+                earlier = list(csv.DictReader(file))
+        self._experiment = _ResumingWriter(self.log_dir, earlier)
+        return self._experiment
