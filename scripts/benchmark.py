@@ -310,26 +310,27 @@ def activation_speed(names: list[str], device: str = "cpu", shape: tuple[int, in
     return results
 
 
-def _member_network(activation: str, seed: int) -> SimpleNetwork:
+def _member_network(activation: str, seed: int, depth: int = 4) -> SimpleNetwork:
     """A member as a run builds it: its activation config's factory (per-layer widths for the
-    activations that take them), its own initial weights."""
+    activations that take them), its own initial weights, ``depth`` hidden layers (tapered)."""
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
     torch.manual_seed(seed)
-    return SimpleNetwork(instantiate(OmegaConf.load(CONFIG_DIR / "activation" / f"{activation}.yaml")))
+    return SimpleNetwork(instantiate(OmegaConf.load(CONFIG_DIR / "activation" / f"{activation}.yaml")), depth=depth)
 
 
 def stacked_hand_loop(files: dict[str, Path], activations: list[str], device: torch.device, members: int,
                       epochs: int, steps: int | None, batch_size: int = 128,
-                      val_size: int = 5000) -> Timing:  # fmt: skip
+                      val_size: int = 5000, depth: int = 4) -> Timing:  # fmt: skip
     """The floor for training ``members`` models at once in eager PyTorch: the pack's stacked
     network (batched matrix products; each run of members with one activation one call), one
     SGD over the stacked tensors, each member its own batches; plus the validation pass. No
     framework, no bookkeeping. Members cycle through ``activations``, side by side as in a pack."""
     train_x, train_y, val_x, val_y = load_data(files, device, val_size)
     names = sorted((activations[k % len(activations)] for k in range(members)), key=activations.index)
-    net = StackedNetwork([_member_network(name, k) for k, name in enumerate(names)], names).to(device).train()
+    net = StackedNetwork([_member_network(name, k, depth) for k, name in enumerate(names)], names)
+    net = net.to(device).train()
     optimizer = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
     n = len(train_y) if steps is None else min(len(train_y), steps * batch_size)
 
@@ -350,6 +351,7 @@ def stacked_hand_loop(files: dict[str, Path], activations: list[str], device: to
             correct.tolist()
 
     label = ",".join(activations) if len(activations) < 4 else f"{len(activations)} activations"
+    label += "" if depth == 4 else f", depth {depth}"
     return Timing(f"stacked hand loop ({members} models, {label})", _time_epochs(epoch, epochs, device))
 
 
@@ -386,13 +388,15 @@ def sweep_wall_time(launcher: list[str], members: int, activation: str, device: 
 
 
 def pack_benchmark(device: str, activation: str, members: int, epochs: int, steps: int | None,
-                   data_dir: str | None, system_dir: str | None, floor_only: bool = False) -> str:  # fmt: skip
+                   data_dir: str | None, system_dir: str | None, floor_only: bool = False,
+                   depth: int = 4) -> str:  # fmt: skip
     """Model-epochs per second of ``members`` runs done four ways, and the pack's per-model
     epoch against the stacked hand loop's (the arithmetic floor of eager PyTorch). With
     several (comma-separated) activations, the members cycle through them."""
     torch_device = torch.device(device)
     files = find_files(data_dir, system_dir)
-    floor = stacked_hand_loop(files, activation.split(","), torch_device, members, max(2, epochs), steps)
+    floor = stacked_hand_loop(files, activation.split(","), torch_device, members, max(2, epochs), steps,
+                              depth=depth)  # fmt: skip
     if floor_only:
         epoch = statistics.median(floor.epoch_times[1:] or floor.epoch_times)
         return f"{floor.name}: per-model epoch {epoch / members:.3f} s ({device}, {torch.get_num_threads()} threads)"
@@ -451,10 +455,13 @@ def main() -> None:
                         help="model-epochs/s of K runs: separate processes, a pack, the stacked floor")  # fmt: skip
     parser.add_argument("--epochs", type=int, default=3, help="epochs per run with --pack")
     parser.add_argument("--floor-only", action="store_true", help="with --pack: only the stacked hand loop")
+    parser.add_argument("--depth", type=int, default=4, help="with --floor-only: hidden layers of the members")
     args = parser.parse_args()
     unknown = [a for a in args.activation.split(",") if a not in group_options("activation")]
     if unknown or ("," in args.activation and not args.pack):
         parser.error(f"--activation: unknown {unknown}" if unknown else "several activations need --pack")
+    if args.depth != 4 and not args.floor_only:
+        parser.error("--depth applies to the stacked floor only (--pack K --floor-only)")
     if args.pack and not args.floor_only and args.pack % len(args.activation.split(",")):
         parser.error("--pack K: K must be a multiple of the number of activations (each gets K/n seeds)")
     if args.activations:
@@ -465,7 +472,7 @@ def main() -> None:
     system_dir = None if args.system_dir is None else ("" if args.system_dir == "none" else args.system_dir)
     if args.pack:
         print(pack_benchmark(args.device, args.activation, args.pack, args.epochs, args.steps, args.data_dir,
-                             system_dir, args.floor_only))  # fmt: skip
+                             system_dir, args.floor_only, args.depth))  # fmt: skip
         return
     timings = benchmark(args.device, args.activation, args.rounds, args.steps, args.data_dir, system_dir,
                         args.skip_reference, args.versus)  # fmt: skip

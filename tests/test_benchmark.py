@@ -46,3 +46,5 @@ def test_the_stacked_floor_of_a_mixed_pack(tmp_path, benchmark, monkeypatch, cap
             "--activation", "relu,staf", "--floor-only"]  # fmt: skip
     out = run_script(benchmark, args, monkeypatch, capsys)
     assert "stacked hand loop (4 models, relu,staf): per-model epoch" in out, out
+    out = run_script(benchmark, [*args, "--depth", "2"], monkeypatch, capsys)  # the floor of a depth-2 protocol
+    assert "stacked hand loop (4 models, relu,staf, depth 2): per-model epoch" in out, out
