@@ -6,6 +6,7 @@ rate with early stopping and test the best checkpoint; optionally at several dep
     python scripts/fair_table.py --depths 2,4,8 --out outputs/fair_depth
     python scripts/fair_table.py --floor-s 0.48                   # + the protocol's efficiency
     python scripts/fair_table.py -- trainer=gpu                   # extra overrides for every run
+    python scripts/fair_table.py --out outputs/fair --check-budgets 10:3,15:4   # would less stage 1 do?
 
 Stage 1: `train.py -m experiment=fair_lr_search` (activation x depth x lr grid, seeds 101 and
 102, stage 2's epoch budget and early stopping), then a sweep per round with one more rate past
@@ -26,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from actlab.fair import MAX_RATE, MIN_RATE, choose_learning_rates, rates_to_extend
+from actlab.fair import MAX_RATE, MIN_RATE, budget_check, choose_learning_rates, rates_to_extend
 from actlab.summary import load_runs, summarize
 
 TRAIN = Path(__file__).resolve().parents[1] / "train.py"
@@ -80,6 +81,29 @@ def epochs_trained(sweep_dir: Path) -> int:
     return sum(int(r.get("epochs_completed") or 0) for r in load_runs(sweep_dir))
 
 
+def budget_report(search_dir: Path, budgets: str) -> str:
+    """The table of :func:`actlab.fair.budget_check` for ``"epochs:patience,..."``."""
+    try:
+        pairs = [tuple(int(n) for n in budget.split(":")) for budget in budgets.split(",")]
+    except ValueError:
+        pairs = []
+    if not pairs or any(len(pair) != 2 or min(pair) < 1 for pair in pairs):
+        raise SystemExit(f"fair_table: --check-budgets wants EPOCHS:PATIENCE pairs (e.g. 10:3,15:4), got {budgets!r}")
+    if not load_runs(search_dir):
+        raise SystemExit(f"fair_table: no stage-1 runs in {search_dir}")
+    rows = budget_check(search_dir, pairs)
+    full = epochs_trained(search_dir)
+    lines = [f"stage 1 as run: {full} model-epochs ({search_dir})", "",
+             "| max epochs | patience | model-epochs | share | choices that change (instead of the full budget's) |",
+             "|---:|---:|---:|---:|---|"]  # fmt: skip
+    for row in rows:
+        changed = ", ".join(f"{name} {mine:g} (not {theirs:g})" if mine else f"{name} none (not {theirs:g})"
+                            for name, (mine, theirs) in row["changed"].items()) or "none"  # fmt: skip
+        lines.append(f"| {row['max_epochs']} | {row['patience']} | {row['model_epochs']} | "
+                     f"{row['model_epochs'] / max(1, full):.0%} | {changed} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("outputs/fair"), help="where both stages write")
@@ -96,8 +120,14 @@ def main() -> None:
     parser.add_argument("--floor-s", type=float, default=None,
                         help="the stacked hand loop's per-model epoch (scripts/benchmark.py --pack), measured the "
                              "same day: prints the protocol's efficiency")  # fmt: skip
+    parser.add_argument("--check-budgets", default=None, metavar="EPOCHS:PATIENCE,...",
+                        help="only report, from <out>/lr_search's histories, whether stage 1 with these shorter "
+                             "budgets would have chosen the same rates, and its model-epochs")  # fmt: skip
     parser.add_argument("extra", nargs="*", help="overrides for every run (after --)")
     args = parser.parse_args()
+    if args.check_budgets:
+        print(budget_report(args.out / "lr_search", args.check_budgets))
+        return
     start = time.perf_counter()
     chosen = search(args)
     if not chosen:

@@ -3,14 +3,15 @@ of its seeds, and a grid that extends until the choice is bracketed."""
 
 import pytest
 
-from actlab.fair import choose_learning_rates, neighbour_rate, rates_to_extend
+from actlab.fair import budget_check, choose_learning_rates, neighbour_rate, rates_to_extend, within_budget
 from actlab.record import write_record
 
 
-def search_run(root, activation, lr, seed, score, status="completed", depth=4):
+def search_run(root, activation, lr, seed, score, status="completed", depth=4, history=None):
     write_record(root / f"{activation}-{lr}-{seed}-{depth}", {
         "status": status, "activation": activation, "depth": depth, "seed": seed, "val/acc_best": score,
         "config": {"optimizer": {"lr": lr}, "model": {"depth": depth}},
+        "history": {"val/acc": history or []}, "epochs_completed": len(history or []),
     })  # fmt: skip
 
 
@@ -51,3 +52,40 @@ def test_a_rate_that_never_completes_is_not_tried_forever(tmp_path):
     search_run(tmp_path, "mish", 0.3, 0, None, status="failed")  # the extension's run failed
     chosen = choose_learning_rates(tmp_path)
     assert chosen[4]["mish"]["choice"] == "edge (0.3 did not complete)" and rates_to_extend(chosen) == {}
+
+
+def test_a_shorter_budget_is_replayed_from_the_histories():
+    history = [0.5, 0.6, 0.59, 0.58, 0.7, 0.71]
+    assert within_budget(history, 10, 4) == (0.71, 6)  # never stalled for 4 epochs: ran out of history
+    assert within_budget(history, 10, 2) == (0.6, 4)  # stalled at epochs 2 and 3: stopped after epoch 3
+    assert within_budget(history, 3, 4) == (0.6, 3)  # the epoch budget ends first
+
+
+def test_the_budget_check_names_the_choices_a_shorter_stage_1_would_change(tmp_path):
+    # relu: 0.1 leads early, 0.03 wins late; tanh: 0.03 leads throughout; 0.1 diverges at epoch 5 for tanh
+    search_run(tmp_path, "relu", 0.03, 0, 0.80, history=[0.5, 0.6, 0.7, 0.75, 0.8])
+    search_run(tmp_path, "relu", 0.1, 0, 0.72, history=[0.65, 0.7, 0.72, 0.71, 0.7])
+    search_run(tmp_path, "tanh", 0.03, 0, 0.78, history=[0.6, 0.7, 0.75, 0.78, 0.78])
+    search_run(tmp_path, "tanh", 0.1, 0, None, status="diverged", history=[0.65, 0.5, 0.4, 0.3])
+    full, short, shorter = budget_check(tmp_path, [(5, 4), (3, 4), (2, 1)])
+    assert full == {"max_epochs": 5, "patience": 4, "model_epochs": 19, "changed": {}}
+    # 3 epochs: relu would take 0.1 (0.72 > 0.70); tanh's 0.1 had not diverged yet but scored less (0.65)
+    assert short["changed"] == {"4/relu": (0.1, 0.03)} and short["model_epochs"] == 12
+    assert shorter["changed"] == {"4/relu": (0.1, 0.03)} and shorter["model_epochs"] == 8
+
+
+def test_fair_table_prints_the_budget_check_as_a_table(tmp_path):
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("fair_table", REPO / "scripts" / "fair_table.py")
+    fair_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fair_table)
+    search_run(tmp_path, "relu", 0.03, 0, 0.80, history=[0.5, 0.6, 0.7, 0.75, 0.8])
+    search_run(tmp_path, "relu", 0.1, 0, 0.72, history=[0.65, 0.7, 0.72, 0.71, 0.7])
+    table = fair_table.budget_report(tmp_path, "3:4,5:4")
+    assert "stage 1 as run: 10 model-epochs" in table
+    assert "| 3 | 4 | 6 | 60% | 4/relu 0.1 (not 0.03) |" in table and "| 5 | 4 | 10 | 100% | none |" in table
+    with pytest.raises(SystemExit, match="EPOCHS:PATIENCE"):
+        fair_table.budget_report(tmp_path, "5")
