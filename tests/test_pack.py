@@ -28,10 +28,10 @@ def activation_factory(name):
 def test_every_activation_in_a_pack_matches_its_unpacked_network(train_mode):
     names = group_options("activation")
     nets = []
-    for i, name in enumerate(names * 2):  # two members each: groups of trainable ones run under vmap
+    keys = [name for name in names for _ in range(2)]  # two members side by side: one group of two each
+    for i, name in enumerate(keys):
         torch.manual_seed(i)
         nets.append(SimpleNetwork(activation_factory(name), hidden_shape=[24, 16]).train(train_mode))
-    keys = names * 2
     stacked = StackedNetwork(nets, keys).train(train_mode)
     x = torch.randn(len(nets), 6, 784)
     y = stacked(x)
@@ -49,6 +49,10 @@ def test_every_activation_in_a_pack_matches_its_unpacked_network(train_mode):
         for layer in range(2):
             assert torch.allclose(mine[f"weights.{layer}"][k], theirs[f"linears.{layer}.weight"], atol=1e-5), name
         assert torch.allclose(mine["weights.2"][k], theirs["head.weight"], atol=1e-5), name
+        by_tensor = {id(p): g for p, g in zip(stacked.parameters(), grads)}
+        for param, (tensor, j) in stacked.member_slots(k).items():  # a trainable activation's own parameters
+            if param.startswith("activations.") and j is not None and id(tensor) in by_tensor:
+                assert torch.allclose(by_tensor[id(tensor)][j], theirs[param], atol=1e-5), (name, param)
         others = [j for j in range(len(nets)) if j != k]
         assert not mine["weights.0"][others].any(), name  # one member's loss reaches no other member
 
