@@ -269,3 +269,23 @@ def test_a_compacted_packs_own_checkpoint_rebuilds_the_same_stack():
     fresh.expand()  # all five back, e.g. for testing
     assert fresh.net.height == 5 and torch.equal(fresh.member_state_dict(2)["net.head.weight"],
                                                  saved.member_state_dict(2)["net.head.weight"])  # fmt: skip
+
+
+def test_a_compacted_packs_loader_draws_only_the_stacks_batches_from_every_members_stream():
+    from actlab.pack.data import MemberBatchLoader
+
+    images, labels = torch.randn(40, 1, 28, 28), torch.arange(40)
+    generators = [torch.Generator().manual_seed(k) for k in range(4)]
+    rows = [None]
+    loader = MemberBatchLoader(images, labels, 16, generators, lambda: rows[0])
+    full = [(x.clone(), y.clone(), r.clone()) for x, y, r in loader]  # epoch 1: every member
+    assert all(r.tolist() == [0, 1, 2, 3] and x.shape[0] == 4 for x, _, r in full)
+
+    again = [torch.Generator().manual_seed(k) for k in range(4)]
+    for g in again:  # epoch 1's shuffles, so that epoch 2 is compared stream by stream
+        torch.randperm(40, generator=g)
+    expected = [(x.clone(), y.clone()) for x, y, _ in MemberBatchLoader(images, labels, 16, again)]
+    rows[0] = [1, 3]  # members 0 and 2 have left the stack
+    compacted = list(loader)  # epoch 2
+    for (x, y, r), (all_x, all_y) in zip(compacted, expected):
+        assert r.tolist() == [1, 3] and torch.equal(y, all_y[[1, 3]]) and torch.equal(x, all_x[[1, 3]])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import lightning as L
@@ -10,25 +10,34 @@ import torch
 
 
 class MemberBatchLoader:
-    """Training batches of K members at once: ``(images (K, B, ...), labels (K, B))``, member
-    k's batch drawn from its own permutation of the training set, shuffled by its own
+    """Training batches of members at once: ``(images (R, B, ...), labels (R, B), rows (R,))``,
+    member k's batch drawn from its own permutation of the training set, shuffled by its own
     generator (the stream its single run shuffles with: see
-    :class:`~actlab.data.fashion_mnist.TensorBatchLoader`)."""
+    :class:`~actlab.data.fashion_mnist.TensorBatchLoader`).
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
-                 generators: list[torch.Generator]) -> None:  # fmt: skip
+    ``rows()``, asked when an epoch's iterator starts, names the members whose batches to draw
+    (None: all K); each batch carries those member indices (ascending). Once stopped members
+    leave the pack's stack their batches are not gathered at all (every member's generator
+    still shuffles each epoch, as its single run's would)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, generators: list[torch.Generator],
+                 rows: Callable[[], list[int] | None] = lambda: None) -> None:  # fmt: skip
         self.images, self.labels, self.batch_size, self.generators = images, labels, batch_size, generators
+        self.rows = rows
 
     def __len__(self) -> int:
         return -(-len(self.labels) // self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         n = len(self.labels)
         orders = torch.stack([torch.randperm(n, generator=g) for g in self.generators])
-        orders = orders.to(self.labels.device, non_blocking=True)
+        rows = self.rows()
+        rows = torch.arange(len(self.generators)) if rows is None else torch.tensor(rows, dtype=torch.long)
+        orders = orders[rows].to(self.labels.device, non_blocking=True)
+        rows = rows.to(self.labels.device)
         for start in range(0, n, self.batch_size):
             index = orders[:, start : start + self.batch_size]
-            yield self.images[index], self.labels[index]
+            yield self.images[index], self.labels[index], rows
 
 
 class PackDataModule(L.LightningDataModule):
@@ -54,7 +63,11 @@ class PackDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> MemberBatchLoader:
         data = self.members_data
-        return MemberBatchLoader(data.train_x, data.train_y, data.batch_size, self.generators)
+        return MemberBatchLoader(data.train_x, data.train_y, data.batch_size, self.generators, self._rows_in_stack)
+
+    def _rows_in_stack(self) -> list[int] | None:
+        """The members the pack's stack computes now (None: all of them)."""
+        return getattr(self.trainer.lightning_module, "stack_rows", None) if self.trainer is not None else None
 
     def val_dataloader(self):
         return self.members_data.val_dataloader()

@@ -152,6 +152,12 @@ class PackModule(L.LightningModule):
             self.compact(live)
 
     @property
+    def stack_rows(self) -> list[int] | None:
+        """The members in the stack once it is compacted (None: every member): the pack's
+        training loader draws only their batches."""
+        return None if self._present is None else list(self.net.present)
+
+    @property
     def computed(self) -> int:
         """How many members the stacked computation holds this epoch."""
         return self.net.height
@@ -242,13 +248,19 @@ class PackModule(L.LightningModule):
         return losses.mean(1)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        x, y = batch  # (K, B, ...), (K, B): each member's own batch
+        x, y, rows = batch  # (R, B, ...), (R, B): the own batches of members ``rows`` (ascending)
         members = self._present
         if members is None:
+            if len(rows) != self.size:
+                raise RuntimeError(f"a training batch of members {rows.tolist()} for a stack of all {self.size}")
             losses = self._accumulate("train", self.net(x), y)
             self.member_losses = losses.detach()  # the step's loss of each member (divergence checks read it)
             return torch.where(self.live_mask, losses, 0.0).sum()
-        x, y = x.index_select(0, members), y.index_select(0, members)  # the batches of the members in the stack
+        if not torch.equal(rows, members):  # the loader's epoch began before the stack last shrank
+            where = torch.searchsorted(rows, members)
+            if not torch.equal(rows[where.clamp(max=len(rows) - 1)], members):
+                raise RuntimeError(f"a training batch of members {rows.tolist()} lacks some of {members.tolist()}")
+            x, y = x.index_select(0, where), y.index_select(0, where)
         losses = self._accumulate("train", self.net(x), y, members)
         self.member_losses = torch.zeros(self.size, device=losses.device).index_copy_(0, members, losses.detach())
         return torch.where(self.live_mask.index_select(0, members), losses, 0.0).sum()
