@@ -170,4 +170,4 @@ def run_train_main(args: list[str], cwd: Path, env: dict[str, str] | None = None
                 handler.close()
         root.handlers[:] = saved_logging[0]
         root.setLevel(saved_logging[1])
-    return subprocess.CompletedProcess(sys.argv, returncode, stdout.getvalue(), stderr.getvalue())
+    return subprocess.CompletedProcess(["train.py", *args], returncode, stdout.getvalue(), stderr.getvalue())
