@@ -109,19 +109,23 @@ def run_train_cli(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.
     )
 
 
-_TRAIN_SCRIPT = None
+def load_script(path: Path, name: str):
+    """A script of the repository (train.py, scripts/*.py) as a module named ``name``, loaded
+    once per test process (registered in sys.modules: dataclasses look their module up there)."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
 def _train_script():
-    """train.py as a module, loaded once per test process."""
-    global _TRAIN_SCRIPT
-    if _TRAIN_SCRIPT is None:
-        spec = importlib.util.spec_from_file_location("actlab_train_script", REPO / "train.py")
-        _TRAIN_SCRIPT = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(_TRAIN_SCRIPT)
-        # as when run as a script: Hydra then finds conf/ beside the file (not in a package)
-        _TRAIN_SCRIPT.main.__wrapped__.__module__ = "__main__"
-    return _TRAIN_SCRIPT
+    """train.py as a module; its entry point named as when run as a script (Hydra then finds
+    conf/ beside the file, not in a package)."""
+    script = load_script(REPO / "train.py", "actlab_train_script")
+    script.main.__wrapped__.__module__ = "__main__"
+    return script
 
 
 def run_train_main(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

@@ -1,19 +1,14 @@
 """The benchmark script must keep working: a tiny run on generated data (no timing asserts)."""
 
-import importlib.util
 import sys
 
 import pytest
-from conftest import REPO, make_fake_fashion_mnist
+from conftest import REPO, load_script, make_fake_fashion_mnist
 
 
 @pytest.fixture(scope="module")
 def benchmark():
-    spec = importlib.util.spec_from_file_location("benchmark", REPO / "scripts" / "benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["benchmark"] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "scripts" / "benchmark.py", "benchmark")
 
 
 def run_script(benchmark, args, monkeypatch, capsys) -> str:

@@ -75,13 +75,9 @@ def test_the_budget_check_names_the_choices_a_shorter_stage_1_would_change(tmp_p
 
 
 def test_fair_table_prints_the_budget_check_as_a_table(tmp_path):
-    import importlib.util
+    from conftest import REPO, load_script
 
-    from conftest import REPO
-
-    spec = importlib.util.spec_from_file_location("fair_table", REPO / "scripts" / "fair_table.py")
-    fair_table = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fair_table)
+    fair_table = load_script(REPO / "scripts" / "fair_table.py", "fair_table")
     search_run(tmp_path, "relu", 0.03, 0, 0.80, history=[0.5, 0.6, 0.7, 0.75, 0.8])
     search_run(tmp_path, "relu", 0.1, 0, 0.72, history=[0.65, 0.7, 0.72, 0.71, 0.7])
     table = fair_table.budget_report(tmp_path, "3:4,5:4")

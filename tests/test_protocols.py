@@ -114,17 +114,13 @@ def test_a_runs_f1_and_per_class_accuracy_match_a_direct_computation(tmp_path, f
 
 
 def test_the_sweeper_is_given_a_validation_metric(tmp_path, fake_data_dir):
-    import importlib.util
-
-    from conftest import REPO
+    from conftest import REPO, load_script
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
     from actlab.record import read_record
 
-    spec = importlib.util.spec_from_file_location("train_entry", REPO / "train.py")
-    entry = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(entry)
+    entry = load_script(REPO / "train.py", "actlab_train_script")
     out = tmp_path / "run"
     cfg = compose_train([*data_overrides(fake_data_dir), "trainer.max_epochs=2", "callbacks=none", "logger=csv"],
                         out, return_hydra_config=True)  # fmt: skip
