@@ -1,5 +1,6 @@
 """Train one model (or, with -m, a sweep of models): `python train.py activation=telu`."""
 
+import logging
 import os
 import sys
 
@@ -8,16 +9,15 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from actlab.data.fashion_mnist import CorruptDataError, DataNotFoundError
-from actlab.errors import ConfigError
-from actlab.training import run
+from actlab.errors import RunDirectoryError, UserError
 
-# a user's mistake, not actlab's: one line on screen (the run's record keeps the traceback)
-USER_ERRORS = (ConfigError, DataNotFoundError, CorruptDataError)
+log = logging.getLogger("actlab.train")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from actlab.training import run  # torch and Lightning: not for `--help` or `--cfg job`
+
     hydra_cfg = HydraConfig.get()
     try:
         record = run(
@@ -27,13 +27,30 @@ def main(cfg: DictConfig) -> float | None:
             overrides=list(hydra_cfg.overrides.task),
             parallel_jobs=hydra_cfg.launcher.get("n_jobs"),
         )
-    except USER_ERRORS as error:
-        if hydra_cfg.mode == RunMode.MULTIRUN or os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise  # a sweep records it and goes on; HYDRA_FULL_ERROR=1 asks for the traceback
-        record_path = os.path.join(hydra_cfg.runtime.output_dir, "metrics.json")
-        sys.exit(f"error: {error}\n(traceback in {record_path}; HYDRA_FULL_ERROR=1 shows it here)")
+    except UserError as error:  # a user's mistake, not actlab's: one line on screen, the traceback in the record
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        line = f"error: {error}"
+        if not isinstance(error, RunDirectoryError):  # that directory's record is another run's
+            record_path = os.path.join(hydra_cfg.runtime.output_dir, "metrics.json")
+            line += f" (traceback in {record_path}; HYDRA_FULL_ERROR=1 shows it here)"
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            log.error(line)
+            raise  # the sweep goes on, and names every failed job at its end
+        sys.exit(line)
     return record.get("val/acc_best")  # what a sweeper optimises: validation, never test
 
 
+def check_command_line(args: list[str]) -> None:
+    """Hydra runs one of its modes per command; asked for two (``-m ... --cfg job``), say so in
+    one line instead of Hydra's traceback."""
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    shows = [a for a in args if a in ("-c", "--cfg", "-i", "--info", "-r", "--run")]
+    if multirun and shows:
+        sys.exit(f"error: {shows[0]} and -m/--multirun do not go together: {shows[0]} looks at one run "
+                 "(drop -m and give one value per key to see that run's config)")  # fmt: skip
+
+
 if __name__ == "__main__":
+    check_command_line(sys.argv[1:])
     main()

@@ -73,9 +73,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _network(activation: str, device: torch.device) -> SimpleNetwork:
+def _network(activation: str, device: torch.device, hidden_shape: list[int] | None = None) -> SimpleNetwork:
     torch.manual_seed(0)
-    return SimpleNetwork(lambda: load_activation(activation)).to(device)
+    return SimpleNetwork(lambda: load_activation(activation), hidden_shape=hidden_shape).to(device)
 
 
 def _sgd(net: torch.nn.Module) -> torch.optim.Optimizer:
@@ -142,11 +142,12 @@ def reference_loop(files: dict[str, Path], activation: str, device: torch.device
 
 
 def hand_loop(files: dict[str, Path], activation: str, device: torch.device, epochs: int,
-              steps: int | None, batch_size: int = 128, val_size: int = 5000) -> Timing:  # fmt: skip
+              steps: int | None, batch_size: int = 128, val_size: int = 5000,
+              hidden_shape: list[int] | None = None) -> Timing:  # fmt: skip
     """The floor for eager PyTorch: in-memory tensors on the device, batches by indexing,
     no framework; the same train/validation split sizes as actlab's default run."""
     train_x, train_y, val_x, val_y = load_data(files, device, val_size)
-    net = _network(activation, device)
+    net = _network(activation, device, hidden_shape)
     optimizer = _sgd(net)
     n = len(train_y) if steps is None else min(len(train_y), steps * batch_size)
 
@@ -171,7 +172,8 @@ def hand_loop(files: dict[str, Path], activation: str, device: torch.device, epo
 
 
 def actlab_epochs(data_dir: str | None, system_dir: str | None, activation: str, device: torch.device,
-                  epochs: int, steps: int | None, callbacks: bool) -> Timing:  # fmt: skip
+                  epochs: int, steps: int | None, callbacks: bool, hidden_shape: list[int] | None = None,
+                  val_steps: int | None = None) -> Timing:  # fmt: skip
     """actlab's training exactly as ``train.py`` runs it (composed config, ``run``), timed by
     the run record's own per-epoch times (training steps + validation + diagnostics)."""
     from hydra import compose, initialize_config_dir
@@ -195,8 +197,10 @@ def actlab_epochs(data_dir: str | None, system_dir: str | None, activation: str,
     if steps is not None:
         overrides += [
             f"trainer.limit_train_batches={steps}",
-            f"trainer.limit_val_batches={max(1, steps // 10)}",
+            f"trainer.limit_val_batches={val_steps or max(1, steps // 10)}",
         ]
+    if hidden_shape is not None:
+        overrides.append(f"model.hidden_shape=[{','.join(map(str, hidden_shape))}]")
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             cfg = compose("train", overrides=overrides)
@@ -310,26 +314,29 @@ def activation_speed(names: list[str], device: str = "cpu", shape: tuple[int, in
     return results
 
 
-def _member_network(activation: str, seed: int, depth: int = 4) -> SimpleNetwork:
+def _member_network(activation: str, seed: int, depth: int = 4, hidden_shape: list[int] | None = None
+                    ) -> SimpleNetwork:  # fmt: skip
     """A member as a run builds it: its activation config's factory (per-layer widths for the
     activations that take them), its own initial weights, ``depth`` hidden layers (tapered)."""
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
     torch.manual_seed(seed)
-    return SimpleNetwork(instantiate(OmegaConf.load(CONFIG_DIR / "activation" / f"{activation}.yaml")), depth=depth)
+    factory = instantiate(OmegaConf.load(CONFIG_DIR / "activation" / f"{activation}.yaml"))
+    return SimpleNetwork(factory, depth=depth, hidden_shape=hidden_shape)
 
 
 def stacked_hand_loop(files: dict[str, Path], activations: list[str], device: torch.device, members: int,
                       epochs: int, steps: int | None, batch_size: int = 128,
-                      val_size: int = 5000, depth: int = 4) -> Timing:  # fmt: skip
+                      val_size: int = 5000, depth: int = 4, hidden_shape: list[int] | None = None
+                      ) -> Timing:  # fmt: skip
     """The floor for training ``members`` models at once in eager PyTorch: the pack's stacked
     network (batched matrix products; each run of members with one activation one call), one
     SGD over the stacked tensors, each member its own batches; plus the validation pass. No
     framework, no bookkeeping. Members cycle through ``activations``, side by side as in a pack."""
     train_x, train_y, val_x, val_y = load_data(files, device, val_size)
     names = sorted((activations[k % len(activations)] for k in range(members)), key=activations.index)
-    net = StackedNetwork([_member_network(name, k, depth) for k, name in enumerate(names)], names)
+    net = StackedNetwork([_member_network(name, k, depth, hidden_shape) for k, name in enumerate(names)], names)
     net = net.to(device).train()
     optimizer = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
     n = len(train_y) if steps is None else min(len(train_y), steps * batch_size)
@@ -356,9 +363,10 @@ def stacked_hand_loop(files: dict[str, Path], activations: list[str], device: to
 
 
 def sweep_wall_time(launcher: list[str], members: int, activation: str, device: torch.device, epochs: int,
-                    steps: int | None, data_dir: str | None, system_dir: str | None) -> tuple[float, list]:  # fmt: skip
+                    steps: int | None, data_dir: str | None, system_dir: str | None,
+                    extra: list[str] | None = None) -> tuple[float, list, str]:  # fmt: skip
     """Wall time of ``python train.py -m seed=1..members`` with ``launcher`` overrides
-    (start-up, data loading and testing included) and the runs' records."""
+    (start-up, data loading and testing included), the runs' records and the sweep's log."""
     import json
     import subprocess
     import sys
@@ -374,6 +382,7 @@ def sweep_wall_time(launcher: list[str], members: int, activation: str, device: 
         overrides.append(f"data.system_dir={system_dir or 'null'}")
     if steps is not None:
         overrides += [f"trainer.limit_train_batches={steps}", f"trainer.limit_val_batches={max(1, steps // 10)}"]
+    overrides += extra or []
     train = Path(__file__).resolve().parents[1] / "train.py"
     try:
         start = time.perf_counter()
@@ -382,7 +391,7 @@ def sweep_wall_time(launcher: list[str], members: int, activation: str, device: 
         if result.returncode != 0:
             raise RuntimeError(f"benchmark sweep {launcher} failed: {result.stderr[-2000:]}")
         records = [json.loads(p.read_text()) for p in sweep_dir.glob("*/metrics.json")]
-        return wall, records
+        return wall, records, result.stdout + result.stderr
     finally:
         shutil.rmtree(sweep_dir, ignore_errors=True)
 
@@ -410,8 +419,8 @@ def pack_benchmark(device: str, activation: str, members: int, epochs: int, step
              f"{'way':<48} {'wall s':>8} {'model-epochs/s':>15}"]  # fmt: skip
     walls, packed_records = {}, []
     for name, launcher in ways.items():
-        wall, records = sweep_wall_time(launcher, members, activation, torch_device, epochs, steps, data_dir,
-                                        system_dir)  # fmt: skip
+        wall, records, _ = sweep_wall_time(launcher, members, activation, torch_device, epochs, steps, data_dir,
+                                           system_dir)  # fmt: skip
         if len(records) != members or any(r["status"] != "completed" for r in records):
             raise RuntimeError(f"{name}: not every run completed")
         walls[name] = wall
@@ -432,6 +441,84 @@ def pack_benchmark(device: str, activation: str, members: int, epochs: int, step
         f"{walls['separate processes, basic launcher'] / walls[pack_name]:.2f}",
     ]
     return "\n".join(lines)
+
+
+TINY = [16]  # 784-16-10: a step's arithmetic is negligible, so its time is the framework's
+
+
+def import_seconds() -> float:
+    """Seconds a fresh interpreter takes to import what every run imports (torch, torchvision,
+    torchmetrics, Lightning, Hydra, matplotlib)."""
+    import subprocess
+    import sys
+
+    code = "import torch, torchvision, torchmetrics, lightning, hydra, matplotlib"
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], check=True)
+    return time.perf_counter() - start
+
+
+def pack_phases(log: str, wall: float, started: float) -> tuple[float, float, float]:
+    """Seconds of a packed sweep before its first step, inside its epochs and after its last
+    step, from the pack log's timestamped ``epoch k/N done in S s`` lines (``started``: the
+    process's start, on the same clock as the log's timestamps)."""
+    import re
+    from datetime import datetime
+
+    stamp = r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]"
+    done = [(datetime.strptime(m[0], "%Y-%m-%d %H:%M:%S,%f").timestamp(), float(m[1]))
+            for m in re.findall(stamp + r".*epoch \d+/\d+ done in ([\d.]+) s", log)]  # fmt: skip
+    if not done:
+        raise RuntimeError("the packed sweep's log has no epoch lines")
+    first_step = done[0][0] - done[0][1]
+    epochs = done[-1][0] - first_step
+    return first_step - started, epochs, started + wall - done[-1][0]
+
+
+def overhead_benchmark(device: str, members: int = 8, steps: int = 200, rounds: int = 3, epochs: int = 3,
+                       data_dir: str | None = None, system_dir: str | None = None) -> str:  # fmt: skip
+    """What is not arithmetic, on a tiny model (784-16-10, diagnostics off): per-step
+    milliseconds of the hand loop and a single run, of the stacked hand loop and a pack of
+    ``members``; and a packed sweep of ``members`` tiny runs: seconds before its first step,
+    inside its epochs, after its last step, beside the time it takes to import the libraries."""
+    from actlab.pack.training import train_pack  # noqa: F401  (imported before timing)
+
+    torch_device = torch.device(device)
+    files = find_files(data_dir, system_dir)
+    ms = {"hand": [], "single": [], "stacked": [], "pack": []}
+    for _ in range(rounds):  # interleaved: the machine's drift hits every way alike
+        ms["hand"] += [1e3 * t / steps for t in hand_loop(files, "relu", torch_device, 1, steps, hidden_shape=TINY
+                                                          ).epoch_times]  # fmt: skip
+        single = actlab_epochs(data_dir, system_dir, "relu", torch_device, 1, steps, False, TINY, val_steps=40)
+        ms["single"] += [1e3 * t / steps for t in single.epoch_times]
+        stacked = stacked_hand_loop(files, ["relu"], torch_device, members, 1, steps, hidden_shape=TINY)
+        ms["stacked"] += [1e3 * t / steps for t in stacked.epoch_times]
+        started = time.time()
+        wall, records, log = sweep_wall_time(["hydra/launcher=packed"], members, "relu", torch_device, epochs + 1,
+                                             steps, data_dir, system_dir,
+                                             [f"model.hidden_shape=[{TINY[0]}]"])  # fmt: skip
+        if len(records) != members or any(r["status"] != "completed" for r in records):
+            raise RuntimeError("the packed sweep did not complete")
+        ms["pack"] += [1e3 * t / steps for t in records[0]["epoch_times_s"][1:]]  # the first epoch warms up
+    before, inside, after = pack_phases(log, wall, started)
+    imports = import_seconds()
+    median = {k: statistics.median(v) for k, v in ms.items()}
+    return "\n".join([
+        f"overhead on a tiny model (784-{TINY[0]}-10, relu, diagnostics off, {device}, {torch.get_num_threads()} "
+        f"threads, {steps} steps an epoch; medians of {rounds} interleaved rounds)", "",
+        f"{'per step':<40} {'ms':>8}",
+        f"{'hand loop (one model)':<40} {median['hand']:>8.2f}",
+        f"{'single run (Lightning)':<40} {median['single']:>8.2f}   {median['single'] / median['hand']:.2f}x",
+        f"{f'stacked hand loop ({members} models)':<40} {median['stacked']:>8.2f}",
+        f"{f'pack of {members} (Lightning)':<40} {median['pack']:>8.2f}   "
+        f"{median['pack'] / median['stacked']:.2f}x", "",
+        f"packed sweep of {members} tiny runs x {epochs + 1} epochs (last round): {wall:.1f} s wall",
+        f"{'  importing the libraries':<40} {imports:>8.1f} s  (a fresh interpreter, alone)",
+        f"{'  before the first step':<40} {before:>8.1f} s  (imports included)",
+        f"{'  inside the epochs':<40} {inside:>8.1f} s",
+        f"{'  after the last step':<40} {after:>8.1f} s",
+        f"{'  outside the epochs, beyond imports':<40} {before + after - imports:>8.1f} s",
+    ])  # fmt: skip
 
 
 def main() -> None:
@@ -456,6 +543,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="epochs per run with --pack")
     parser.add_argument("--floor-only", action="store_true", help="with --pack: only the stacked hand loop")
     parser.add_argument("--depth", type=int, default=4, help="with --floor-only: hidden layers of the members")
+    parser.add_argument("--overhead", action="store_true",
+                        help="per-step ms on a tiny model (hand loop, single run, stacked loop, pack of --pack K, "
+                             "default 8) and a packed sweep's seconds outside its epochs")  # fmt: skip
     args = parser.parse_args()
     unknown = [a for a in args.activation.split(",") if a not in group_options("activation")]
     if unknown or ("," in args.activation and not args.pack):
@@ -470,6 +560,10 @@ def main() -> None:
             print(f"{name:<18} {forward:>11.1f} {both:>11.1f}")
         return
     system_dir = None if args.system_dir is None else ("" if args.system_dir == "none" else args.system_dir)
+    if args.overhead:
+        print(overhead_benchmark(args.device, args.pack or 8, args.steps or 200, args.rounds, args.epochs,
+                                 args.data_dir, system_dir))  # fmt: skip
+        return
     if args.pack:
         print(pack_benchmark(args.device, args.activation, args.pack, args.epochs, args.steps, args.data_dir,
                              system_dir, args.floor_only, args.depth))  # fmt: skip

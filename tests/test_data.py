@@ -1,4 +1,5 @@
 import gzip
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -146,8 +147,13 @@ def test_lookup_order_prefers_data_dir_then_system_dir(tmp_path):
 def test_corrupt_file_in_the_dataset_fails_clearly(tmp_path):
     data = make_fake_fashion_mnist(tmp_path / "d", n_train=20, n_test=10)
     (data / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x05ab"))
-    with pytest.raises(CorruptDataError, match="train-labels-idx1-ubyte.gz"):
+    with pytest.raises(CorruptDataError, match="train-labels-idx1-ubyte.gz") as error:
         module(data, val_size=0).setup()
+    assert str(error.value).endswith(f"To fix: delete {data / 'train-labels-idx1-ubyte.gz'} (the next run looks in "
+                                     "the other places, or downloads it with data.download=true)")  # fmt: skip
+    from actlab.data.fashion_mnist import SYSTEM_DIR, how_to_repair
+
+    assert how_to_repair(Path(SYSTEM_DIR) / "x.gz") == "reinstall it: apt-get install --reinstall dataset-fashion-mnist"
 
 
 def test_mismatched_label_count_is_corrupt(tmp_path):

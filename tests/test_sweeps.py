@@ -93,7 +93,7 @@ def test_failing_and_diverging_jobs_do_not_stop_the_sweep(tmp_path, fake_data_di
         tmp_path, fake_data_dir, "model.depth=0,4", "optimizer.lr=0.001,1e6", "optimizer.momentum=0.99",
         "trainer.max_epochs=3",
     )  # fmt: skip
-    assert result.returncode != 0  # the sweep reports its failures...
+    assert result.returncode == 1 and "Traceback" not in result.stderr + result.stdout  # it reports its failures...
     statuses = {name.split(",optimizer.momentum")[0]: read_record(job)["status"]
                 for name, job in job_dirs(sweep_dir).items()}  # fmt: skip
     assert statuses == {  # ...after every job ran and recorded what happened
@@ -106,6 +106,10 @@ def test_failing_and_diverging_jobs_do_not_stop_the_sweep(tmp_path, fake_data_di
         job for name, job in job_dirs(sweep_dir).items() if name.startswith("model.depth=0,optimizer.lr=0.001")
     ]
     assert "model.depth must be a positive integer" in read_record(failed)["error"]
+    tail = result.stderr.strip().splitlines()[-3:]  # one line per failed job, after every job ran
+    assert tail[0].startswith("error: 2 of 4 runs did not complete") and all(
+        line.startswith("  model.depth=0,") and "failed: ConfigError: model.depth must be a positive integer" in line
+        for line in tail[1:]), tail  # fmt: skip
 
 
 def test_resume_skips_completed_jobs_and_resumes_interrupted_ones(tmp_path, fake_data_dir, smoke_sweep):
@@ -218,3 +222,101 @@ def test_summarize_says_what_is_wrong_with_an_empty_dir(tmp_path):
     with pytest.raises(FileNotFoundError, match="no metrics.json found below"):
         summarize(tmp_path)
     assert os.listdir(tmp_path) == []
+
+
+def test_every_job_gets_a_directory_of_its_own_whatever_the_sweep_varies(tmp_path, fake_data_dir):
+    # `trainer` and `threads` are left out of directory names, unless the sweep varies them
+    args = ["trainer=cpu,auto", "threads=1", "activation=relu", "model.depth=1", "trainer.max_epochs=1",
+            "callbacks=none"]  # fmt: skip
+    result, sweep_dir = sweep(tmp_path, fake_data_dir, *args, "hydra/launcher=packed")
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = job_dirs(sweep_dir)
+    assert set(jobs) == {f"activation=relu,callbacks=none,model.depth=1,trainer.max_epochs=1,trainer={t}"
+                         for t in ("auto", "cpu")}  # fmt: skip
+    for name, job in jobs.items():
+        record = read_record(job)
+        assert record["status"] == "completed" and f"trainer={name.rsplit('=', 1)[1]}" in record["overrides"]
+    # two jobs that would share a directory stop the sweep before anything runs, naming both
+    result, sweep_dir = sweep(tmp_path, fake_data_dir, "seed=1,1", "model.depth=1", name="twice")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "error: jobs #0 (seed=1 model.depth=1" in result.stderr and "and #1 (seed=1 " in result.stderr
+    assert not job_dirs(sweep_dir) and not list(sweep_dir.glob("*/.hydra"))
+
+
+def test_a_run_never_starts_in_another_runs_directory(tmp_path, fake_data_dir):
+    import socket
+
+    from actlab.record import SCHEMA_DEFAULTS, check_run_directory, live_owner
+
+    run_dir = tmp_path / "run"
+    args = ["trainer.max_epochs=1", "callbacks=none", "model.depth=1", *data_overrides(fake_data_dir),
+            f"hydra.run.dir={run_dir}"]  # fmt: skip
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:  # a run still training: another live process on this host, a fresh heartbeat
+        owner = {"host": socket.gethostname(), "pid": sleeper.pid, "slurm_job": None}
+        write_record(run_dir, {**SCHEMA_DEFAULTS, "status": "running", "started_at": now, "updated_at": now,
+                                "owner": owner})  # fmt: skip
+        before = (run_dir / "metrics.json").read_text()
+        for extra in ([], ["resume=true"]):
+            busy = run_train_main([*args, *extra], tmp_path)
+            assert busy.returncode == 1 and busy.stderr.strip().splitlines() == [
+                f"error: {run_dir} belongs to a run still training (process {sleeper.pid} on {owner['host']}, last "
+                f"heartbeat {read_record(run_dir)['updated_at']}); wait for it, or choose another directory "
+                "(hydra.run.dir=... / hydra.sweep.dir=...)"]  # fmt: skip
+        assert (run_dir / "metrics.json").read_text() == before and not (run_dir / ".hydra").exists()
+        # an earlier attempt of this very SLURM job (a requeue) is not another run
+        write_record(run_dir, {**read_record(run_dir), "owner": {**owner, "slurm_job": "77"}})
+        os.environ["SLURM_JOB_ID"] = "77"
+        try:
+            assert live_owner(read_record(run_dir)) is None
+        finally:
+            del os.environ["SLURM_JOB_ID"]
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert live_owner(read_record(run_dir)) is None  # its process is gone: the directory is free
+    first = run_train_main(args, tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    done = (run_dir / "metrics.json").read_text()
+    # a fresh start over a finished run refuses, and writes nothing; resume=true keeps it as it is
+    again = run_train_main(args, tmp_path)
+    assert again.returncode == 1 and again.stderr.strip().splitlines() == [
+        f"error: {run_dir} already holds a completed run with 1 epochs; resume=true continues it (a completed run "
+        "is kept as it is), or choose another directory (hydra.run.dir=... / hydra.sweep.dir=...)"]  # fmt: skip
+    assert run_train_main([*args, "resume=true"], tmp_path).returncode == 0
+    assert (run_dir / "metrics.json").read_text() == done
+    # checkpoints without a record are results too
+    (run_dir / "metrics.json").unlink()
+    with pytest.raises(Exception, match=r"already holds checkpoints \(.*last.ckpt"):
+        check_run_directory(run_dir, resume=False)
+
+
+def test_a_bad_job_is_one_line_and_its_pack_mates_train(tmp_path, fake_data_dir):
+    result, sweep_dir = sweep(tmp_path, fake_data_dir, "seed=abc,1", "model.depth=1", "trainer.max_epochs=1",
+                              "callbacks=none", "hydra/launcher=packed")  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr + result.stdout
+    bad, good = job_dirs(sweep_dir)["callbacks=none,model.depth=1,seed=abc,trainer.max_epochs=1"], \
+        job_dirs(sweep_dir)["callbacks=none,model.depth=1,seed=1,trainer.max_epochs=1"]  # fmt: skip
+    assert read_record(bad)["error"] == "ConfigError: seed must be an integer, got 'abc'"
+    assert "Traceback" in read_record(bad)["traceback"]
+    assert read_record(good)["status"] == "completed"
+    assert result.stderr.strip().splitlines()[-2:] == [
+        f"error: 1 of 2 runs did not complete (their records in {sweep_dir} keep the tracebacks; fix the cause and "
+        "add resume=true to rerun just these):",
+        f"  {bad.name}: failed: ConfigError: seed must be an integer, got 'abc'"]  # fmt: skip
+    assert sum("seed must be an integer" in line for line in result.stdout.splitlines()) == 1  # its closing line
+
+
+def test_hydra_modes_and_help_without_torch():
+    command = [sys.executable, str(REPO / "train.py"), "-m", "activation=relu,tanh", "--cfg", "job"]
+    multirun_cfg = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert multirun_cfg.returncode == 1 and multirun_cfg.stderr.strip().splitlines() == [
+        "error: --cfg and -m/--multirun do not go together: --cfg looks at one run (drop -m and give one value per "
+        "key to see that run's config)"]  # fmt: skip
+    # --help composes the config but imports neither torch nor Lightning
+    code = (f"import runpy, sys\nsys.argv = [{str(REPO / 'train.py')!r}, '--help']\n"
+            "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules, 'lightning' in sys.modules)")  # fmt: skip
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert "activation: " in shown.stdout and shown.stdout.strip().splitlines()[-1] == "False False", shown.stderr

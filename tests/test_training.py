@@ -154,9 +154,10 @@ def test_a_config_mistake_is_one_clear_line_and_the_record_keeps_the_traceback(o
     # the script as a process once; in this process for the other mistakes (the same entry point)
     bad = (run_train_cli if override.startswith("model") else run_train_main)(args, cwd=tmp_path)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
-    error_line, hint = bad.stderr.strip().splitlines()[-2:]
+    (error_line,) = bad.stderr.strip().splitlines()  # one line on screen, nothing on stdout
+    assert not bad.stdout.strip(), bad.stdout
     assert error_line.startswith("error: ") and message in error_line
-    assert str(run_dir / "metrics.json") in hint and "HYDRA_FULL_ERROR=1" in hint
+    assert str(run_dir / "metrics.json") in error_line and "HYDRA_FULL_ERROR=1" in error_line
     assert "Traceback" in read_record(run_dir)["traceback"]
     if not override.startswith("optimizer"):
         return  # the full traceback on request: checked once

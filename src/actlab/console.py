@@ -17,6 +17,9 @@ _WARNINGS = (
     r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
     # printed on every machine that has SLURM's client tools, even when not in a job
     r".*The `srun` command is available on your system but is not used.*",
+    # every run with limit_train_batches below 50: actlab logs per epoch, so the step interval
+    # only matters to per-step logs a user adds (and they set trainer.log_every_n_steps)
+    r".*smaller than the logging interval Trainer\(log_every_n_steps.*",
 )
 
 
@@ -37,6 +40,14 @@ def quiet_third_party_noise() -> None:
             logger.addFilter(_DropMessages(_LIGHTNING_NOISE))
     for message in _WARNINGS:
         warnings.filterwarnings("ignore", message=message)
+    if logging.getLogger().hasHandlers():
+        # Lightning gives its loggers a console handler of their own when it is imported; where the
+        # application has configured logging (Hydra: console and train.log), its lines go there, once
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+            logger = logging.getLogger(name)
+            for handler in [h for h in logger.handlers if type(h) is logging.StreamHandler]:
+                logger.removeHandler(handler)
+            logger.propagate = True
 
 
 def is_terminal() -> bool:

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import signal
+import socket
 import tempfile
 import traceback
 from datetime import datetime, timezone
@@ -23,7 +24,7 @@ from typing import Any
 
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from actlab.errors import DivergedError
+from actlab.errors import DivergedError, RunDirectoryError
 
 RECORD_FILE = "metrics.json"
 STATUSES = ("queued", "running", "completed", "failed", "diverged", "interrupted")
@@ -37,7 +38,7 @@ SCHEMA_DEFAULTS: dict[str, Any] = {
     "num_parameters": None, "accelerator": None, "resumed_from": None, "epochs_completed": 0,
     "epoch_times_s": [], "epoch_time_s": None, "diagnostics_epoch_s": [], "history": {}, "val/acc_last": None,
     "val/acc_best": None, "best_epoch": None, "stopped_epoch": None, "test_ckpt": None, "test/acc": None,
-    "test/loss": None, "fit_time_s": None,
+    "test/loss": None, "fit_time_s": None, "owner": None,
 }  # fmt: skip
 
 
@@ -106,6 +107,67 @@ def effective_status(record: dict[str, Any], now: datetime | None = None) -> str
     return LOST if age > max(LOST_AFTER_S, 5 * longest_epoch) else status
 
 
+def current_owner() -> dict[str, Any]:
+    """Who writes a record: this host and process, and the SLURM job it runs in (a requeued
+    job keeps its ``SLURM_JOB_ID``, so its next attempt is recognised as the same run)."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job": os.environ.get("SLURM_JOB_ID")}
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def _same_slurm_job(record: dict[str, Any]) -> bool:
+    """Whether ``record`` was written by an earlier attempt of this SLURM job (a requeue)."""
+    job = (record.get("owner") or {}).get("slurm_job")
+    return bool(job) and job == os.environ.get("SLURM_JOB_ID")
+
+
+def live_owner(record: dict[str, Any]) -> str | None:
+    """Who is training into the record's directory right now (None: nobody else is): a
+    ``running`` record whose heartbeat is fresh, written by another process that is still
+    alive (checked on this host, trusted by heartbeat on another), and not by an earlier
+    attempt of this very SLURM job (a requeue)."""
+    if effective_status(record) != "running" or _same_slurm_job(record):
+        return None
+    owner, me = record.get("owner") or {}, current_owner()
+    pid = owner.get("pid")
+    if owner.get("host") == me["host"] and (pid == me["pid"] or not isinstance(pid, int) or not _process_alive(pid)):
+        return None
+    heartbeat = record.get("updated_at") or record.get("started_at")
+    return f"process {pid} on {owner.get('host')}, last heartbeat {heartbeat}"
+
+
+def check_run_directory(output_dir: str | Path, resume: bool) -> dict[str, Any] | None:
+    """The record already in ``output_dir`` (None: none), after making sure this run may
+    write there. A run never starts in a directory a live run owns, and a fresh start never
+    writes over results (trained epochs, checkpoints, a completed run): ``resume=true``
+    continues them, another directory starts anew. Raises :class:`RunDirectoryError`."""
+    output_dir = Path(output_dir)
+    previous = read_record(output_dir)
+    owner = live_owner(previous) if previous else None
+    if owner:
+        raise RunDirectoryError(f"{output_dir} belongs to a run still training ({owner}); wait for it, or choose "
+                                "another directory (hydra.run.dir=... / hydra.sweep.dir=...)")  # fmt: skip
+    if resume or (previous and _same_slurm_job(previous)):  # a requeued job goes on from its own checkpoint
+        return previous
+    checkpoints = sorted(p.name for p in (output_dir / "checkpoints").glob("*.ckpt"))
+    trained = previous is not None and (previous.get("epochs_completed") or previous.get("status") == "completed")
+    if trained or checkpoints:
+        what = (f"a {effective_status(previous)} run with {previous.get('epochs_completed') or 0} epochs"
+                if previous else f"checkpoints ({', '.join(checkpoints)})")  # fmt: skip
+        raise RunDirectoryError(f"{output_dir} already holds {what}; resume=true continues it (a completed run is "
+                                "kept as it is), or choose another directory (hydra.run.dir=... / "
+                                "hydra.sweep.dir=...)")  # fmt: skip
+    return previous
+
+
 class RunRecord:
     """The record of one run, and the one place that knows its schema and status rules.
 
@@ -124,7 +186,8 @@ class RunRecord:
 
     def __init__(self, output_dir: str | Path, **fields: Any) -> None:
         self.output_dir = Path(output_dir)
-        self.data: dict[str, Any] = {**SCHEMA_DEFAULTS, "status": "running", "output_dir": str(self.output_dir)}
+        self.data: dict[str, Any] = {**SCHEMA_DEFAULTS, "status": "running", "output_dir": str(self.output_dir),
+                                     "owner": current_owner()}  # fmt: skip
         self.data.update(fields)
 
     @property

@@ -24,18 +24,22 @@ from omegaconf import DictConfig, OmegaConf
 from actlab.callbacks import DivergenceMonitor, RunHistory
 from actlab.classifier import Classifier
 from actlab.console import is_terminal, quiet_third_party_noise, summary_line
-from actlab.errors import ConfigError
+from actlab.errors import ConfigError, UserError
 from actlab.models.simple_network import build_activation
-from actlab.record import RunRecord, read_record
+from actlab.record import RunRecord, check_run_directory
 from actlab.tensorboard import run_hparams, write_hparams
 
 log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
+# a record with one of these statuses is a result: resume=true keeps it as it is (a diverging loss
+# is a finding, as a completed run is)
+DONE = ("completed", "diverged")
 HPARAM_METRICS = ("test/acc", "test/loss", "val/acc_best", "dead/overall", "near_dead/overall")
 
 
 def validate_config(cfg: DictConfig) -> None:
     """Reject values that would only fail (or silently mislead) later in the run."""
+    seed_of(cfg)
     lr = cfg.optimizer.get("lr")
     if lr is None or not float(lr) > 0:
         raise ConfigError(f"optimizer.lr must be > 0, got {lr}")
@@ -45,6 +49,14 @@ def validate_config(cfg: DictConfig) -> None:
     if max_epochs is not None and max_epochs != -1 and max_epochs < 1:
         raise ConfigError(f"trainer.max_epochs must be >= 1 (or -1 for no limit), got {max_epochs}")
     check_accelerator(cfg.trainer.get("accelerator", "auto"))
+
+
+def seed_of(cfg: DictConfig) -> int:
+    """The run's seed, an integer (``seed=abc`` fails here, not in the RNGs' seeding)."""
+    seed = cfg.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"seed must be an integer, got {seed!r}")
+    return seed
 
 
 def check_accelerator(accelerator: str) -> None:
@@ -179,13 +191,18 @@ def resume_checkpoint(output_dir: Path) -> tuple[str | None, str | None]:
 
 
 def configure_process(cfg: DictConfig, parallel_jobs: int | None) -> None:
-    """Process-wide settings of a run: matmul precision, threads, seeds, quiet dependencies."""
+    """Process-wide settings of a run: matmul precision, threads, quiet dependencies (the
+    seeds are each run's: :func:`seed_run`)."""
     quiet_third_party_noise()
     torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
     threads = cfg.get("threads") or default_threads(parallel_jobs)
     if threads:
         torch.set_num_threads(threads)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+
+def seed_run(cfg: DictConfig) -> None:
+    """Seed torch, numpy and Python's RNGs (and dataloader workers) with the run's seed."""
+    L.seed_everything(seed_of(cfg), workers=True, verbose=False)
 
 
 def _call(trainer: L.Trainer, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -253,11 +270,11 @@ def run(
     resumes from its newest checkpoint that loads.
     """
     output_dir = Path(output_dir)
-    previous = read_record(output_dir)
+    previous = check_run_directory(output_dir, bool(cfg.get("resume")))
     resume_from, resume_warning = None, None
     if cfg.get("resume"):
-        if previous and previous.get("status") == "completed":
-            log.info("resume: %s already completed, skipping", output_dir)
+        if previous and previous.get("status") in DONE:
+            log.info("resume: %s already %s, skipping", output_dir, previous["status"])
             return previous
         resume_from, resume_warning = resume_checkpoint(output_dir)
         if resume_warning:
@@ -277,6 +294,7 @@ def run(
     try:
         with record:
             configure_process(cfg, parallel_jobs)
+            seed_run(cfg)
             datamodule, module = build_data_and_classifier(cfg)
             net = module.net
             record.update(depth=net.depth, hidden_shape=net.hidden_shape,
@@ -284,8 +302,12 @@ def run(
             trainer = build_trainer(cfg, record, output_dir)
             record.update(accelerator=type(trainer.accelerator).__name__.replace("Accelerator", "").lower())
             fit_and_test(cfg, trainer, module, datamodule, record, resume_from)
-    finally:
+    except UserError:
+        raise  # a mistake to fix: its caller says it in one line, the record keeps the traceback
+    except BaseException:
         log.info(summary_line(record.data))
+        raise
+    log.info(summary_line(record.data))
     if record.data["status"] == "completed":
         metrics = {k: record.data.get(k) for k in HPARAM_METRICS}
         write_hparams(trainer.loggers, run_hparams(record.data), metrics, trainer.global_step)

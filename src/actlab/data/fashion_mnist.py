@@ -16,7 +16,7 @@ import lightning as L
 import torch
 
 from actlab.data.idx import CorruptDataError, read_idx
-from actlab.errors import ConfigError
+from actlab.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ HOW_TO_GET = (
 )
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataNotFoundError(UserError, FileNotFoundError):
     """None of the places FashionMNIST is looked for holds a usable copy."""
 
 
@@ -121,8 +121,24 @@ def locate_fashion_mnist(
     )
 
 
+def how_to_repair(path: Path) -> str:
+    """What to do about a damaged copy of the data at ``path``."""
+    if Path(path).is_relative_to(SYSTEM_DIR):
+        return "reinstall it: apt-get install --reinstall dataset-fashion-mnist"
+    return f"delete {path} (the next run looks in the other places, or downloads it with data.download=true)"
+
+
 def load_split(images_path: Path, labels_path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """Read one split, check it is a set of 28x28 images with matching labels in 0..9."""
+    """Read one split, check it is a set of 28x28 images with matching labels in 0..9; a
+    damaged file's error says how to repair it."""
+    try:
+        return _load_split(images_path, labels_path)
+    except CorruptDataError as err:
+        damaged = labels_path if str(labels_path) in str(err) else images_path
+        raise CorruptDataError(f"{err}. To fix: {how_to_repair(damaged)}") from err
+
+
+def _load_split(images_path: Path, labels_path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.ndim != 3 or tuple(images.shape[1:]) != (28, 28):
         raise CorruptDataError(f"{images_path}: expected N x 28 x 28 images, got {tuple(images.shape)}")

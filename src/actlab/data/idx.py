@@ -13,10 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from actlab.errors import UserError
+
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-class CorruptDataError(ValueError):
+class CorruptDataError(UserError, ValueError):
     """An IDX file exists but its contents are not a valid IDX array."""
 
 

@@ -47,6 +47,7 @@ from actlab.pack.stacked import StackedNetwork
 from actlab.record import RunRecord, read_record
 from actlab.tensorboard import run_hparams, write_hparams
 from actlab.training import (
+    DONE,
     HPARAM_METRICS,
     _call,
     _instantiate_group,
@@ -55,13 +56,12 @@ from actlab.training import (
     load_checkpoint,
     previous_attempt,
     resume_checkpoint,
+    seed_run,
     shows_progress_bar,
     trainer_for,
 )
 
 log = logging.getLogger(__name__)
-# a resumed record is done: a diverging loss is a result, as a completed run is
-DONE = ("completed", "diverged")
 
 
 def check_packable(members: list[Member]) -> None:
@@ -156,11 +156,9 @@ class PackRun:
         built = []
         for k, (member, record) in enumerate(zip(self.members, self.records)):
             try:
-                L.seed_everything(member.cfg.seed, workers=True, verbose=False)
+                seed_run(member.cfg)
                 datamodule, classifier = build_data_and_classifier(member.cfg)
-            except Exception as error:
-                log.error("pack %s: %s cannot be built, recorded failed: %s", self.pack_id, member.output_dir.name,
-                          error)  # fmt: skip
+            except Exception as error:  # its closing line says so; its pack-mates train
                 self._close(k, error)
                 continue
             record.update(depth=classifier.net.depth, hidden_shape=classifier.net.hidden_shape,

@@ -30,6 +30,8 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from actlab.errors import RunDirectoryError, RunNotCompleted
+
 log = logging.getLogger(__name__)
 
 
@@ -230,6 +232,8 @@ class PackedLauncher(Launcher):
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
+        # job overrides -> the job's config, where the sweeper has composed them
+        self.composed: dict[tuple[str, ...], DictConfig] = {}
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
@@ -237,7 +241,9 @@ class PackedLauncher(Launcher):
     def _prepare(self, overrides: Sequence[str], idx: int) -> JobReturn:
         """Compose job ``idx`` and lay out its directory (``.hydra/``) exactly as Hydra's basic
         launcher would, without running it: the JobReturn's value is the job's Member."""
-        sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        sweep_config = self.composed.pop(tuple(overrides), None)  # composed by hydra/sweeper=actlab already
+        if sweep_config is None:
+            sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
         with open_dict(sweep_config):
             sweep_config.hydra.job.id = f"{sweep_config.hydra.job.name}_{idx}"
             sweep_config.hydra.job.num = idx
@@ -251,13 +257,26 @@ class PackedLauncher(Launcher):
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         prepared = [self._prepare(o, initial_job_idx + i) for i, o in enumerate(job_overrides)]
-        members = [job.return_value for job in prepared]
-        from actlab.record import queue_record
+        from actlab.record import check_run_directory, queue_record
 
-        for m in members:  # every job has its record from here on, whatever happens to it
-            queue_record(m.output_dir, activation=m.activation, overrides=list(m.overrides), seed=m.cfg.get("seed"),
-                         config=OmegaConf.to_container(m.cfg, resolve=True))  # fmt: skip
+        members, refused = [], {}
+        for i, job in enumerate(prepared):
+            member = job.return_value
+            try:  # a directory another run owns is left as it is: that job fails, the others run
+                check_run_directory(member.output_dir, bool(member.cfg.get("resume")))
+            except RunDirectoryError as error:
+                log.error("error: %s", error)
+                refused[i] = error
+                continue
+            members.append((i, member))
+            # every job has its record from here on, whatever happens to it
+            config = OmegaConf.to_container(member.cfg, resolve=True)
+            queue_record(member.output_dir, activation=member.activation, overrides=list(member.overrides),
+                         seed=member.cfg.get("seed"), config=config)  # fmt: skip
+        index, members = [i for i, _ in members], [m for _, m in members]
         packs, alone = group_into_packs(members, self.pack_size)
+        packs, alone = [[index[i] for i in p] for p in packs], [index[i] for i in alone]
+        members = {i: m for i, m in zip(index, members)}
         log.info("packed launcher: %d jobs -> %d packs (%s members) + %d single runs, %d at a time, in %s",
                  len(members), len(packs), "+".join(str(len(p)) for p in packs) or "0", len(alone), self.n_jobs,
                  sweep_dir)  # fmt: skip
@@ -276,25 +295,19 @@ class PackedLauncher(Launcher):
                 records.update(zip(indices, run_work(kind, group, name, log_file, parallel)))
         else:
             records = run_in_processes(work, self.n_jobs, parallel)
-        return self._results(prepared, [records[i] for i in range(len(prepared))])
+        return self._results(prepared, records, refused)
 
     @staticmethod
-    def _results(jobs: list[JobReturn], records: list[dict]) -> list[JobReturn]:
-        """Every job's outcome from its record. The sweep fails (after every job has run) when
-        any job did not complete; the error Hydra shows names every such run and why."""
-        failed = []
-        for job, record in zip(jobs, records):
-            status = record.get("status")
-            if status in ("completed", "diverged"):  # a diverging loss is a result, as in a single run
+    def _results(jobs: list[JobReturn], records: dict[int, dict], refused: dict[int, Exception]) -> list[JobReturn]:
+        """Every job's outcome from its record (or why it was refused); the sweeper names every
+        job that did not complete once the sweep is over."""
+        for i, job in enumerate(jobs):
+            record = records.get(i, {})
+            if i in refused:
+                job.status, job.return_value = JobStatus.FAILED, refused[i]
+            elif record.get("status") in ("completed", "diverged"):  # a diverging loss is a result, as alone
                 job.status, job.return_value = JobStatus.COMPLETED, record.get("val/acc_best")
             else:
                 job.status = JobStatus.FAILED
-                run_dir = Path(record.get("output_dir") or job.working_dir)
-                failed.append(f"  {run_dir.name}: {status}: {record.get('error')}")
-        if failed:
-            error = RuntimeError(f"{len(failed)} of {len(jobs)} runs did not complete (their records say why; "
-                                 "resume=true reruns them):\n" + "\n".join(failed))  # fmt: skip
-            for job in jobs:
-                if job.status == JobStatus.FAILED:
-                    job.return_value = error
+                job.return_value = RunNotCompleted(f"{record.get('status')}: {record.get('error')}")
         return jobs

@@ -1,0 +1,1 @@
+"""actlab's Hydra sweeper (found by Hydra once actlab is installed)."""
