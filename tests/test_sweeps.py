@@ -193,7 +193,8 @@ def test_summary_of_a_synthetic_sweep_has_the_known_numbers(tmp_path):
     assert float(relu2["test/acc_ci95"]) == pytest.approx(12.7062 * math.sqrt(0.005) / math.sqrt(2), rel=1e-4)
     counts = "9 runs: 0 queued, 1 running, 4 completed, 1 failed, 1 diverged, 0 interrupted, 1 lost, 1 unreadable"
     assert counts in markdown
-    assert "- `g`: unreadable" in markdown
+    assert "- `g`: unreadable" in markdown and "- `e`: diverged" in markdown  # diverged runs are named too
+    assert "- `a`" not in markdown  # completed ones are not
     # with a baseline sweep (here: itself) its test accuracy stands beside each row
     summarize(tmp_path / "sweep", tmp_path / "compared", baseline_dir=tmp_path / "sweep")
     compared = (tmp_path / "compared" / "summary.md").read_text()

@@ -99,10 +99,11 @@ def load_runs(sweep_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def unfinished(runs: list[dict[str, Any]]) -> list[str]:
-    """One line per run that did not complete: its directory, status and error."""
+    """One line per run that did not complete (diverged ones too): its directory, status and
+    the last line of its error."""
     lines = []
     for r in runs:
-        if r.get("status") not in ("completed", "diverged"):
+        if r.get("status") != "completed":
             error = str(r.get("error") or "").strip().splitlines()
             lines.append(f"- `{Path(str(r.get('output_dir'))).name}`: {r.get('status')}"
                          + (f": {error[-1]}" if error else ""))  # fmt: skip
