@@ -85,3 +85,24 @@ def test_fair_table_prints_the_budget_check_as_a_table(tmp_path):
     assert "| 3 | 4 | 6 | 60% | 4/relu 0.1 (not 0.03) |" in table and "| 5 | 4 | 10 | 100% | none |" in table
     with pytest.raises(SystemExit, match="EPOCHS:PATIENCE"):
         fair_table.budget_report(tmp_path, "5")
+
+
+def test_stage_2s_rates_chosen_per_activation_give_one_row_per_activation(tmp_path):
+    from actlab.summary import load_runs, summarize, varying_keys
+
+    # stage 2: each activation at its own chosen rate (one `fair_choice` config each), seeds 1-2
+    for activation, lr, scores in (("relu", 0.03, (0.86, 0.88)), ("tanh", 0.1, (0.84, 0.85))):
+        for seed, score in enumerate(scores, start=1):
+            run_dir = tmp_path / f"+fair_choice={activation}_depth4,seed={seed}"
+            write_record(run_dir, {
+                "status": "completed", "activation": activation, "depth": 4, "seed": seed, "test/acc": score,
+                "overrides": [f"+fair_choice={activation}_depth4", f"seed={seed}"],
+                "config": {"seed": seed, "optimizer": {"lr": lr}, "model": {"depth": 4},
+                           "paths": {"output_dir": str(run_dir)}},
+            })  # fmt: skip
+    assert varying_keys(load_runs(tmp_path)) == []  # the rate follows the activation: it splits no row
+    summarize(tmp_path)
+    table = (tmp_path / "summary.md").read_text()
+    assert "| activation | depth | test acc (%) | 95% CI | p vs best |" in table  # no extra key column
+    assert "| relu | 4 | 87.00 ± 1.41 | ± 12.71 | best |" in table and "| 0.03 | — |" in table
+    assert "| tanh | 4 | 84.50 ± 0.71 |" in table and "| 0.1 | — |" in table

@@ -1,5 +1,6 @@
 """Sweeps: multirun with both local launchers, fault tolerance, resume, the summary."""
 
+import csv
 import json
 import math
 import os
@@ -9,12 +10,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from conftest import REPO, data_overrides, run_train_main
+from conftest import REPO, data_overrides, load_script, run_train_main
 from omegaconf import OmegaConf
 
+from actlab.comparison import welch_p_value
 from actlab.config import CONFIG_DIR
 from actlab.record import read_record, write_record
-from actlab.summary import load_runs, summarize
+from actlab.summary import group_runs, load_runs, summarize, varying_keys
 
 SMOKE_DIRS = {f"activation={a},model.depth={d}" for a in ("relu", "tanh") for d in (1, 2)}
 
@@ -178,8 +180,6 @@ def test_summary_of_a_synthetic_sweep_has_the_known_numbers(tmp_path):
         "learning_curves_overlaid.png",
     }
     assert all(p.stat().st_size > 0 for p in paths)
-    import csv
-
     rows = {(r["activation"], r["depth"]): r for r in csv.DictReader((tmp_path / "out" / "summary.csv").open())}
     relu2 = rows[("relu", "2")]
     assert float(relu2["test/acc_mean"]) == pytest.approx(0.85)
@@ -197,7 +197,8 @@ def test_summary_of_a_synthetic_sweep_has_the_known_numbers(tmp_path):
     assert float(relu2["test/acc_ci95"]) == pytest.approx(12.7062 * math.sqrt(0.005) / math.sqrt(2), rel=1e-4)
     counts = "9 runs: 0 queued, 1 running, 4 completed, 1 failed, 1 diverged, 0 interrupted, 1 lost, 1 unreadable"
     assert counts in markdown
-    assert "- `g`: unreadable" in markdown
+    assert "- `g`: unreadable" in markdown and "- `e`: diverged" in markdown  # diverged runs are named too
+    assert "- `a`" not in markdown  # completed ones are not
     # with a baseline sweep (here: itself) its test accuracy stands beside each row
     summarize(tmp_path / "sweep", tmp_path / "compared", baseline_dir=tmp_path / "sweep")
     compared = (tmp_path / "compared" / "summary.md").read_text()
@@ -215,6 +216,10 @@ def test_summarize_script_on_a_real_partial_sweep(tmp_path, smoke_sweep):
     assert out.returncode == 0, out.stderr
     assert "5 runs: 0 queued, 1 running, 4 completed" in out.stdout
     assert len(load_runs(sweep_dir)) == 5 and (sweep_dir / "accuracy_heatmap.png").is_file()
+    # real records' configs vary per run only in what restates the run (its directory, its seed)
+    assert varying_keys(load_runs(sweep_dir)) == []
+    header = next(csv.reader((sweep_dir / "summary.csv").open()))
+    assert header[:3] == ["activation", "depth", "runs"]
     assert json.loads((sweep_dir / "activation=relu,model.depth=1" / "metrics.json").read_text())["test/acc"] >= 0
 
 
@@ -320,3 +325,131 @@ def test_hydra_modes_and_help_without_torch():
             "print('torch' in sys.modules, 'lightning' in sys.modules)")  # fmt: skip
     shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert "activation: " in shown.stdout and shown.stdout.strip().splitlines()[-1] == "False False", shown.stderr
+
+def run_record(root: Path, activation: str, seed: int, status: str = "completed", acc: float | None = None,
+               error: str | None = None, **settings) -> Path:  # fmt: skip
+    """A record as a sweep job writes it: its overrides, and a resolved config in which the run's
+    directory and seed reappear (checkpoint dir, a seed-interpolated key) as in real configs.
+    ``settings``: swept dotted keys, written ``optimizer__lr`` (``__`` for the dot)."""
+    swept = {key.replace("__", "."): value for key, value in settings.items()}
+    overrides = [f"activation={activation}", *(f"{k}={v}" for k, v in swept.items()), f"seed={seed}"]
+    run_dir = root / ",".join(overrides)  # the job directory, named by its overrides
+    config = {
+        "seed": seed, "paths": {"output_dir": str(run_dir)}, "trainer": {"default_root_dir": str(run_dir)},
+        "callbacks": {"model_checkpoint": {"dirpath": f"{run_dir}/checkpoints"}},
+        "optimizer": {"lr": 0.001, "momentum": 0.9}, "model": {"depth": 4, "hidden_shape": None},
+        "data": {"batch_size": 128, "split_seed": seed},
+        "activation": {"_target_": f"torch.nn.{activation.capitalize()}"},
+    }  # fmt: skip
+    for key, value in swept.items():
+        section, name = key.split(".")
+        config[section][name] = value
+    fields = {"status": status, "activation": activation, "seed": seed, "depth": 4, "test/acc": acc,
+              "overrides": overrides, "config": config, "history": {"val/acc": [0.5, acc or 0.5]}}  # fmt: skip
+    write_record(run_dir, {**fields, **({"error": error} if error else {})})
+    return run_dir
+
+
+def summary_rows(out: Path, *keys: str) -> dict[tuple, dict[str, str]]:
+    rows = csv.DictReader((out / "summary.csv").open())
+    return {(r["activation"], r["depth"], *(r[k] for k in keys)): r for r in rows}
+
+
+def test_an_lr_sweep_gives_one_row_per_rate_compared_within_its_rate(tmp_path):
+    accuracies = {("relu", 0.01): (0.80, 0.82), ("relu", 0.1): (0.86, 0.88),
+                  ("tanh", 0.01): (0.70, 0.74), ("tanh", 0.1): (0.85, 0.91)}  # fmt: skip
+    for (activation, lr), values in accuracies.items():
+        for seed, acc in enumerate(values, start=1):
+            run_record(tmp_path / "sweep", activation, seed, acc=acc, optimizer__lr=lr)
+    runs = load_runs(tmp_path / "sweep")
+    # the seed-interpolated split seed and the per-run directories are no grouping keys
+    assert varying_keys(runs) == ["optimizer.lr"]
+    assert [g.label for g in group_runs(runs)] == [
+        "relu (depth 4, optimizer.lr=0.01)", "relu (depth 4, optimizer.lr=0.1)",
+        "tanh (depth 4, optimizer.lr=0.01)", "tanh (depth 4, optimizer.lr=0.1)",
+    ]  # fmt: skip
+    summarize(tmp_path / "sweep", tmp_path / "out")
+    header = next(csv.reader((tmp_path / "out" / "summary.csv").open()))
+    assert header[:4] == ["activation", "depth", "optimizer.lr", "runs"]
+    rows = summary_rows(tmp_path / "out", "optimizer.lr")
+    assert set(rows) == {("relu", "4", "0.01"), ("relu", "4", "0.1"), ("tanh", "4", "0.01"), ("tanh", "4", "0.1")}
+    for (activation, lr), values in accuracies.items():
+        row = rows[(activation, "4", f"{lr:g}")]
+        assert float(row["test/acc_mean"]) == pytest.approx(sum(values) / 2) and row["completed"] == "2"
+    # p vs best compares the activations at the same rate: each rate has its own best
+    assert rows[("relu", "4", "0.01")]["test/acc_p_vs_best"] == "best"
+    assert rows[("tanh", "4", "0.1")]["test/acc_p_vs_best"] == "best"
+    assert float(rows[("relu", "4", "0.1")]["test/acc_p_vs_best"]) == pytest.approx(
+        welch_p_value([0.86, 0.88], [0.85, 0.91]), rel=1e-5
+    )
+    markdown = (tmp_path / "out" / "summary.md").read_text()
+    assert "| activation | depth | optimizer.lr | test acc (%) | 95% CI | p vs best |" in markdown
+    assert "| relu | 4 | 0.1 | 87.00 ± 1.41 |" in markdown and "| tanh | 4 | 0.01 | 72.00 ± 2.83 |" in markdown
+    assert "Runs that did not complete" not in markdown
+
+
+def test_a_batch_size_sweep_gives_one_row_per_size_and_names_the_failed_runs(tmp_path):
+    error = "Traceback (most recent call last):\n  ...\nConfigError: data.batch_size must be > 0, got 0"
+    for seed, (small, large) in enumerate([(0.70, 0.80), (0.75, 0.90)], start=1):
+        run_record(tmp_path, "relu", seed, status="failed", error=error, data__batch_size=0)
+        run_record(tmp_path, "relu", seed, acc=small, data__batch_size=32)
+        run_record(tmp_path, "relu", seed, acc=large, data__batch_size=128)
+    summarize(tmp_path)
+    rows = summary_rows(tmp_path, "data.batch_size")
+    assert list(rows) == [("relu", "4", "0"), ("relu", "4", "32"), ("relu", "4", "128")]  # in numeric order
+    assert rows[("relu", "4", "0")]["failed"] == "2" and rows[("relu", "4", "0")]["test/acc_mean"] == ""
+    assert float(rows[("relu", "4", "32")]["test/acc_mean"]) == pytest.approx(0.725)
+    assert float(rows[("relu", "4", "128")]["test/acc_mean"]) == pytest.approx(0.85)
+    markdown = (tmp_path / "summary.md").read_text()
+    assert "| relu | 4 | 128 | 85.00 ± 7.07 |" in markdown
+    for seed in (1, 2):  # each named, with its error's last line
+        name = f"activation=relu,data.batch_size=0,seed={seed}"
+        assert f"- `{name}`: failed: ConfigError: data.batch_size must be > 0, got 0" in markdown
+
+
+def test_by_groups_rows_by_the_keys_asked_for(tmp_path, monkeypatch, capsys):
+    accuracies = {(0.01, 32): 0.70, (0.01, 128): 0.80, (0.1, 32): 0.85, (0.1, 128): 0.95}
+    for (lr, batch_size), acc in accuracies.items():
+        for seed in (1, 2):
+            run_record(tmp_path / "sweep", "relu", seed, acc=acc + seed / 100, optimizer__lr=lr,
+                       data__batch_size=batch_size)  # fmt: skip
+    assert varying_keys(load_runs(tmp_path / "sweep")) == ["optimizer.lr", "data.batch_size"]
+    summarize(tmp_path / "sweep", tmp_path / "all")
+    assert len(summary_rows(tmp_path / "all", "optimizer.lr", "data.batch_size")) == 4
+    script = load_script(REPO / "scripts" / "summarize.py", "summarize_script")
+
+    def summarize_script(*args: str) -> None:
+        monkeypatch.setattr(sys, "argv", ["summarize.py", str(tmp_path / "sweep"), *args])
+        script.main()
+
+    # --by optimizer.lr: a row per rate, its batch sizes pooled
+    summarize_script("--out", str(tmp_path / "by"), "--by", "optimizer.lr")
+    header = next(csv.reader((tmp_path / "by" / "summary.csv").open()))
+    assert header[:4] == ["activation", "depth", "optimizer.lr", "runs"] and "data.batch_size" not in header
+    rows = summary_rows(tmp_path / "by", "optimizer.lr")
+    assert float(rows[("relu", "4", "0.01")]["test/acc_mean"]) == pytest.approx(0.765)  # 0.71, 0.72, 0.81, 0.82
+    assert float(rows[("relu", "4", "0.1")]["test/acc_mean"]) == pytest.approx(0.915)
+    assert rows[("relu", "4", "0.1")]["runs"] == "4"
+    assert "| relu | 4 | 0.1 | 91.50 ± 5.80 |" in capsys.readouterr().out
+    # --by '': activation x depth only, every run in one row
+    summarize_script("--out", str(tmp_path / "none"), "--by", "")
+    (only,) = summary_rows(tmp_path / "none").values()
+    assert float(only["test/acc_mean"]) == pytest.approx(0.84) and only["runs"] == "8"
+    # a key no run has is refused, naming what the sweep varies
+    with pytest.raises(SystemExit, match="no run has the key 'optimizer.lrr'") as refused:
+        summarize_script("--out", str(tmp_path / "wrong"), "--by", "optimizer.lrr")
+    assert "this sweep varies: optimizer.lr, data.batch_size" in str(refused.value)
+    assert not (tmp_path / "wrong").exists()
+
+
+def test_the_summary_names_a_diverged_run_and_why(tmp_path):
+    run_record(tmp_path, "relu", 1, acc=0.8, optimizer__lr=0.1)
+    run_record(tmp_path, "relu", 1, status="diverged", optimizer__lr=10.0,
+               error="DivergedError: training loss is nan at epoch 2, step 31")  # fmt: skip
+    summarize(tmp_path)
+    markdown = (tmp_path / "summary.md").read_text()
+    assert "2 runs: 0 queued, 0 running, 1 completed, 0 failed, 1 diverged" in markdown
+    assert "| relu | 4 | 10 | — | — | — | — | — | — | 0 | 0 | 1 | 0 | 10 |" in markdown
+    lines = markdown.split("Runs that did not complete:\n\n")[1].strip().splitlines()
+    assert lines == ["- `activation=relu,optimizer.lr=10.0,seed=1`: diverged: DivergedError: training loss is nan at "
+                     "epoch 2, step 31"]  # fmt: skip

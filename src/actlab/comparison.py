@@ -14,8 +14,8 @@ _TINY = 1e-300
 
 # the test behind a table's `p vs best` column, as the table states it
 P_VS_BEST_TEST = (
-    "Welch's two-sided t-test of the activation's test accuracies against the best mean's (same depth), "
-    "Holm-corrected for the number of activations compared with it"
+    "Welch's two-sided t-test of the activation's test accuracies against the best mean's (same depth and "
+    "same values of the other grouping keys), Holm-corrected for the number of activations compared with it"
 )
 
 

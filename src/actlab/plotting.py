@@ -187,13 +187,13 @@ def plot_heatmap(rows: Sequence[str], columns: Sequence[int], percent: Sequence[
 def plot_learning_curves(curves: Mapping[str, Mapping[int, Sequence[Sequence[float]]]], metric: str,
                          path: str | Path) -> Path:  # fmt: skip
     """One panel per activation, one line per depth: the mean over seeds of ``metric`` per
-    epoch (``curves[activation][depth]`` = one list per seed)."""
+    epoch (``curves[activation][depth]`` = one list per seed; panels in the order given)."""
     n = len(curves)
     cols = min(4, n)
     rows = math.ceil(n / cols)
     fig = Figure(figsize=(3.6 * cols, 2.8 * rows))
     axes = fig.subplots(rows, cols, squeeze=False)
-    for ax, (activation, by_depth) in zip(axes.flat, sorted(curves.items())):
+    for ax, (activation, by_depth) in zip(axes.flat, curves.items()):
         for depth, seeds in sorted(by_depth.items()):
             length = max(len(c) for c in seeds)
             mean = [statistics.fmean(v) if (v := [c[e] for c in seeds if len(c) > e and c[e] is not None]) else math.nan
@@ -242,10 +242,10 @@ def _palette(n: int) -> list:
 
 def plot_overlaid_curves(curves: Mapping[str, Sequence[Sequence[float]]], metric: str, path: str | Path) -> Path:
     """One line per label on shared axes: the mean over seeds of ``metric`` per epoch with a
-    band of ± one standard deviation (``curves[label]`` = one list per seed)."""
+    band of ± one standard deviation (``curves[label]`` = one list per seed; in the order given)."""
     fig = Figure(figsize=(8, 5))
     ax = fig.add_subplot()
-    for color, (label, seeds) in zip(_palette(len(curves)), sorted(curves.items())):
+    for color, (label, seeds) in zip(_palette(len(curves)), curves.items()):
         length = max(len(c) for c in seeds)
         columns = [[c[e] for c in seeds if len(c) > e and c[e] is not None] for e in range(length)]
         mean = [statistics.fmean(v) if v else math.nan for v in columns]
@@ -291,10 +291,10 @@ def plot_accuracy_bars(rows: Sequence[tuple[str, float, float | None]], path: st
 def plot_accuracy_by_depth(series: Mapping[str, Sequence[tuple[int, float, float | None]]], path: str | Path,
                            ylabel: str = "test accuracy (%), mean and 95% CI over seeds") -> Path:  # fmt: skip
     """Test accuracy against depth (log scale), a line per activation: ``series[name]`` is
-    ``(depth, mean, half-width of its confidence interval or None)`` per depth."""
+    ``(depth, mean, half-width of its confidence interval or None)`` per depth (in the order given)."""
     fig = Figure(figsize=(8, 5))
     ax = fig.add_subplot()
-    for colour, (name, points) in zip(_palette(len(series)), sorted(series.items())):
+    for colour, (name, points) in zip(_palette(len(series)), series.items()):
         points = sorted(points)
         ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] or 0.0 for p in points], label=name,
                     color=colour, marker="o", markersize=3, linewidth=1.2, capsize=2)  # fmt: skip
