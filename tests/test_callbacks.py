@@ -220,7 +220,10 @@ def test_sigmoid_gradients_vanish_towards_the_input(real_data):
 def test_run_history_checkpoint_taken_between_epochs_keeps_the_finished_epoch():
     from actlab.callbacks import RunHistory
 
-    trainer = SimpleNamespace(callback_metrics={}, current_epoch=0, callbacks=[])
+    epoch = SimpleNamespace(batch_progress=SimpleNamespace(current=SimpleNamespace(ready=3)))  # all its batches
+    progress = SimpleNamespace(epoch_loop=epoch)
+    trainer = SimpleNamespace(callback_metrics={}, current_epoch=0, callbacks=[], fit_loop=progress,
+                              num_training_batches=3)  # fmt: skip
     history = RunHistory()
     history.setup(trainer, None, "fit")
     history.on_train_epoch_start(trainer, None)

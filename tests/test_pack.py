@@ -3,6 +3,7 @@
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -94,12 +95,24 @@ def test_pack_members_equal_their_separate_runs(tmp_path, fake_data_dir, optimiz
             assert torch.allclose(a[name], b[name], atol=1e-5), (activation, name)
 
 
-def test_a_diverging_member_is_recorded_and_frozen_and_the_others_go_on(tmp_path, fake_data_dir):
+def test_a_diverging_member_is_recorded_and_frozen_and_the_others_go_on(tmp_path, fake_data_dir, caplog):
     specs = [(1, "relu"), (2, "relu"), (3, "leaky_relu", "activation.negative_slope=nan")]
     members, base = members_for(tmp_path, fake_data_dir, specs, ["callbacks=none"])
-    records = train_pack(members, "p")
+    with caplog.at_level("INFO"):
+        records = train_pack(members, "p")
     assert [r["status"] for r in records] == ["completed", "completed", "diverged"]
     assert "nan" in records[2]["error"] and records[2]["epochs_completed"] < 2
+    for member, record in zip(members, records):  # one closing line each, as a single run's
+        (line,) = [m for m in caplog.messages if f"record {member.output_dir}/metrics.json" in m]
+        assert line.startswith(f"run {record['status']} |")
+    assert "run diverged | error: training loss is nan" in caplog.text
+    # resumed, a diverged member is a result, as a completed one: skipped, in one line naming them
+    again, _ = members_for(tmp_path, fake_data_dir, specs, ["callbacks=none", "resume=true"])
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        assert train_pack(again, "p") == [read_record(m.output_dir) for m in members]
+    (line,) = [m for m in caplog.messages if m.startswith("resume:")]
+    assert "skips 3 members already done" in line and f"{members[2].output_dir} (diverged)" in line
     alone, _ = single_run(tmp_path, [*base, "callbacks=none"], 2, "relu")
     assert records[1]["history"]["train/loss"] == pytest.approx(alone["history"]["train/loss"], abs=1e-5)
 
@@ -289,3 +302,68 @@ def test_a_compacted_packs_loader_draws_only_the_stacks_batches_from_every_membe
     compacted = list(loader)  # epoch 2
     for (x, y, r), (all_x, all_y) in zip(compacted, expected):
         assert r.tolist() == [1, 3] and torch.equal(y, all_y[[1, 3]]) and torch.equal(x, all_x[[1, 3]])
+
+
+def checkpoint_contents(path):
+    """What a checkpoint says of where its run was: epoch, step, early-stopping state, best path."""
+    checkpoint = torch.load(path, weights_only=False)
+    callbacks = checkpoint["callbacks"]
+    (stopper,) = (state for key, state in callbacks.items() if key.startswith("EarlyStopping"))
+    best = [state for key, state in callbacks.items() if key.startswith("ModelCheckpoint") and state["monitor"]]
+    return {"epoch": checkpoint["epoch"], "global_step": checkpoint["global_step"],
+            "stopper": {k: stopper[k] for k in ("wait_count", "stopped_epoch", "patience")},
+            "best": [Path(state["best_model_path"]).name for state in best]}  # fmt: skip
+
+
+def closing_line(messages, run_dir):
+    """A run's closing line without what differs between a pack and a single run (times, paths)."""
+    (line,) = [line for line in messages if f"record {run_dir}/metrics.json" in line]
+    return [part.replace(str(run_dir), "<run>") for part in line.split(" | ") if "s/epoch" not in part]
+
+
+def test_a_member_stopped_early_has_its_single_runs_checkpoints_record_and_closing_line(tmp_path, fake_data_dir,
+                                                                                        caplog):  # fmt: skip
+    """A member stopping below max_epochs saves its checkpoints at its stopping epoch (with the
+    stopping state), tests its best epoch and says so in one closing line, as its single run."""
+    from test_pack_options import assert_member_is_its_single_run
+
+    protocol = ["callbacks=none", "trainer.max_epochs=6", "callbacks.early_stopping.patience=1",
+                "callbacks.early_stopping.min_delta=0.05", "test_ckpt=best"]  # fmt: skip
+    specs = [(1, "relu", "optimizer.lr=0.01"), (2, "relu", "optimizer.lr=0.1")]
+    members, base = members_for(tmp_path, fake_data_dir, specs, protocol)
+    with caplog.at_level("INFO"):
+        records = train_pack(members, "p")
+        singles = [tmp_path / "single" / f"relu-{seed}" for seed, *_ in specs]
+        for (seed, activation, lr), out in zip(specs, singles):
+            run(compose_train([*base, *protocol, f"seed={seed}", f"activation={activation}", lr], out), out, activation)
+    assert any(r["stopped_epoch"] is not None and r["stopped_epoch"] < 5 for r in records), records
+    for member, single, record in zip(members, singles, records):
+        assert_member_is_its_single_run(member.output_dir, single)
+        alone = read_record(single)
+        assert record["test_ckpt"]["epoch"] == alone["test_ckpt"]["epoch"] == alone["best_epoch"]
+        if alone["stopped_epoch"] is not None:
+            assert checkpoint_contents(single / "checkpoints" / "last.ckpt")["epoch"] == alone["stopped_epoch"]
+        for path in sorted((single / "checkpoints").glob("*.ckpt")):
+            mine = checkpoint_contents(member.output_dir / "checkpoints" / path.name)
+            assert mine == checkpoint_contents(path), (member.output_dir.name, path.name)
+        assert closing_line(caplog.messages, member.output_dir) == closing_line(caplog.messages, single)
+
+
+def test_the_lightning_internals_a_pack_borrows_are_still_there():
+    """MemberEarlyStopping stops one member with Lightning's own rule, through the two private
+    methods below: EarlyStopping's public hooks must still call the one and it must still apply
+    the other. If this fails, Lightning changed them: adapt MemberEarlyStopping."""
+    from unittest import mock
+
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    stopper = EarlyStopping(monitor="val/acc", mode="max", patience=1)
+    stopper._check_on_train_epoch_end = True
+    trainer = mock.MagicMock(fast_dev_run=False, sanity_checking=False)
+    trainer.state.fn = "fit"
+    with mock.patch.object(EarlyStopping, "_run_early_stopping_check") as check:
+        stopper.on_train_epoch_end(trainer, None)
+    check.assert_called_once_with(trainer)
+    assert stopper._evaluate_stopping_criteria(torch.tensor(0.5)) == (False, mock.ANY)
+    assert stopper._evaluate_stopping_criteria(torch.tensor(0.4))[0] is True
+    assert stopper.wait_count == 1

@@ -138,3 +138,38 @@ def test_sigterm_to_a_parallel_packed_sweep_reaches_every_worker_and_resume_fini
         record = read_record(path.parent)
         assert record["status"] == "completed" and record["epochs_completed"] == 16
         assert len(record["history"]["val/acc"]) == 16
+
+
+def test_a_mistyped_monitor_fails_its_members_before_training_and_the_others_train(tmp_path, fake_data_dir):
+    overrides, sweep_dir = packed_sweep(tmp_path, fake_data_dir, "seed=1,2", "callbacks.early_stopping.patience=1",
+                                        "callbacks.early_stopping.monitor=val/acc,val/acc_typo", "trainer.max_epochs=2",
+                                        "callbacks=none", "logger=csv")  # fmt: skip
+    result = run_train_main(overrides, tmp_path)
+    assert result.returncode != 0
+    # the monitor's slash nests each job's directory one level deeper
+    records = {str(p.parent.relative_to(sweep_dir)): read_record(p.parent) for p in sweep_dir.glob("*/*/metrics.json")}
+    assert len(records) == 4, result.stderr[-3000:]
+    for name, record in records.items():
+        if "val/acc_typo" in name:
+            assert record["status"] == "failed" and record["epochs_completed"] == 0, name
+            assert record["error"].startswith("ConfigError: callbacks.early_stopping.monitor='val/acc_typo' is not")
+            assert "val/acc, val/f1" in record["error"]
+        else:
+            assert record["status"] == "completed" and record["epochs_completed"] == 2, name
+
+
+def test_a_unit_that_fails_around_its_runs_records_every_member_failed_with_its_error(tmp_path, fake_data_dir):
+    """A pack that cannot be formed (or any failure of a unit outside its runs' own code) ends
+    in every member's record as `failed` with the error, never `queued` with none."""
+    from actlab.record import queue_record
+    from hydra_plugins.actlab_packed_launcher.packed_launcher import run_work
+
+    members, _ = members_for(tmp_path, fake_data_dir, [(1, "relu"), (2, "relu", "trainer.max_epochs=3")],
+                             ["callbacks=none", "logger=csv"])  # fmt: skip
+    for m in members:
+        queue_record(m.output_dir, activation=m.activation, overrides=m.overrides, seed=m.cfg.seed)
+    records = run_work("pack", members, "pack-0", str(tmp_path / ".packs" / "pack-0.log"), None)
+    for member, record in zip(members, records):
+        assert record == read_record(member.output_dir)
+        assert record["status"] == "failed" and record["error"].startswith("ConfigError: a pack's members must")
+        assert record["traceback"] and record["seed"] == member.cfg.seed and record["epochs_completed"] == 0

@@ -59,6 +59,7 @@ REFUSED = {
     "debug=overfit": "overfit_batches",
     "+trainer.val_check_interval=0.5": "val_check_interval",
     "+trainer.max_time=00:00:01:00": "max_time",
+    "+callbacks.timer._target_=lightning.pytorch.callbacks.Timer +callbacks.timer.duration=00:00:01:00": "1/K",
     "+trainer.min_epochs=2": "min_epochs",
     "+trainer.min_steps=2": "min_steps",
     "+trainer.reload_dataloaders_every_n_epochs=1": "reload_dataloaders",
@@ -169,6 +170,17 @@ def test_a_refused_job_runs_alone_in_the_same_sweep_with_one_line_saying_why(tmp
     assert all(r["pack"]["size"] == 2 for r in records if not r["config"]["scheduler"])
     refusals = [line for line in (result.stdout + result.stderr).splitlines() if "runs as a single run" in line]
     assert len(refusals) == 2 and all("plateau" in line for line in refusals)
+
+
+def test_jobs_whose_directories_name_a_colon_share_a_pack(tmp_path, fake_data_dir):
+    """Hydra writes an override's colon `\\:` in a job's directory name (a time, say): the jobs
+    still group by their settings (the directory in each config is no difference)."""
+    members = []
+    for seed in (1, 2):
+        out = tmp_path / "sweep" / f"note=12\\:30,seed={seed}"
+        overrides = [*data_overrides(fake_data_dir), *BASE, f"seed={seed}"]
+        members.append(Member(compose_train([*overrides, f"paths.output_dir='{out}'"]), out, "relu", overrides))
+    assert group_into_packs(members, 64) == ([[0, 1]], [])
 
 
 @pytest.mark.parametrize("optimizer", [

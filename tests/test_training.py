@@ -4,6 +4,7 @@ import csv
 import json
 
 import pytest
+import torch
 from conftest import compose_train, data_overrides, run_train_cli, run_train_main
 from omegaconf import OmegaConf
 
@@ -84,13 +85,33 @@ def test_same_seed_same_result(tmp_path, fake_data_dir):
     assert a["test/acc"] == b["test/acc"]
 
 
-def test_diverging_loss_is_recorded_not_crashed(tmp_path, fake_data_dir):
-    record, out = train_in_process(
-        tmp_path, fake_data_dir, ["optimizer.lr=1e6", "optimizer.momentum=0.99", "trainer.max_epochs=3"]
-    )
+def test_diverging_loss_is_recorded_not_crashed(tmp_path, fake_data_dir, caplog):
+    diverging = ["optimizer.lr=1e6", "optimizer.momentum=0.99", "trainer.max_epochs=3"]
+    record, out = train_in_process(tmp_path, fake_data_dir, diverging)
     assert record["status"] == "diverged"
     assert "loss" in record["error"] and read_record(out)["status"] == "diverged"
     assert record["epochs_completed"] < 3
+    # a diverged run is a result: resume=true skips it (as a pack does), saying so
+    with caplog.at_level("INFO", logger="actlab.training"):
+        again, _ = train_in_process(tmp_path, fake_data_dir, [*diverging, "resume=true"])
+    assert again == read_record(out) and again["started_at"] == record["started_at"]
+    assert f"resume: {out} already diverged, skipping" in caplog.messages
+
+
+@pytest.mark.parametrize("limit", ["+trainer.max_time=00:00:00:01",
+                                   "+callbacks.timer._target_=lightning.pytorch.callbacks.Timer "
+                                   "+callbacks.timer.duration=00:00:00:01"])  # fmt: skip
+def test_a_run_cut_short_by_its_time_limit_says_so_and_counts_only_its_full_epochs(limit, tmp_path, fake_data_dir):
+    record, out = train_in_process(tmp_path, fake_data_dir, [*limit.split(), "trainer.max_epochs=1000",
+                                                             "data.batch_size=4", "callbacks=none"])  # fmt: skip
+    ran = len(record["epoch_times_s"])
+    assert record["status"] == "completed" and record["stop_reason"] == "max_time" and 0 < ran < 1000
+    assert record["stopped_epoch"] == ran - 1 == record["test_ckpt"]["epoch"] == len(record["history"]["val/acc"]) - 1
+    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == ran - 1
+    if record["partial_epochs"]:  # cut inside its last epoch (all but surely: 96 batches an epoch)
+        (cut,) = record["partial_epochs"]
+        assert cut["epoch"] == ran - 1 and 0 < cut["batches"] < cut["of"] == 96
+    assert record["epochs_completed"] == ran - len(record["partial_epochs"])
 
 
 @pytest.mark.parametrize(
@@ -104,11 +125,18 @@ def test_diverging_loss_is_recorded_not_crashed(tmp_path, fake_data_dir):
         ("data.batch_size=0", ValueError, "data.batch_size must be a positive integer"),
         ("data.val_size=100000", ValueError, "leaves no training data"),
         ("trainer.max_epochs=0", ConfigError, "max_epochs must be >= 1"),
+        (
+            "callbacks.early_stopping.patience=1 callbacks.early_stopping.monitor=val/acc_typo",
+            ConfigError,
+            "callbacks.early_stopping.monitor='val/acc_typo' is not a metric the run logs; choose one of: train/loss, "
+            "train/acc, train/lr, val/loss, val/acc, val/f1",
+        ),
+        ("callbacks.model_checkpoint.monitor=val/los", ConfigError, "callbacks.model_checkpoint.monitor='val/los'"),
     ],
 )
 def test_bad_input_fails_before_training_and_is_recorded(override, error, message, tmp_path, fake_data_dir):
     with pytest.raises(error, match=message):
-        train_in_process(tmp_path, fake_data_dir, [override])
+        train_in_process(tmp_path, fake_data_dir, override.split())
     record = read_record(tmp_path / "run")
     assert record["status"] == "failed" and message.split()[0] in record["error"]
     assert record["epochs_completed"] == 0
@@ -145,7 +173,9 @@ def test_cli_bad_value_exits_nonzero_with_clear_error(tmp_path, fake_data_dir):
     "override, message",
     [("model.depth=abc", "model.depth must be a positive integer, got 'abc'"),
      ("optimizer.lr=0", "optimizer.lr must be > 0, got 0"),
-     ("activation=staf activation.tau=0", "STAF needs tau >= 1 terms, got 0")],
+     ("activation=staf activation.tau=0", "STAF needs tau >= 1 terms, got 0"),
+     ("callbacks.early_stopping.patience=1 callbacks.early_stopping.monitor=val/acc_typo",
+      "callbacks.early_stopping.monitor='val/acc_typo' is not a metric the run logs; choose one of: train/loss")],
 )  # fmt: skip
 def test_a_config_mistake_is_one_clear_line_and_the_record_keeps_the_traceback(override, message, tmp_path,
                                                                                 fake_data_dir):  # fmt: skip

@@ -15,6 +15,8 @@ from actlab.tensorboard import tensorboard_writers
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 STAGES = ("train", "val", "test")
+# what a run logs every training epoch: what early stopping or a checkpoint can monitor
+EPOCH_METRICS = ("train/loss", "train/acc", "train/lr", "val/loss", "val/acc", "val/f1")
 
 
 class EpochAccumulator(nn.Module):

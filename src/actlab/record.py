@@ -28,6 +28,8 @@ from actlab.errors import DivergedError, RunDirectoryError
 
 RECORD_FILE = "metrics.json"
 STATUSES = ("queued", "running", "completed", "failed", "diverged", "interrupted")
+# the endings that are results (a diverging loss is one): resume=true skips them, a sweep counts them done
+RESULTS = ("completed", "diverged")
 # derived, never written: a `running` record whose process stopped writing (killed, node lost)
 LOST = "lost"
 # a running record counts as lost once its heartbeat is this old, or 5x its longest epoch
@@ -37,7 +39,8 @@ SCHEMA_DEFAULTS: dict[str, Any] = {
     "activation": None, "overrides": [], "seed": None, "config": None, "depth": None, "hidden_shape": None,
     "num_parameters": None, "accelerator": None, "resumed_from": None, "epochs_completed": 0,
     "epoch_times_s": [], "epoch_time_s": None, "diagnostics_epoch_s": [], "history": {}, "val/acc_last": None,
-    "val/acc_best": None, "best_epoch": None, "stopped_epoch": None, "test_ckpt": None, "test/acc": None,
+    "val/acc_best": None, "best_epoch": None, "stopped_epoch": None, "stop_reason": None,
+    "partial_epochs": [], "test_ckpt": None, "test/acc": None,
     "test/loss": None, "fit_time_s": None, "owner": None,
 }  # fmt: skip
 
@@ -80,6 +83,18 @@ def queue_record(output_dir: str | Path, **fields: Any) -> None:
     if not (Path(output_dir) / RECORD_FILE).exists():
         write_record(output_dir, {**SCHEMA_DEFAULTS, **fields, "status": "queued", "output_dir": str(output_dir),
                                   "queued_at": _now()})  # fmt: skip
+
+
+def record_unit_failure(output_dir: str | Path, error: BaseException) -> dict[str, Any]:
+    """The record of a run whose unit of work (its pack, its launcher's process) failed around
+    it: ``failed`` with ``error`` where the run had not ended (queued, running, or no record), its
+    history kept; a record the run closed itself is left as it is. Returns the record."""
+    previous = read_record(output_dir)
+    if previous is not None and previous.get("status") not in ("queued", "running"):
+        return previous
+    record = RunRecord(output_dir, **{k: v for k, v in (previous or {}).items() if k not in ("status", "output_dir")})
+    record.__exit__(type(error), error, error.__traceback__)
+    return record.data
 
 
 def read_record(output_dir: str | Path) -> dict[str, Any] | None:

@@ -16,24 +16,21 @@ import lightning as L
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, ProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, ProgressBar, Timer
 from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from actlab.callbacks import DivergenceMonitor, RunHistory
-from actlab.classifier import Classifier
+from actlab.classifier import EPOCH_METRICS, Classifier
 from actlab.console import is_terminal, quiet_third_party_noise, summary_line
 from actlab.errors import ConfigError, UserError
 from actlab.models.simple_network import build_activation
-from actlab.record import RunRecord, check_run_directory
+from actlab.record import RESULTS, RunRecord, check_run_directory
 from actlab.tensorboard import run_hparams, write_hparams
 
 log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
-# a record with one of these statuses is a result: resume=true keeps it as it is (a diverging loss
-# is a finding, as a completed run is)
-DONE = ("completed", "diverged")
 HPARAM_METRICS = ("test/acc", "test/loss", "val/acc_best", "dead/overall", "near_dead/overall")
 
 
@@ -49,6 +46,17 @@ def validate_config(cfg: DictConfig) -> None:
     if max_epochs is not None and max_epochs != -1 and max_epochs < 1:
         raise ConfigError(f"trainer.max_epochs must be >= 1 (or -1 for no limit), got {max_epochs}")
     check_accelerator(cfg.trainer.get("accelerator", "auto"))
+    check_monitors(cfg.get("callbacks"))
+
+
+def check_monitors(callbacks: DictConfig | None) -> None:
+    """Every callback's ``monitor`` (early stopping, a checkpoint) names a metric the run logs
+    every epoch: a typo would otherwise fail after an epoch of training, or in a pack never stop."""
+    for name, entry in (callbacks or {}).items():
+        monitor = entry.get("monitor") if isinstance(entry, DictConfig) and "_target_" in entry else None
+        if monitor is not None and monitor not in EPOCH_METRICS:
+            raise ConfigError(f"callbacks.{name}.monitor={monitor!r} is not a metric the run logs; choose one of: "
+                              f"{', '.join(EPOCH_METRICS)}")  # fmt: skip
 
 
 def seed_of(cfg: DictConfig) -> int:
@@ -232,7 +240,7 @@ def fit_and_test(cfg: DictConfig, trainer: L.Trainer, module: Classifier, datamo
     for spent in Path(trainer.default_root_dir).glob("hpc_ckpt_*.ckpt"):
         spent.unlink()
     stopper = next((c for c in trainer.callbacks if isinstance(c, EarlyStopping)), None)
-    record.update(stopped_epoch=stopper.stopped_epoch if stopper and stopper.stopped_epoch else None)
+    record.update(**stop_fields(trainer, stopper, history))
     if cfg.get("test_after_fit", True):
         checkpoint, epoch = tested_checkpoint(cfg.get("test_ckpt", "last"), trainer, record)
         (results,) = _call(trainer, "test", module, datamodule=datamodule, ckpt_path=checkpoint, verbose=False)
@@ -240,11 +248,34 @@ def fit_and_test(cfg: DictConfig, trainer: L.Trainer, module: Classifier, datamo
         record.update(**{k: v for k, v in results.items() if k.startswith("test/")})
 
 
+def stop_fields(trainer: L.Trainer, stopper: EarlyStopping | None, history: RunHistory) -> dict[str, Any]:
+    """How a fit that ended before its length (``max_epochs``; ``max_steps`` is a length too)
+    stopped: ``stopped_epoch``, the last epoch it ran, and ``stop_reason``: ``early_stopping``
+    or ``max_time`` (``trainer.max_time`` or a Timer callback). Both None for a fit that ran
+    its length."""
+    if stopper is not None and stopper.stopped_epoch:
+        return {"stopped_epoch": stopper.stopped_epoch, "stop_reason": "early_stopping"}
+    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+    ran = len(history.epoch_times)
+    short = bool(history.partial_epochs) or trainer.max_epochs in (None, -1) or ran < trainer.max_epochs
+    remaining = timer.time_remaining() if timer is not None else None
+    if ran and short and remaining is not None and remaining <= 0:
+        return {"stopped_epoch": ran - 1, "stop_reason": "max_time"}
+    return {"stopped_epoch": None, "stop_reason": None}
+
+
+def last_epoch(record: dict[str, Any]) -> int | None:
+    """The epoch the weights at the end of a fit are from: the last the history holds (a cut
+    one too, which ``epochs_completed`` does not count)."""
+    epochs = len(record.get("epoch_times_s") or [])
+    return epochs - 1 if epochs else None
+
+
 def tested_checkpoint(which: str, trainer: L.Trainer, record: RunRecord) -> tuple[str | None, int | None]:
     """The checkpoint ``test_ckpt`` names (None: the weights in memory, i.e. the last epoch's)
     and the epoch it holds: ``best`` is the ModelCheckpoint that monitors val/acc."""
     if which == "last":
-        return None, record.data["epochs_completed"] - 1 if record.data.get("epochs_completed") else None
+        return None, last_epoch(record.data)
     if which != "best":
         raise ConfigError(f"test_ckpt must be last or best, got {which!r}")
     best = next((c.best_model_path for c in trainer.callbacks
@@ -267,13 +298,13 @@ def run(
     ``threads: null`` each then gets its share of the cores (see ``default_threads``).
     Returns the run record (also ``output_dir/metrics.json``; :class:`RunRecord` says how
     each ending is recorded). With ``resume=true`` a completed run is skipped and any other
-    resumes from its newest checkpoint that loads.
+    resumes from its newest checkpoint that loads (a diverged run is a result too: skipped).
     """
     output_dir = Path(output_dir)
     previous = check_run_directory(output_dir, bool(cfg.get("resume")))
     resume_from, resume_warning = None, None
     if cfg.get("resume"):
-        if previous and previous.get("status") in DONE:
+        if previous and previous.get("status") in RESULTS:
             log.info("resume: %s already %s, skipping", output_dir, previous["status"])
             return previous
         resume_from, resume_warning = resume_checkpoint(output_dir)

@@ -29,6 +29,10 @@ class RunHistory(L.Callback):
     are collected, and the record written, when the next epoch starts or training ends.
     ``history[key]`` is a list over epochs: what the learning curves are made of.
 
+    An epoch that ended before all its batches (a ``max_time`` / Timer or ``max_steps`` cut:
+    Lightning still validates it and ends it) keeps its place in the history but is no
+    completed epoch: ``partial_epochs`` says which, with how many of its batches it trained.
+
     Args:
         record: the run record to keep up to date (None: only collect).
         log_epochs: log one line per epoch (for logs that are not a terminal, where the
@@ -43,6 +47,7 @@ class RunHistory(L.Callback):
         self.epoch_times: list[float] = []
         self.diagnostics_times: list[float | None] = []
         self.history: dict[str, list[float]] = defaultdict(list)
+        self.partial_epochs: list[dict[str, int]] = []
         self._epoch_start = 0.0
         self._pending = False
         self._trainer: L.Trainer | None = None
@@ -63,6 +68,9 @@ class RunHistory(L.Callback):
         epoch = trainer.current_epoch
         seconds = [c.epoch_seconds[epoch] for c in self._diagnostics(trainer) if epoch in c.epoch_seconds]
         self.diagnostics_times.append(sum(seconds) if seconds else None)
+        trained, batches = trainer.fit_loop.epoch_loop.batch_progress.current.ready, trainer.num_training_batches
+        if math.isfinite(batches) and trained < batches:
+            self.partial_epochs.append({"epoch": epoch, "batches": trained, "of": int(batches)})
         self._pending = True
 
     def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
@@ -105,7 +113,8 @@ class RunHistory(L.Callback):
         """The run record's history fields (and the diagnostics' own fields, e.g. dead ratios)."""
         val_acc = self.history.get("val/acc", [])
         fields = {
-            "epochs_completed": len(self.epoch_times),
+            "epochs_completed": len(self.epoch_times) - len(self.partial_epochs),
+            "partial_epochs": self.partial_epochs,
             "epoch_times_s": self.epoch_times,
             "epoch_time_s": statistics.median(self.epoch_times) if self.epoch_times else None,
             "diagnostics_epoch_s": self.diagnostics_times,
@@ -126,10 +135,11 @@ class RunHistory(L.Callback):
             self._collect(self._trainer)
         logged = self.epoch_metrics(self._trainer) if self._trainer is not None else {}
         return {"epoch_times": self.epoch_times, "diagnostics_times": self.diagnostics_times,
-                "history": dict(self.history), "logged": logged}  # fmt: skip
+                "history": dict(self.history), "logged": logged, "partial_epochs": self.partial_epochs}  # fmt: skip
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.epoch_times = list(state_dict.get("epoch_times", []))
         self.diagnostics_times = list(state_dict.get("diagnostics_times", [None] * len(self.epoch_times)))
         self.history = defaultdict(list, state_dict.get("history", {}))
+        self.partial_epochs = list(state_dict.get("partial_epochs", []))
         self._restored_metrics = dict(state_dict.get("logged", {}))

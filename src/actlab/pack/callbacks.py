@@ -58,15 +58,12 @@ class MemberHistory(MemberCallback, RunHistory):
         return {k[len(prefix) :]: float(v) for k, v in trainer.callback_metrics.items()
                 if k.startswith(prefix) and k[len(prefix) :].startswith(("train/", "val/"))}  # fmt: skip
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: PackModule) -> None:
-        self._collect(trainer)  # the epoch it stopped in is still its own
-        if pl_module.live[self.member]:
-            super().on_train_epoch_start(trainer, pl_module)
-
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: PackModule) -> None:
-        if pl_module.live[self.member]:
-            super().on_train_epoch_end(trainer, pl_module)
-            self.member_epoch_times.append(self.epoch_times[-1] / max(1, pl_module.computed))
+        super().on_train_epoch_end(trainer, pl_module)
+        self.member_epoch_times.append(self.epoch_times[-1] / max(1, pl_module.computed))
+        # MemberCallbacks runs after the module has logged the epoch (a single run's history waits
+        # for the next epoch's start): collected now, so the epoch a member stops in is its own
+        self._collect(trainer)
 
     def record_fields(self, trainer: L.Trainer | None) -> dict:
         times = self.member_epoch_times
@@ -83,16 +80,14 @@ class MemberHistory(MemberCallback, RunHistory):
 
 class MemberModelCheckpoint(MemberCallback, ModelCheckpoint):
     """A member's ModelCheckpoint (its configured settings; ``monitor`` read from its own
-    metrics), saving only while the member trains."""
+    metrics). It saves while the member trains, the epoch it stops in included: once the member
+    has stopped, :class:`MemberCallbacks` gives it no more hooks."""
 
     single_run_class = ModelCheckpoint
 
     def __init__(self, member: int, monitor: str | None = None, **kwargs) -> None:
         self.member = member
         super().__init__(monitor=f"{member_prefix(member)}{monitor}" if monitor else None, **kwargs)
-
-    def _should_skip_saving_checkpoint(self, trainer: L.Trainer) -> bool:
-        return not trainer.lightning_module.live[self.member] or super()._should_skip_saving_checkpoint(trainer)
 
     def format_checkpoint_name(self, metrics, filename=None, ver=None, prefix=None) -> str:
         # the member's metric names, as in its single run's checkpoint names
@@ -103,7 +98,12 @@ class MemberModelCheckpoint(MemberCallback, ModelCheckpoint):
 
 class MemberEarlyStopping(MemberCallback, EarlyStopping):
     """Lightning's EarlyStopping rule on a member's own metric: once it has not improved for
-    ``patience`` checks, that member stops (the pack stops once every member has)."""
+    ``patience`` checks, that member stops (the pack stops once every member has).
+
+    Lightning's own check stops the whole Trainer; this one stops the member. It is the one
+    place a pack borrows Lightning's private API: the check EarlyStopping's public hooks call
+    (``_run_early_stopping_check``) and the rule it applies (``_evaluate_stopping_criteria``),
+    pinned by ``tests/test_pack.py::test_the_lightning_internals_a_pack_borrows_are_still_there``."""
 
     single_run_class = EarlyStopping
 
@@ -113,7 +113,7 @@ class MemberEarlyStopping(MemberCallback, EarlyStopping):
 
     def _run_early_stopping_check(self, trainer: L.Trainer) -> None:
         module = trainer.lightning_module
-        if not module.live[self.member] or self.monitor not in trainer.callback_metrics:
+        if self.monitor not in trainer.callback_metrics:  # a member's metrics exist while it trains
             return
         should_stop, _ = self._evaluate_stopping_criteria(trainer.callback_metrics[self.monitor].squeeze())
         if should_stop:
@@ -128,7 +128,12 @@ class MemberCallbacks(Checkpoint):
     of every callback at every step, so K members' callbacks registered one by one would cost
     per step in proportion to K. It is a Checkpoint, so Lightning calls its epoch-end hooks
     after the module has logged the epoch's metrics, as it calls a single run's
-    ModelCheckpoint and EarlyStopping. Its state is every member's, each under its own key."""
+    ModelCheckpoint and EarlyStopping. Its state is every member's, each under its own key.
+
+    A hook goes to the callbacks of the members training when it starts: a member stopped
+    early gets the rest of the epoch it stopped in (its checkpoints at that epoch, as its single
+    run saves them) and nothing after; a diverged member nothing after the step it diverged at
+    (its single run ended there)."""
 
     FORWARDED = (
         "setup", "teardown", "on_fit_start", "on_fit_end", "on_train_start", "on_train_end", "on_train_epoch_start",
@@ -150,9 +155,11 @@ class MemberCallbacks(Checkpoint):
 
 
 def _forward(hook: str):
-    def forward(self, *args, **kwargs) -> None:
+    def forward(self, trainer: L.Trainer, *args, **kwargs) -> None:
+        live = list(trainer.lightning_module.live)  # as the hook starts: a member stopping in it still gets it
         for callback in self.callbacks:
-            getattr(callback, hook)(*args, **kwargs)
+            if live[callback.member]:
+                getattr(callback, hook)(trainer, *args, **kwargs)
 
     forward.__name__ = hook
     return forward

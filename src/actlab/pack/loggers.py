@@ -17,13 +17,19 @@ class PackLogger(Logger):
     as ``<name>``; any other (``epoch``, a LearningRateMonitor's ``lr-SGD``) goes to every
     member's, as it would in each single run. Where members train in several optimiser
     parameter groups (``groups[k]``: member k's), a value of group g (LearningRateMonitor's
-    ``lr-SGD/pg<g+1>``) goes to that group's members under its single-run name (``lr-SGD``)."""
+    ``lr-SGD/pg<g+1>``) goes to that group's members under its single-run name (``lr-SGD``).
+
+    A member that has stopped (``last_steps[k]``: the step it stopped at) gets no more of the
+    shared values, only its own (the epoch it stopped in, its test), at a step no later than
+    its last, as its single run logs them."""
 
     GROUP_SUFFIX = re.compile(r"^(.*)/pg(\d+)$")
 
-    def __init__(self, member_loggers: list[list[Logger]], save_dir: str, groups: list[int] | None = None) -> None:
+    def __init__(self, member_loggers: list[list[Logger]], save_dir: str, groups: list[int] | None = None,
+                 last_steps: dict[int, int] | None = None) -> None:  # fmt: skip
         super().__init__()
         self.member_loggers = member_loggers
+        self.last_steps = {} if last_steps is None else last_steps
         self._save_dir = save_dir
         self.groups = groups
 
@@ -55,9 +61,11 @@ class PackLogger(Logger):
             mine = {key[len(prefix) :]: value for key, value in metrics.items() if key.startswith(prefix)}
             if self.groups is not None:
                 mine.update(per_group.get(self.groups[k], {}))
-            if mine or shared:
+            stopped = self.last_steps.get(k)
+            if mine or (shared and stopped is None):
                 for logger in loggers:
-                    logger.log_metrics({**shared, **mine}, step=step)
+                    logger.log_metrics({**shared, **mine}, step=step if stopped is None or step is None
+                                       else min(step, stopped))  # fmt: skip
 
     def log_hyperparams(self, params: dict[str, Any] | Namespace, *args: Any, **kwargs: Any) -> None:
         for logger in self._all():

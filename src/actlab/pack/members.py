@@ -26,6 +26,7 @@ HONOURED_TRAINER_KEYS = {
     "enable_model_summary", "enable_progress_bar", "deterministic", "benchmark", "limit_train_batches",
     "limit_val_batches", "limit_test_batches", "num_sanity_val_steps", "accumulate_grad_batches", "inference_mode",
 }  # fmt: skip
+MAX_TIME = "would stop a pack of K runs after 1/K of each run's time"
 # trainer settings a pack cannot honour, with why; each is fine at its neutral values
 TRAINER_REFUSALS = {
     "gradient_clip_val": ("clips by the norm over all parameters, which in a pack would couple its members", (0,)),
@@ -35,7 +36,7 @@ TRAINER_REFUSALS = {
     "fast_dev_run": ("is a one-batch smoke test of the loop (no checkpoints, no loggers)", (False, 0)),
     "overfit_batches": ("changes how the training batches are drawn, which a pack does per member", (0,)),
     "val_check_interval": ("validates inside an epoch, where pack members checkpoint at epoch ends only", (1.0,)),
-    "max_time": ("would stop a pack of K runs after 1/K of each run's time", ()),
+    "max_time": (MAX_TIME, ()),
     "min_epochs": ("keeps a single run going past early stopping, which a pack does per member", (0,)),
     "min_steps": ("keeps a single run going past early stopping, which a pack does per member", (0,)),
     "check_val_every_n_epoch": ("is not known to mean in a pack what it means in a single run", (1,)),
@@ -45,8 +46,10 @@ UNKNOWN = "is not known to mean in a pack what it means in a single run"
 # Lightning callbacks that only read the trainer (and log to every member)
 SHARED_CALLBACKS = {
     "lightning.pytorch.callbacks.TQDMProgressBar", "lightning.pytorch.callbacks.RichProgressBar",
-    "lightning.pytorch.callbacks.LearningRateMonitor", "lightning.pytorch.callbacks.Timer",
+    "lightning.pytorch.callbacks.LearningRateMonitor",
 }  # fmt: skip
+# Lightning callbacks a pack cannot honour, with why
+CALLBACK_REFUSALS = {"lightning.pytorch.callbacks.Timer": MAX_TIME}
 # callbacks a pack runs once per member
 MEMBER_CALLBACKS = {
     "lightning.pytorch.callbacks.ModelCheckpoint", "actlab.callbacks.early_stopping",
@@ -100,8 +103,20 @@ def pack_key(cfg: DictConfig) -> str:
     for key in MEMBER_OPTIMIZER_KEYS:
         (container.get("optimizer") or {}).pop(key, None)
     container.pop("paths", None)
-    text = json.dumps(container, sort_keys=True, default=str)
-    return text.replace(str(cfg.paths.output_dir), "<run>")  # callbacks, loggers, trainer point into the run
+    # callbacks, loggers, trainer point into the run: replaced before JSON escapes the directory's name
+    # (an override with a colon, a time, is written `\:` in it)
+    return json.dumps(_in_any_run(container, str(cfg.paths.output_dir)), sort_keys=True, default=str)
+
+
+def _in_any_run(value, output_dir: str):
+    """``value`` with the run's directory written ``<run>`` in every string it holds."""
+    if isinstance(value, str):
+        return value.replace(output_dir, "<run>")
+    if isinstance(value, dict):
+        return {key: _in_any_run(v, output_dir) for key, v in value.items()}
+    if isinstance(value, list):
+        return [_in_any_run(v, output_dir) for v in value]
+    return value
 
 
 def packing_refusal(cfg: DictConfig) -> str | None:
@@ -132,6 +147,8 @@ def _callbacks_refusal(cfg: DictConfig) -> str | None:
         if entry is None or (isinstance(entry, DictConfig) and "_target_" not in entry):
             continue  # off, or settings left for a callback that is off (built by neither path)
         target = _target(entry)
+        if target in CALLBACK_REFUSALS:
+            return f"callbacks.{name} ({target}) {CALLBACK_REFUSALS[target]}"
         if target not in SHARED_CALLBACKS | MEMBER_CALLBACKS:
             return f"callbacks.{name} ({target or 'no _target_'}) is not known to work per member in a pack"
         if target == "lightning.pytorch.callbacks.ModelCheckpoint":

@@ -89,6 +89,8 @@ class PackModule(L.LightningModule):
         self.live = [True] * net.size
         self.register_buffer("live_mask", torch.ones(net.size, dtype=torch.bool), persistent=False)
         self._stopped_before: list[int] = []  # resumed members that had stopped: frozen once restored
+        # each stopped member's last step (its single run's final global step): what its loggers see after it
+        self.last_steps: dict[int, int] = {}
         self.tested = [True] * net.size  # the members the test stage reports
         self._frozen: dict[int, list[tuple[torch.Tensor, int, torch.Tensor]]] = {}
         self.member_losses: torch.Tensor | None = None
@@ -116,6 +118,8 @@ class PackModule(L.LightningModule):
         if not self.live[k]:
             return
         self.live[k] = False
+        if self._trainer is not None:
+            self.last_steps.setdefault(k, self.trainer.global_step)
         self.live_mask[k] = False
         self._frozen[k] = [(v, j, v[j].clone()) for v, j in self.net.member_slots(k).values() if j is not None]
         if not any(self.live) and self._trainer is not None:
@@ -135,9 +139,15 @@ class PackModule(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    def keep_stopped(self, members: list[int]) -> None:
-        """Members that had stopped before this fit (a resumed pack): they stay frozen."""
+    def keep_stopped(self, members: dict[int, int]) -> None:
+        """Members that had stopped before this fit (a resumed pack), with the step each had
+        stopped at: they stay frozen."""
         self._stopped_before = list(members)
+        self.last_steps.update(members)
+
+    def member_step(self, k: int) -> int:
+        """Member k's global step: the pack's, or the one it stopped at."""
+        return self.last_steps.get(k, self.global_step)
 
     def on_fit_start(self) -> None:
         for k in self._stopped_before:  # their restored weights are the ones to keep
@@ -209,12 +219,13 @@ class PackModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.net.stash:  # a compacted pack: what a resume needs to rebuild the same stack
             checkpoint[PACK_STACK_KEY] = {"present": list(self.net.present), "stash": self.net.stash,
-                                          "live": list(self.live)}  # fmt: skip
+                                          "live": list(self.live), "last_steps": dict(self.last_steps)}  # fmt: skip
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         stack = checkpoint.get(PACK_STACK_KEY)
         if stack:  # before the weights are loaded and the optimiser is built: the saved stack's shape
             self.live = list(stack["live"])
+            self.last_steps.update({int(k): step for k, step in stack.get("last_steps", {}).items()})
             self.live_mask.copy_(torch.tensor(self.live))
             self.compact(stack["present"])  # no optimiser yet: the stack alone
             self.net.stash = {int(k): v for k, v in stack["stash"].items()}
@@ -339,7 +350,7 @@ class PackModule(L.LightningModule):
             for k in members:
                 for writer in tensorboard_writers(pack_loggers[0].member_loggers[k]):
                     writer.add_figure("test/confusion_matrix", confusion_matrix_figure(metrics["confusion"][k].cpu()),
-                                      self.global_step)  # fmt: skip
+                                      self.member_step(k))  # fmt: skip
 
     # -- the optimiser ----------------------------------------------------------------------
 
@@ -368,8 +379,10 @@ class PackModule(L.LightningModule):
         if len(self.runs) == 1:
             return list(self.parameters())
         parameters = list(self.parameters())
-        groups = [{"params": [parameters[i].detach()[first:end] for i, first, end in tensors],
-                   **self.member_settings[start]} for (start, _), tensors in zip(self.runs, self.optimizer_layout())]
+        groups = [
+            {"params": [parameters[i].detach()[first:end] for i, first, end in tensors], **self.member_settings[start]}
+            for (start, _), tensors in zip(self.runs, self.optimizer_layout())
+        ]
         self._link_gradients(groups)
         return groups
 

@@ -44,20 +44,21 @@ from actlab.pack.loggers import PackLogger
 from actlab.pack.members import Member, member_settings, pack_key, packing_refusal
 from actlab.pack.module import PackModule, member_prefix
 from actlab.pack.stacked import StackedNetwork
-from actlab.record import RunRecord, read_record
+from actlab.record import RESULTS, RunRecord, read_record
 from actlab.tensorboard import run_hparams, write_hparams
 from actlab.training import (
-    DONE,
     HPARAM_METRICS,
     _call,
     _instantiate_group,
     build_data_and_classifier,
     configure_process,
+    last_epoch,
     load_checkpoint,
     previous_attempt,
     resume_checkpoint,
     seed_run,
     shows_progress_bar,
+    stop_fields,
     trainer_for,
 )
 
@@ -69,8 +70,9 @@ def check_packable(members: list[Member]) -> None:
     if not members:
         raise ValueError("a pack needs at least one member")
     if len({pack_key(m.cfg) for m in members}) != 1:
-        raise ConfigError("a pack's members must have equal configs but for seed, activation, optimizer.lr and "
-                          "optimizer.weight_decay")
+        raise ConfigError(
+            "a pack's members must have equal configs but for seed, activation, optimizer.lr and optimizer.weight_decay"
+        )
     reason = packing_refusal(members[0].cfg)
     if reason:
         raise ConfigError(f"{reason}; run these jobs as single runs (hydra/launcher=basic)")
@@ -145,6 +147,7 @@ class PackRun:
             for k, (m, resume) in enumerate(zip(members, self.resumes))
         ]
         self.every_record = list(self.records)  # the members that leave the pack keep theirs
+        self.closed: set[Path] = set()  # the members whose closing line is said
 
     # -- building ---------------------------------------------------------------------------
 
@@ -235,8 +238,8 @@ class PackRun:
         io = PackCheckpointIO(module, [m.output_dir for m in self.members], type(data.members_data).__qualname__)
         self.member_loggers = member_loggers
         groups = [module.group_of(k) for k in range(module.size)] if len(module.runs) > 1 else None
-        return trainer_for(self.cfg, callbacks, [PackLogger(member_loggers, str(self.pack_dir), groups)],
-                           default_root_dir=str(self.pack_dir), plugins=[io])  # fmt: skip
+        logger = PackLogger(member_loggers, str(self.pack_dir), groups, module.last_steps)
+        return trainer_for(self.cfg, callbacks, [logger], default_root_dir=str(self.pack_dir), plugins=[io])
 
     # -- the whole run -----------------------------------------------------------------------
 
@@ -282,7 +285,7 @@ class PackRun:
             return None
         checkpoints = [r.checkpoint for r in self.resumes]
         checkpoint, stopped = pack_checkpoint(checkpoints, module, type(data.members_data).__qualname__)
-        module.keep_stopped(stopped)
+        module.keep_stopped({k: checkpoints[k]["global_step"] for k in stopped})
         path = self.pack_dir / "resume.ckpt"
         save_atomically(checkpoint, path)
         return str(path)
@@ -293,10 +296,11 @@ class PackRun:
             self._update_record(trainer, k)
         if self.cfg.get("test_after_fit", True) and live:
             self._test(trainer, module, data, live)
-        for k in live:
-            self._close(k, None)
-            final = {key: self.records[k].data.get(key) for key in HPARAM_METRICS}
-            write_hparams(self.member_loggers[k], run_hparams(self.records[k].data), final, trainer.global_step)
+        for k in range(len(self.members)):
+            self._close(k, None)  # a diverged member's record is closed already: its closing line
+            if k in live:
+                final = {key: self.records[k].data.get(key) for key in HPARAM_METRICS}
+                write_hparams(self.member_loggers[k], run_hparams(self.records[k].data), final, module.member_step(k))
 
     def _member_callbacks(self, k: int, kind: type) -> list:
         return [c for c in self.member_callbacks if isinstance(c, kind) and c.member == k]
@@ -306,7 +310,7 @@ class PackRun:
         (history,) = self._member_callbacks(k, MemberHistory)
         record.update(**history.record_fields(trainer))
         stoppers = self._member_callbacks(k, MemberEarlyStopping)
-        record.update(stopped_epoch=stoppers[0].stopped_epoch if stoppers and stoppers[0].stopped_epoch else None)
+        record.update(**stop_fields(trainer, stoppers[0] if stoppers else None, history))
 
     def _test(self, trainer: L.Trainer, module: PackModule, data: PackDataModule, live: list[int]) -> None:
         """Test every member at once, on its last weights or (``test_ckpt=best``) its best
@@ -324,8 +328,7 @@ class PackRun:
                 module.load_member_weights(k, checkpoint["state_dict"])
                 record.update(test_ckpt={"which": which, "epoch": checkpoint["epoch"], "path": best})
             else:
-                epochs = record.data.get("epochs_completed")
-                record.update(test_ckpt={"which": which, "epoch": epochs - 1 if epochs else None, "path": None})
+                record.update(test_ckpt={"which": which, "epoch": last_epoch(record.data), "path": None})
         module.tested = [k in live for k in range(len(self.members))]
         _call(trainer, "test", module, datamodule=data, verbose=False)
         metrics = trainer.callback_metrics
@@ -335,12 +338,16 @@ class PackRun:
                                       if key.startswith(f"{prefix}test/")})  # fmt: skip
 
     def _close(self, k: int, error: BaseException | None) -> None:
-        """Close member k's record with the outcome ``error`` stands for (None: completed)."""
-        if self.records[k].data["status"] != "running":  # closed already (diverged)
+        """Close member k's record with the outcome ``error`` stands for (None: completed), and
+        say how it went in one closing line (a diverged member's record is closed already)."""
+        record = self.records[k]
+        if record.output_dir in self.closed:
             return
-        with contextlib.suppress(SystemExit):  # an interruption: the pack exits once, every member recorded
-            self.records[k].__exit__(type(error) if error else None, error, error.__traceback__ if error else None)
-        log.info(summary_line(self.records[k].data))
+        if record.data["status"] == "running":
+            with contextlib.suppress(SystemExit):  # an interruption: the pack exits once, every member recorded
+                record.__exit__(type(error) if error else None, error, error.__traceback__ if error else None)
+        self.closed.add(record.output_dir)
+        log.info(summary_line(record.data))
 
     def _close_all(self, error: BaseException) -> None:
         for k in range(len(self.records)):
@@ -350,14 +357,17 @@ class PackRun:
 def train_pack(members: list[Member], pack_id: str = "pack", parallel_jobs: int | None = None,
                log_file: str | None = None, pack_dir: str | Path | None = None) -> list[dict]:  # fmt: skip
     """Train ``members`` as one pack (see :class:`PackRun`); members whose record says
-    ``completed`` (or ``diverged``) are skipped when their config asks to resume, and the
+    ``completed`` or ``diverged`` (results) are skipped, in one log line, when their config asks to resume, and the
     others resume each from its own newest checkpoint that loads: members that resume from
     different points (a fallback, a fresh start, an early stop) are trained as packs apart.
     ``pack_dir`` holds the pack's own files (default: ``.packs/<pack_id>`` beside the first
     member's directory). Returns the records in the order of ``members``."""
-    todo = [m for m in members if not (m.cfg.get("resume") and (read_record(m.output_dir) or {}).get("status")
-                                       in DONE)]  # fmt: skip
-    records = {m.output_dir: read_record(m.output_dir) for m in members if m not in todo}
+    records = {m.output_dir: record for m in members if m.cfg.get("resume")
+               and (record := read_record(m.output_dir)) and record.get("status") in RESULTS}  # fmt: skip
+    if records:
+        log.info("resume: pack %s skips %d members already done: %s", pack_id, len(records),
+                 ", ".join(f"{path} ({record['status']})" for path, record in records.items()))  # fmt: skip
+    todo = [m for m in members if m.output_dir not in records]
     pack_dir = Path(pack_dir) if pack_dir else members[0].output_dir.parent / ".packs" / pack_id
     groups: dict[Any, list[tuple[Member, Resume]]] = {}
     for member in todo:

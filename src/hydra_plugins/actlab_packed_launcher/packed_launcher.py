@@ -30,7 +30,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from actlab.errors import RunDirectoryError, RunNotCompleted
+from actlab.errors import RunDirectoryError, RunNotCompleted, UserError
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def _as_member(cfg: DictConfig) -> Any:
 def group_into_packs(members: list, pack_size: int) -> tuple[list[list[int]], list[int]]:
     """Indices of ``members`` grouped into packs (by :func:`~actlab.pack.members.pack_key`,
     at most ``pack_size`` each) and the indices that run alone: those alone in their group,
-    and those with an option a pack cannot honour (one log line each, saying which). A group
+    and those with an option a pack cannot honour (one log line each, saying why). A group
     larger than ``pack_size`` is cut into packs of equal size (parallel workers then finish
     together). Within a pack, members with equal optimiser settings (learning rate, weight
     decay) sit side by side."""
@@ -85,8 +85,12 @@ def group_into_packs(members: list, pack_size: int) -> tuple[list[list[int]], li
             chunk = indices[start : start + size]
             if len(chunk) > 1:
                 packs.append(chunk)
-            else:
-                alone += chunk
+                continue
+            if len(indices) == 1:
+                log.info("packed launcher: %s runs as a single run: no other job of the sweep has its settings but "
+                         "for seed, activation, optimizer.lr and optimizer.weight_decay",
+                         members[chunk[0]].output_dir.name)  # fmt: skip
+            alone += chunk
     return packs, sorted(alone)
 
 
@@ -109,25 +113,34 @@ def _share_stop(stop: Any) -> None:
 
 def run_work(kind: str, members: list, pack_id: str, log_file: str, parallel_jobs: int | None) -> list[dict]:
     """One unit of a packed sweep, in this process: a pack, or one single run. Returns the
-    members' records (a failure is in its record; the exception is not re-raised)."""
+    members' records. A failure is in its records, not re-raised: one that the unit's own code
+    did not record (a pack that cannot be formed, a log file that cannot be opened) is recorded
+    ``failed`` with its error in every member's record the unit had not closed."""
     from actlab.pack.training import train_pack
-    from actlab.record import read_record
+    from actlab.record import read_record, record_unit_failure
     from actlab.training import run
 
     if _STOP is not None and _STOP.is_set():  # the sweep was stopped before this unit began
         return [read_record(m.output_dir) or {"status": "queued"} for m in members]
-    handler = _log_to(Path(log_file))
+    handler = None
     try:
+        handler = _log_to(Path(log_file))
         if kind == "pack":
             train_pack(members, pack_id, parallel_jobs, log_file, Path(log_file).with_suffix(""))
         else:
             (member,) = members
             run(member.cfg, member.output_dir, member.activation, member.overrides, parallel_jobs)
-    except Exception:
-        log.exception("%s %s failed", kind, pack_id)
+    except Exception as error:
+        if isinstance(error, UserError):  # a mistake to fix: one line, the traceback is in the record
+            log.error("error: %s", error)
+        else:
+            log.exception("%s %s failed", kind, pack_id)
+        for member in members:
+            record_unit_failure(member.output_dir, error)
     finally:
-        logging.getLogger().removeHandler(handler)
-        handler.close()
+        if handler is not None:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
     return [read_record(m.output_dir) or {"status": "failed", "error": "no record written"} for m in members]
 
 
@@ -170,7 +183,22 @@ def submit_to_slurm(work: list, settings: dict[str, Any], sweep_dir: Path) -> li
     with slurm_errors_explained():
         jobs = executor.map_array(SlurmPackJob(), *zip(*[unit[:4] for unit in work]))
     log.info("packed launcher: %d SLURM array tasks (%s)", len(jobs), ", ".join(j.job_id for j in jobs))
-    return [job.results()[0] for job in jobs]
+    results = []
+    for job, (_, members, *_) in zip(jobs, work):
+        try:
+            results.append(job.results()[0])
+        except Exception as error:  # outside run_work: the task killed, its requeues spent
+            results.append(unit_failed(members, error))
+    return results
+
+
+def unit_failed(members: list, error: BaseException) -> list[dict]:
+    """A unit that failed outside :func:`run_work` (its process died, its SLURM task failed):
+    its members' records that had not ended say ``failed`` with ``error``; returns them all."""
+    from actlab.record import record_unit_failure
+
+    log.error("packed launcher: a unit of %d jobs failed: %s: %s", len(members), type(error).__name__, error)
+    return [record_unit_failure(m.output_dir, error) for m in members]
 
 
 def run_in_processes(work: list, n_jobs: int, parallel: int | None) -> dict[int, dict]:
@@ -190,8 +218,13 @@ def run_in_processes(work: list, n_jobs: int, parallel: int | None) -> dict[int,
             for future, group, indices in futures:
                 try:
                     records.update(zip(indices, future.result()))
-                except (CancelledError, SystemExit, BrokenProcessPool):  # stopped: what the records say
+                except (CancelledError, SystemExit, BrokenProcessPool) as error:
+                    if not received:  # no signal stopped it: its worker died under it
+                        unit_failed(group, error)
+                    # stopped: what the records say (the units not started stay queued)
                     records.update(zip(indices, [read_record(m.output_dir) or {"status": "queued"} for m in group]))
+                except Exception as error:
+                    records.update(zip(indices, unit_failed(group, error)))
     if received:
         log.error("packed launcher: stopped by signal %d; resume=true with the same sweep dir finishes it",
                   received[0])  # fmt: skip
@@ -301,11 +334,13 @@ class PackedLauncher(Launcher):
     def _results(jobs: list[JobReturn], records: dict[int, dict], refused: dict[int, Exception]) -> list[JobReturn]:
         """Every job's outcome from its record (or why it was refused); the sweeper names every
         job that did not complete once the sweep is over."""
+        from actlab.record import RESULTS
+
         for i, job in enumerate(jobs):
             record = records.get(i, {})
             if i in refused:
                 job.status, job.return_value = JobStatus.FAILED, refused[i]
-            elif record.get("status") in ("completed", "diverged"):  # a diverging loss is a result, as alone
+            elif record.get("status") in RESULTS:  # a diverging loss is a result, as alone
                 job.status, job.return_value = JobStatus.COMPLETED, record.get("val/acc_best")
             else:
                 job.status = JobStatus.FAILED
