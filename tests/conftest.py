@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import importlib.util
 import io
 import logging
 import os
+import re
 import struct
 import subprocess
 import sys
 import traceback
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -153,13 +156,43 @@ def _train_script():
     return script
 
 
-def run_train_main(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def _raise(error: BaseException):
+    raise error
+
+
+def run_train_main(
+    args: list[str], cwd: Path, env: dict[str, str] | None = None, expect: str | None = None
+) -> subprocess.CompletedProcess:
     """`python train.py <args>` in ``cwd`` without starting an interpreter: train.py's Hydra
     entry point called in this process (the command line parsed, the config composed, the
     launcher, the run and the exit status all as the script's), its stdout/stderr captured.
     Saves the seconds a new process spends importing torch and Lightning; tests that need
-    the process itself (signals, the interpreter's own exit path) use :func:`run_train_cli`."""
+    the process itself (signals, the interpreter's own exit path) use :func:`run_train_cli`.
+
+    The helper answers for the code it runs: an exception that the process would report as a
+    crash (Hydra's traceback and exit status 1) is raised here, and the test errors with it.
+    Only an exception whose message matches ``expect`` (a regex: the failure the test means
+    to provoke) is reported as the process would report it, with exit status 1. What
+    train.py itself ends with (``sys.exit``: a one-line error, a signal's status) is a
+    SystemExit, never raised."""
+    from hydra._internal import utils as hydra_utils
     from hydra.core.global_hydra import GlobalHydra
+
+    expected: list[BaseException] = []  # the expected failure, once Hydra has seen it
+    calls = []
+    report = hydra_utils.run_and_report  # a private function of Hydra's, borrowed here only
+
+    def run_and_report(func):
+        """Hydra's reporting (message, traceback, exit 1), for the expected failure only."""
+        calls.append(func)
+        try:
+            return func()
+        except Exception as error:
+            if expect is None or not re.search(expect, str(error)):
+                raise  # a crash: out of Hydra, out of this helper, into the test
+
+            expected.append(error)
+            return report(functools.partial(_raise, error))
 
     root = logging.getLogger()
     saved_logging = (root.handlers[:], root.level)
@@ -172,7 +205,11 @@ def run_train_main(args: list[str], cwd: Path, env: dict[str, str] | None = None
         os.chdir(cwd)
         sys.argv = [str(REPO / "train.py"), *args]
         GlobalHydra.instance().clear()
-        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        with (
+            contextlib.redirect_stdout(stdout),
+            contextlib.redirect_stderr(stderr),
+            mock.patch.object(hydra_utils, "run_and_report", run_and_report),
+        ):
             try:
                 _train_script().main()
             except SystemExit as exit_:  # what the interpreter does with it
@@ -181,9 +218,17 @@ def run_train_main(args: list[str], cwd: Path, env: dict[str, str] | None = None
                     returncode = 1
                 else:
                     returncode = exit_.code or 0
-            except Exception:  # raised through Hydra (HYDRA_FULL_ERROR=1): the interpreter prints it
-                traceback.print_exc()
+            except Exception as error:  # out of Hydra: HYDRA_FULL_ERROR=1, or a crash
+                if not any(error is e for e in expected):
+                    raise
+                traceback.print_exc()  # the expected error, as the interpreter prints it
                 returncode = 1
+        # the day Hydra reports errors some other way, this helper must learn it (or it passes crashes)
+        assert calls, "Hydra no longer calls hydra._internal.utils.run_and_report: update run_train_main"
+    except BaseException:
+        sys.stdout.write(stdout.getvalue())  # the crashed run's output, in the test's report
+        sys.stderr.write(stderr.getvalue())
+        raise
     finally:
         GlobalHydra.instance().clear()
         sys.argv = saved_argv

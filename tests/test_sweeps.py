@@ -27,10 +27,10 @@ def generated_data_overrides(fake_data_dir) -> list[str]:
     return [*overrides, f"hydra.job.config.override_dirname.exclude_keys=[{','.join(keys)}]"]
 
 
-def sweep(tmp_path, fake_data_dir, *args, name="sweep"):
+def sweep(tmp_path, fake_data_dir, *args, name="sweep", expect=None):
     sweep_dir = tmp_path / name
     overrides = ["-m", *args, *generated_data_overrides(fake_data_dir), f"hydra.sweep.dir={sweep_dir}"]
-    return run_train_main(overrides, tmp_path), sweep_dir
+    return run_train_main(overrides, tmp_path, expect=expect), sweep_dir
 
 
 def job_dirs(sweep_dir: Path) -> dict[str, Path]:
@@ -89,11 +89,15 @@ def test_default_sweep_dirs_never_collide(tmp_path, fake_data_dir):
 
 
 def test_failing_and_diverging_jobs_do_not_stop_the_sweep(tmp_path, fake_data_dir):
+    message = "model.depth must be a positive integer, got 0"
     result, sweep_dir = sweep(
         tmp_path, fake_data_dir, "model.depth=0,4", "optimizer.lr=0.001,1e6", "optimizer.momentum=0.99",
-        "trainer.max_epochs=3",
+        "trainer.max_epochs=3", expect=message,
     )  # fmt: skip
-    assert result.returncode != 0  # the sweep reports its failures...
+    # the sweep reports its first failure as Hydra does (the job's error, exit status 1)...
+    assert result.returncode == 1, result.stderr[-3000:]
+    error, hint = [line for line in result.stderr.strip().splitlines() if line][-2:]
+    assert error == f"actlab.errors.ConfigError: {message}" and "HYDRA_FULL_ERROR=1" in hint, result.stderr[-3000:]
     statuses = {name.split(",optimizer.momentum")[0]: read_record(job)["status"]
                 for name, job in job_dirs(sweep_dir).items()}  # fmt: skip
     assert statuses == {  # ...after every job ran and recorded what happened

@@ -4,7 +4,7 @@ import csv
 import json
 
 import pytest
-from conftest import compose_train, data_overrides, run_train_cli, run_train_main
+from conftest import _train_script, compose_train, data_overrides, run_train_cli, run_train_main
 from omegaconf import OmegaConf
 
 from actlab.config import group_options
@@ -128,16 +128,42 @@ def test_cli_fast_dev_run_and_unknown_activation(tmp_path, fake_data_dir):
     assert record["status"] == "completed" and record["activation"] == "relu"
     assert (run_dir / ".hydra" / "config.yaml").is_file()
 
-    bad = run_train_main(["activation=nosuch", *data_overrides(fake_data_dir)], cwd=tmp_path)
-    assert bad.returncode != 0
-    assert "nosuch" in bad.stderr and "telu" in bad.stderr and "staf" in bad.stderr  # lists the choices
+    unknown = "In 'train': Could not find 'activation/nosuch'"
+    bad = run_train_main(["activation=nosuch", *data_overrides(fake_data_dir)], cwd=tmp_path, expect=unknown)
+    assert bad.returncode == 1 and unknown in bad.stderr and "Traceback" not in bad.stderr, bad.stderr[-3000:]
+    choices = bad.stderr.split("Available options in 'activation':", 1)[1].split("Config search path:")[0].split()
+    assert {"telu", "staf", "relu"} <= set(choices) and len(choices) == len(group_options("activation"))
     assert len(list((tmp_path / "outputs" / "runs").iterdir())) == 1  # no run started
+
+
+def test_the_in_process_helper_raises_a_crash_and_reports_only_the_expected_failure(
+    tmp_path, fake_data_dir, monkeypatch
+):
+    """A crash is the test's error, not an exit status 1 that a `returncode != 0` check would take."""
+
+    def crash(*args, **kwargs):
+        raise KeyError("a bug in actlab")
+
+    monkeypatch.setattr(_train_script(), "run", crash)
+    args = [*data_overrides(fake_data_dir), f"hydra.run.dir={tmp_path / 'run'}"]
+    for expect in (None, "another failure"):
+        with pytest.raises(KeyError, match="a bug in actlab"):
+            run_train_main(args, cwd=tmp_path, expect=expect)
+    reported = run_train_main(args, cwd=tmp_path, expect="a bug in actlab")  # as the process shows it
+    assert reported.returncode == 1 and reported.stderr.strip().splitlines()[-3:] == [
+        "KeyError: 'a bug in actlab'",
+        "",
+        "Set the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace.",
+    ], reported.stderr[-3000:]
 
 
 def test_cli_bad_value_exits_nonzero_with_clear_error(tmp_path, fake_data_dir):
     bad = run_train_main(["model.depth=0", *data_overrides(fake_data_dir)], cwd=tmp_path)
-    assert bad.returncode != 0 and "model.depth must be a positive integer" in bad.stderr
     (run_dir,) = (tmp_path / "outputs" / "runs").iterdir()
+    assert bad.returncode == 1 and bad.stderr.splitlines() == [
+        "error: model.depth must be a positive integer, got 0",
+        f"(traceback in {run_dir / 'metrics.json'}; HYDRA_FULL_ERROR=1 shows it here)",
+    ], bad.stderr[-3000:]
     assert read_record(run_dir)["status"] == "failed"
 
 
@@ -160,8 +186,9 @@ def test_a_config_mistake_is_one_clear_line_and_the_record_keeps_the_traceback(o
     assert "Traceback" in read_record(run_dir)["traceback"]
     if not override.startswith("optimizer"):
         return  # the full traceback on request: checked once
-    full = run_train_main(args, cwd=tmp_path, env={"HYDRA_FULL_ERROR": "1"})
-    assert full.returncode != 0 and "Traceback" in full.stderr and message in full.stderr
+    full = run_train_main(args, cwd=tmp_path, env={"HYDRA_FULL_ERROR": "1"}, expect=message)
+    assert full.returncode == 1 and "Traceback" in full.stderr, full.stderr[-3000:]
+    assert full.stderr.strip().splitlines()[-1] == f"actlab.errors.ConfigError: {message}"
 
 
 def test_runs_sharing_a_machine_split_its_threads(monkeypatch):
