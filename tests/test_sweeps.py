@@ -215,7 +215,12 @@ def test_summarize_script_on_a_real_partial_sweep(tmp_path, smoke_sweep):
     assert out.returncode == 0, out.stderr
     assert "5 runs: 0 queued, 1 running, 4 completed" in out.stdout
     assert len(load_runs(sweep_dir)) == 5 and (sweep_dir / "accuracy_heatmap.png").is_file()
-    assert json.loads((sweep_dir / "activation=relu,model.depth=1" / "metrics.json").read_text())["test/acc"] >= 0
+    record = json.loads((sweep_dir / "activation=relu,model.depth=1" / "metrics.json").read_text())
+    correct = record["test/acc"] * 128  # the generated test set: 128 images, all tested
+    assert 0 < correct <= 128 and correct == int(correct), record["test/acc"]
+    # the summary's row is the record's numbers (one run: test acc (%) and test loss as they are)
+    (row,) = [line.split(" | ") for line in out.stdout.splitlines() if line.startswith("| relu | 1 |")]
+    assert [row[2], row[5]] == [f"{100 * record['test/acc']:.2f}", f"{record['test/loss']:.3f}"], row
 
 
 def test_summarize_says_what_is_wrong_with_an_empty_dir(tmp_path):
