@@ -92,7 +92,17 @@ class MemberModelCheckpoint(MemberCallback, ModelCheckpoint):
         super().__init__(monitor=f"{member_prefix(member)}{monitor}" if monitor else None, **kwargs)
 
     def _should_skip_saving_checkpoint(self, trainer: L.Trainer) -> bool:
-        return not trainer.lightning_module.live[self.member] or super()._should_skip_saving_checkpoint(trainer)
+        trains = trainer.lightning_module.live[self.member] or self._stopped_early_this_epoch(trainer)
+        return not trains or super()._should_skip_saving_checkpoint(trainer)
+
+    def _stopped_early_this_epoch(self, trainer: L.Trainer) -> bool:
+        """Early stopping (which runs first, as in a single run) stopped the member in this
+        epoch: the epoch is still its own, and its single run saves it, stopping state included.
+        (A ``stopped_epoch`` of 0 is EarlyStopping's "never stopped": no run stops at epoch 0.)"""
+        return any(isinstance(c, MemberEarlyStopping) and c.member == self.member
+                   and c.stopped_epoch == trainer.current_epoch and trainer.current_epoch > 0
+                   for group in trainer.callbacks if isinstance(group, MemberCallbacks)
+                   for c in group.callbacks)  # fmt: skip
 
     def format_checkpoint_name(self, metrics, filename=None, ver=None, prefix=None) -> str:
         # the member's metric names, as in its single run's checkpoint names
