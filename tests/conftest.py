@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import importlib.util
 import io
 import logging
 import os
+import re
 import struct
 import subprocess
 import sys
 import traceback
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -32,9 +35,34 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
     torch.set_num_threads(1)
 HAS_REAL_DATA = all((Path(SYSTEM_DIR) / f"{stem}.gz").is_file() for stem in FILES.values())
-requires_real_data = pytest.mark.skipif(
-    not HAS_REAL_DATA, reason=f"needs `apt-get install dataset-fashion-mnist` ({SYSTEM_DIR})"
-)
+# the tests on the Debian FashionMNIST files: skipped where the package is missing, failed in CI
+requires_real_data = pytest.mark.real_data
+
+IN_CI = os.environ.get("CI", "").lower() in ("true", "1")
+
+
+def _missing_real_data() -> str | None:
+    return None if HAS_REAL_DATA else f"needs `apt-get install dataset-fashion-mnist` ({SYSTEM_DIR})"
+
+
+def _missing_slurm() -> str | None:
+    import slurm_cluster
+
+    return slurm_cluster.available()
+
+
+# marker -> what its tests need and this machine lacks (None: nothing): such a test is skipped,
+# except in CI (CI=true), which promises to run them all: there it fails, naming what is missing
+NEEDS = {"real_data": _missing_real_data, "slurm": _missing_slurm}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for marker, missing in NEEDS.items():
+        if item.get_closest_marker(marker) is not None and (why := missing()) is not None:
+            if IN_CI:
+                pytest.fail(f"CI=true promises the `{marker}` tests, but this machine cannot run them: {why}", False)
+            pytest.skip(why)
 
 
 # the longest test files first: pytest-xdist hands out whole files in this order, so the last
@@ -128,13 +156,43 @@ def _train_script():
     return script
 
 
-def run_train_main(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def _raise(error: BaseException):
+    raise error
+
+
+def run_train_main(
+    args: list[str], cwd: Path, env: dict[str, str] | None = None, expect: str | None = None
+) -> subprocess.CompletedProcess:
     """`python train.py <args>` in ``cwd`` without starting an interpreter: train.py's Hydra
     entry point called in this process (the command line parsed, the config composed, the
     launcher, the run and the exit status all as the script's), its stdout/stderr captured.
     Saves the seconds a new process spends importing torch and Lightning; tests that need
-    the process itself (signals, the interpreter's own exit path) use :func:`run_train_cli`."""
+    the process itself (signals, the interpreter's own exit path) use :func:`run_train_cli`.
+
+    The helper answers for the code it runs: an exception that the process would report as a
+    crash (Hydra's traceback and exit status 1) is raised here, and the test errors with it.
+    Only an exception whose message matches ``expect`` (a regex: the failure the test means
+    to provoke) is reported as the process would report it, with exit status 1. What
+    train.py itself ends with (``sys.exit``: a one-line error, a signal's status) is a
+    SystemExit, never raised."""
+    from hydra._internal import utils as hydra_utils
     from hydra.core.global_hydra import GlobalHydra
+
+    expected: list[BaseException] = []  # the expected failure, once Hydra has seen it
+    calls = []
+    report = hydra_utils.run_and_report  # a private function of Hydra's, borrowed here only
+
+    def run_and_report(func):
+        """Hydra's reporting (message, traceback, exit 1), for the expected failure only."""
+        calls.append(func)
+        try:
+            return func()
+        except Exception as error:
+            if expect is None or not re.search(expect, str(error)):
+                raise  # a crash: out of Hydra, out of this helper, into the test
+
+            expected.append(error)
+            return report(functools.partial(_raise, error))
 
     root = logging.getLogger()
     saved_logging = (root.handlers[:], root.level)
@@ -147,7 +205,11 @@ def run_train_main(args: list[str], cwd: Path, env: dict[str, str] | None = None
         os.chdir(cwd)
         sys.argv = [str(REPO / "train.py"), *args]
         GlobalHydra.instance().clear()
-        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        with (
+            contextlib.redirect_stdout(stdout),
+            contextlib.redirect_stderr(stderr),
+            mock.patch.object(hydra_utils, "run_and_report", run_and_report),
+        ):
             try:
                 _train_script().main()
             except SystemExit as exit_:  # what the interpreter does with it
@@ -156,9 +218,17 @@ def run_train_main(args: list[str], cwd: Path, env: dict[str, str] | None = None
                     returncode = 1
                 else:
                     returncode = exit_.code or 0
-            except Exception:  # raised through Hydra (HYDRA_FULL_ERROR=1): the interpreter prints it
-                traceback.print_exc()
+            except Exception as error:  # out of Hydra: HYDRA_FULL_ERROR=1, or a crash
+                if not any(error is e for e in expected):
+                    raise
+                traceback.print_exc()  # the expected error, as the interpreter prints it
                 returncode = 1
+        # the day Hydra reports errors some other way, this helper must learn it (or it passes crashes)
+        assert calls, "Hydra no longer calls hydra._internal.utils.run_and_report: update run_train_main"
+    except BaseException:
+        sys.stdout.write(stdout.getvalue())  # the crashed run's output, in the test's report
+        sys.stderr.write(stderr.getvalue())
+        raise
     finally:
         GlobalHydra.instance().clear()
         sys.argv = saved_argv

@@ -233,7 +233,10 @@ def test_a_pack_follows_the_fair_protocol_like_its_separate_runs(tmp_path, fake_
         records = train_pack(members, "p")
     computed = [int(m.group(1)) for m in re.finditer(r"computing (\d) of 3 members", caplog.text)]
     stopped = sorted(r["stopped_epoch"] for r in records if r["stopped_epoch"] is not None)
-    assert len(set(stopped)) > 1 or len(stopped) < 3, "the members should stop at different epochs"
+    # the protocol makes every member stop early, not all in the same epoch...
+    assert len(stopped) == 3 and len(set(stopped)) > 1, f"members stopped at epochs {stopped}"
+    # ...so the stack is compacted: a later epoch computes fewer members than the first
+    assert computed[0] == 3 and computed[-1] < 3, f"members computed per epoch: {computed}"
     # an epoch computes the members live at its start: one fewer after each stop
     assert computed == [3 - sum(s < epoch for s in stopped) for epoch in range(len(computed))], caplog.text
     for record in records:  # the summary's epoch time per model: the pack's epoch / the members it computed

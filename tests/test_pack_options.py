@@ -4,6 +4,8 @@ packing (and runs as a single run): never silently dropped.
 Each honoured option trains a pack of two and the first member's single run, and compares
 what a user reads: the record's values, the TensorBoard tags, the checkpoint files."""
 
+import csv
+
 import pytest
 import torch
 from conftest import compose_train, data_overrides, run_train_main
@@ -111,9 +113,17 @@ def assert_member_is_its_single_run(member_dir, single_dir):
     assert tested == {k for k in packed if k.startswith("test/")}
     for key in tested:
         assert packed[key] == pytest.approx(alone[key], abs=1e-5), key
-    assert sorted(p.name for p in (member_dir / "checkpoints").glob("*.ckpt")) == sorted(
-        p.name for p in (single_dir / "checkpoints").glob("*.ckpt")
-    )
+    names = sorted(p.name for p in (single_dir / "checkpoints").glob("*.ckpt"))
+    assert sorted(p.name for p in (member_dir / "checkpoints").glob("*.ckpt")) == names
+    for name in names:  # the same files hold the same training state
+        mine, theirs = (torch.load(d / "checkpoints" / name, weights_only=False) for d in (member_dir, single_dir))
+        assert (mine["epoch"], mine["global_step"]) == (theirs["epoch"], theirs["global_step"]), name
+        assert (
+            mine["state_dict"].keys() == theirs["state_dict"].keys()
+            and mine["callbacks"].keys() == theirs["callbacks"].keys()
+        ), name
+        for key, weights in theirs["state_dict"].items():
+            assert torch.allclose(mine["state_dict"][key], weights, rtol=1e-4, atol=1e-5), (name, key)
     mine, theirs = tensorboard_tags(member_dir), tensorboard_tags(single_dir)
     assert (mine is None) == (theirs is None)
     if theirs:
@@ -125,10 +135,22 @@ def assert_member_is_its_single_run(member_dir, single_dir):
                 continue
             assert [s for s, _ in mine["scalars"][tag]] == [s for s, _ in points], tag
             assert [v for _, v in mine["scalars"][tag]] == pytest.approx([v for _, v in points], abs=1e-4), tag
-    csv = member_dir / "csv" / "metrics.csv"
     if (single_dir / "csv" / "metrics.csv").is_file():
-        assert csv.is_file()
-        assert csv.read_text().splitlines()[0] == (single_dir / "csv" / "metrics.csv").read_text().splitlines()[0]
+        assert_same_csv(member_dir / "csv" / "metrics.csv", single_dir / "csv" / "metrics.csv")
+
+
+def assert_same_csv(mine_path, theirs_path):
+    """The same columns, rows and values (timings aside) in both CSV logs."""
+    mine, theirs = (list(csv.DictReader(path.open())) for path in (mine_path, theirs_path))
+    assert mine and len(mine) == len(theirs) and mine[0].keys() == theirs[0].keys()
+    for i, (a, b) in enumerate(zip(mine, theirs)):
+        for column, value in b.items():
+            if "time" in column:
+                continue
+            if value == "":
+                assert a[column] == "", (i, column)
+            else:
+                assert float(a[column]) == pytest.approx(float(value), abs=1e-5, nan_ok=True), (i, column)
 
 
 @pytest.mark.parametrize("option", HONOURED)

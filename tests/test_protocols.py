@@ -1,6 +1,8 @@
 """Fair-comparison protocols: early stopping, testing the best checkpoint, learning-rate
 schedules, torchmetrics, and what a sweeper is given to optimise."""
 
+import math
+
 import pytest
 import torch
 from conftest import compose_train, data_overrides
@@ -54,9 +56,28 @@ def test_test_ckpt_best_tests_the_best_epochs_weights(tmp_path, fake_data_dir):
                                                                  "last.ckpt", fake_data_dir), abs=1e-6)  # fmt: skip
 
 
+def one_cycle(max_lr: float, total_steps: int, steps: list[int], pct_start: float = 0.3) -> list[float]:
+    """The one-cycle rate at ``steps``: cosine from max_lr/25 up to max_lr over pct_start of the
+    run, then down to max_lr/25/1e4 (Smith & Topin 2017, as torch.optim.lr_scheduler.OneCycleLR)."""
+    start, end = max_lr / 25, max_lr / 25 / 1e4
+    rise = pct_start * total_steps - 1
+
+    def anneal(a, b, fraction):
+        return b + (a - b) / 2 * (math.cos(math.pi * fraction) + 1)
+
+    return [anneal(start, max_lr, s / rise) if s <= rise else anneal(max_lr, end, (s - rise) / (total_steps - 1 - rise))
+            for s in steps]  # fmt: skip
+
+
 @pytest.mark.parametrize("scheduler", group_options("scheduler"))
 def test_every_scheduler_composes_and_steps(scheduler, tmp_path, fake_data_dir):
-    extra = {"step": ["scheduler.step_size=1"], "cosine": ["scheduler.warmup_epochs=1"]}.get(scheduler, [])
+    extra = {
+        "step": ["scheduler.step_size=1"],
+        "cosine": ["scheduler.warmup_epochs=1"],
+        # a rate this small leaves val/loss within ReduceLROnPlateau's threshold (1e-4 relative) of
+        # epoch 0's: no later epoch improves on it (and halving it is above the scheduler's eps, 1e-8)
+        "plateau": ["optimizer.lr=1e-6", "scheduler.patience=0"],
+    }.get(scheduler, [])
     record, _ = train_in_process(tmp_path, fake_data_dir, ["trainer.max_epochs=4", "callbacks=none",
                                                            f"scheduler={scheduler}", *extra])  # fmt: skip
     assert record["status"] == "completed", record.get("error")
@@ -68,8 +89,13 @@ def test_every_scheduler_composes_and_steps(scheduler, tmp_path, fake_data_dir):
         assert lr == pytest.approx([1e-3, 5e-4, 2.5e-4, 1.25e-4])
     elif scheduler == "cosine":  # one warm-up epoch from lr/2, then annealing to 0 over 3 epochs
         assert lr[0] == pytest.approx(5e-4) and lr[1] == pytest.approx(1e-3) and lr[1] > lr[2] > lr[3]
-    elif scheduler == "onecycle":
-        assert lr[0] < max(lr) and lr[-1] < max(lr)
+        assert lr[2:] == pytest.approx([1e-3 * (1 + math.cos(math.pi * t / 3)) / 2 for t in (1, 2)], rel=1e-5)
+    elif scheduler == "plateau":  # epoch 0 improves (on nothing); each epoch after it halves the rate
+        assert lr == pytest.approx([1e-6, 1e-6, 5e-7, 2.5e-7], rel=1e-5, abs=0)
+    elif scheduler == "onecycle":  # per step: 384 training images in batches of 128, 3 steps an epoch
+        assert lr == pytest.approx(one_cycle(1e-2, total_steps=12, steps=[0, 3, 6, 9]), rel=1e-5)
+    else:
+        raise AssertionError(f"scheduler={scheduler}: say which rates it must produce")
 
 
 def test_pack_metrics_equal_torchmetrics_on_a_tiny_set():

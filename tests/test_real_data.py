@@ -5,7 +5,7 @@ from conftest import requires_real_data, run_train_main
 
 from actlab.record import read_record
 
-pytestmark = [pytest.mark.slow, pytest.mark.real_data, requires_real_data]
+pytestmark = [pytest.mark.slow, requires_real_data]
 
 
 def test_default_model_learns_fashion_mnist_in_two_epochs(tmp_path):

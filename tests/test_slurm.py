@@ -11,11 +11,8 @@ from test_sweeps import SMOKE_DIRS, generated_data_overrides, job_dirs
 
 from actlab.record import read_record
 
-pytestmark = [
-    pytest.mark.slurm,
-    pytest.mark.slow,
-    pytest.mark.skipif(slurm_cluster.available() is not None, reason=str(slurm_cluster.available())),
-]
+# skipped where no cluster can be started here (tests/conftest.py: NEEDS), failed so in CI
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 LAUNCHER = [
     "hydra/launcher=slurm",
     "hydra.launcher.cpus_per_task=1",

@@ -1,8 +1,12 @@
 """STAF's fused CPU kernel (the ``actlab::staf_*`` operators): the same function and gradients
 as the float64 formula, on every shape and thread count; input checks; autograd, vmap and
-torch.compile; and a clean fallback to the PyTorch path where it cannot be built."""
+torch.compile; and a clean fallback to the PyTorch path where it cannot be built.
+
+Only a missing toolchain (no C++ compiler, no ninja) skips the kernel's tests; where both are
+present a kernel that does not build fails them, with the compiler's output."""
 
 import math
+import os
 import subprocess
 import sys
 
@@ -12,7 +16,27 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from actlab.activations import STAF, staf_kernel
 
-requires_kernel = pytest.mark.skipif(not staf_kernel.load(), reason="no C++ compiler: STAF uses its PyTorch path")
+MISSING_TOOLCHAIN = staf_kernel.missing_toolchain()
+
+
+@pytest.fixture(scope="module")
+def built_kernel() -> None:
+    """The operators, built and loaded; a build that fails with the toolchain present fails the test."""
+    if not staf_kernel.load():
+        pytest.fail(f"STAF's kernel did not build (compiler and ninja present):\n{staf_kernel.build_error}")
+
+
+def requires_kernel(test):
+    """Skip where the toolchain is missing (the reason says which part); otherwise the kernel must build."""
+    test = pytest.mark.usefixtures("built_kernel")(test)
+    return pytest.mark.skipif(MISSING_TOOLCHAIN is not None, reason=f"STAF uses its PyTorch path: {MISSING_TOOLCHAIN}")(
+        test
+    )
+
+
+def bare_env(**env: str) -> dict[str, str]:
+    """A child process's environment: system PATH, the same actlab sources (PYTHONPATH), ``env``."""
+    return {"PATH": "/usr/bin:/bin", **{k: os.environ[k] for k in ("PYTHONPATH",) if k in os.environ}, **env}
 
 
 def reference(x: torch.Tensor, act: STAF) -> torch.Tensor:
@@ -106,6 +130,21 @@ def test_pytorch_path_serves_other_dtypes_and_the_switch():
         assert torch.allclose(act(x), reference(x, act), atol=1e-5)
 
 
+def test_missing_toolchain_names_the_missing_part(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "my-c++").write_text("#!/bin/sh\n")
+    (bin_dir / "my-c++").chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    assert staf_kernel.missing_toolchain() == "no C++ compiler 'no-such-compiler' on PATH (set CXX or install g++)"
+    monkeypatch.setenv("CXX", "my-c++ -v")  # a compiler command with arguments: its first word is the compiler
+    assert staf_kernel.missing_toolchain() == "no ninja on PATH (pip install ninja)"
+    (bin_dir / "ninja").write_text("#!/bin/sh\n")
+    (bin_dir / "ninja").chmod(0o755)
+    assert staf_kernel.missing_toolchain() is None
+
+
 def test_without_a_compiler_staf_warns_once_and_uses_pytorch(tmp_path):
     # a fresh process: this one may already hold the built operators
     script = """
@@ -114,14 +153,47 @@ from actlab.activations import STAF, staf_kernel
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     assert staf_kernel.load() is False and staf_kernel.load() is False
-assert sum("fused CPU kernel unavailable" in str(w.message) for w in caught) == 1, caught
+messages = [str(w.message) for w in caught if "fused CPU kernel unavailable" in str(w.message)]
+assert len(messages) == 1 and "no C++ compiler 'no-such-compiler'" in messages[0], messages
+assert staf_kernel.build_error is None  # nothing was built: nothing failed
 act = STAF()
 x = torch.randn(3, 9)
 assert not staf_kernel.supports(x, 25)
 z = x.unsqueeze(-1) * act.frequency + act.phase
 assert torch.allclose(act(x), (torch.sin(z) * act.amplitude).sum(-1), atol=1e-5)
 """
-    env = {"CXX": "no-such-compiler", "ACTLAB_CACHE_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    env = bare_env(CXX="no-such-compiler", ACTLAB_CACHE_DIR=str(tmp_path))
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.skipif(MISSING_TOOLCHAIN is not None, reason=f"needs the toolchain: {MISSING_TOOLCHAIN}")
+def test_a_failed_build_is_logged_once_and_staf_uses_pytorch(tmp_path):
+    # a source that stops the compiler at its first line: the toolchain runs, the build fails in ms
+    broken = tmp_path / "staf_kernel.cpp"
+    broken.write_text("#error deliberately broken kernel source\n")
+    script = f"""
+import logging, warnings, torch
+from pathlib import Path
+from actlab.activations import STAF, staf_kernel
+records = []
+handler = logging.Handler()
+handler.emit = records.append
+logging.getLogger("actlab.activations.staf_kernel").addHandler(handler)
+staf_kernel.SOURCE = Path({str(broken)!r})
+with warnings.catch_warnings():
+    warnings.simplefilter("error")  # a build failure is logged, not a warning about missing tools
+    assert staf_kernel.load() is False and staf_kernel.load() is False
+assert len(records) == 1 and records[0].levelno == logging.ERROR, records
+text = records[0].getMessage()
+assert "failed to build" in text and "deliberately broken kernel source" in text, text
+assert "deliberately broken kernel source" in staf_kernel.build_error
+act, x = STAF(), torch.randn(3, 9)
+assert not staf_kernel.supports(x, 25)
+z = x.unsqueeze(-1) * act.frequency + act.phase
+assert torch.allclose(act(x), (torch.sin(z) * act.amplitude).sum(-1), atol=1e-5)
+"""
+    env = bare_env(ACTLAB_CACHE_DIR=str(tmp_path / "cache"))
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
 
@@ -129,7 +201,7 @@ assert torch.allclose(act(x), (torch.sin(z) * act.amplitude).sum(-1), atol=1e-5)
 @requires_kernel
 def test_operators_are_built_once_per_source_and_flags(tmp_path):
     script = "from actlab.activations import staf_kernel; assert staf_kernel.load()"
-    env = {"ACTLAB_CACHE_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    env = bare_env(ACTLAB_CACHE_DIR=str(tmp_path))
     mtimes = []
     for _ in range(2):
         result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)

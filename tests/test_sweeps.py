@@ -29,10 +29,10 @@ def generated_data_overrides(fake_data_dir) -> list[str]:
     return [*overrides, f"hydra.job.config.override_dirname.exclude_keys=[{','.join(keys)}]"]
 
 
-def sweep(tmp_path, fake_data_dir, *args, name="sweep"):
+def sweep(tmp_path, fake_data_dir, *args, name="sweep", expect=None):
     sweep_dir = tmp_path / name
     overrides = ["-m", *args, *generated_data_overrides(fake_data_dir), f"hydra.sweep.dir={sweep_dir}"]
-    return run_train_main(overrides, tmp_path), sweep_dir
+    return run_train_main(overrides, tmp_path, expect=expect), sweep_dir
 
 
 def job_dirs(sweep_dir: Path) -> dict[str, Path]:
@@ -91,6 +91,7 @@ def test_default_sweep_dirs_never_collide(tmp_path, fake_data_dir):
 
 
 def test_failing_and_diverging_jobs_do_not_stop_the_sweep(tmp_path, fake_data_dir):
+    message = "model.depth must be a positive integer, got 0"
     result, sweep_dir = sweep(
         tmp_path, fake_data_dir, "model.depth=0,4", "optimizer.lr=0.001,1e6", "optimizer.momentum=0.99",
         "trainer.max_epochs=3",
@@ -107,7 +108,7 @@ def test_failing_and_diverging_jobs_do_not_stop_the_sweep(tmp_path, fake_data_di
     (failed,) = [
         job for name, job in job_dirs(sweep_dir).items() if name.startswith("model.depth=0,optimizer.lr=0.001")
     ]
-    assert "model.depth must be a positive integer" in read_record(failed)["error"]
+    assert read_record(failed)["error"] == f"ConfigError: {message}"
     tail = result.stderr.strip().splitlines()[-3:]  # one line per failed job, after every job ran
     assert tail[0].startswith("error: 2 of 4 runs did not complete") and all(
         line.startswith("  model.depth=0,") and "failed: ConfigError: model.depth must be a positive integer" in line
@@ -220,7 +221,12 @@ def test_summarize_script_on_a_real_partial_sweep(tmp_path, smoke_sweep):
     assert varying_keys(load_runs(sweep_dir)) == []
     header = next(csv.reader((sweep_dir / "summary.csv").open()))
     assert header[:3] == ["activation", "depth", "runs"]
-    assert json.loads((sweep_dir / "activation=relu,model.depth=1" / "metrics.json").read_text())["test/acc"] >= 0
+    record = json.loads((sweep_dir / "activation=relu,model.depth=1" / "metrics.json").read_text())
+    correct = record["test/acc"] * 128  # the generated test set: 128 images, all tested
+    assert 0 < correct <= 128 and correct == int(correct), record["test/acc"]
+    # the summary's row is the record's numbers (one run: test acc (%) and test loss as they are)
+    (row,) = [line.split(" | ") for line in out.stdout.splitlines() if line.startswith("| relu | 1 |")]
+    assert [row[2], row[5]] == [f"{100 * record['test/acc']:.2f}", f"{record['test/loss']:.3f}"], row
 
 
 def test_summarize_says_what_is_wrong_with_an_empty_dir(tmp_path):

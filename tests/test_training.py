@@ -1,19 +1,25 @@
 """End-to-end runs: config composition, train.py, the run record, bad input, divergence."""
 
 import csv
+import inspect
 import json
+import math
+import os
+import shutil
 
 import pytest
 import torch
-from conftest import compose_train, data_overrides, run_train_cli, run_train_main
-from omegaconf import OmegaConf
+from conftest import _train_script, compose_train, data_overrides, run_train_cli, run_train_main
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from actlab.config import group_options
+from actlab.config import CONFIG_DIR, group_options
 from actlab.errors import ConfigError
 from actlab.record import read_record, write_record
 from actlab.training import run
 
-GROUPS = ["activation", "model", "data", "optimizer", "scheduler", "trainer", "callbacks", "logger", "debug", "paths"]
+GROUPS = ["activation", "model", "data", "optimizer", "scheduler", "trainer", "callbacks", "logger", "debug", "paths",
+          "experiment", "hydra/launcher"]  # fmt: skip
 RECORD_KEYS = {
     "status", "overrides", "activation", "depth", "hidden_shape", "seed", "epochs_completed",
     "test/acc", "test/loss", "val/acc_best", "val/acc_last", "fit_time_s", "epoch_time_s",
@@ -22,9 +28,51 @@ RECORD_KEYS = {
 
 @pytest.mark.parametrize("group, option", [(g, o) for g in GROUPS for o in group_options(g)])
 def test_every_config_option_composes(group, option, tmp_path):
-    cfg = compose_train([f"{group}={option}"], output_dir=tmp_path)
+    cfg = compose_train([f"{group}={option}"], output_dir=tmp_path, return_hydra_config=True)
+    assert cfg.hydra.runtime.choices[group] == option  # the option asked for is the one composed
+    if group == "experiment":
+        assert_sets_only_known_keys(option, cfg, tmp_path)
+    if group == "hydra/launcher":  # the plugin it names is installed and takes every setting given
+        launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+        parameters = inspect.signature(get_class(launcher.pop("_target_"))).parameters
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+            assert set(launcher) <= set(parameters), set(launcher) - set(parameters)
+    with open_dict(cfg):
+        del cfg["hydra"]
     OmegaConf.resolve(cfg)
     assert cfg.seed == 42
+
+
+def leaf_paths(node, prefix: str = ""):
+    for key, value in node.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, DictConfig) and len(value):
+            yield from leaf_paths(value, f"{path}.")
+        else:
+            yield path
+
+
+def assert_sets_only_known_keys(experiment: str, composed: DictConfig, tmp_path) -> None:
+    """An experiment config only sets keys the config has (a misspelt one would otherwise be
+    merged in silently and change nothing), and sweeps over existing keys and group options."""
+    own = OmegaConf.load(CONFIG_DIR / "experiment" / f"{experiment}.yaml")
+    groups = [f"{key.removeprefix('override /')}={value}" for entry in own.get("defaults", []) for key, value in
+              entry.items()]  # fmt: skip
+    base = compose_train(groups, output_dir=tmp_path, return_hydra_config=True)  # the same groups, no experiment
+    absent = object()
+    params = own.get("hydra", {}).get("sweeper", {}).get("params") or {}
+    unknown = [path for path in leaf_paths(own) if path != "defaults" and not path.startswith("hydra.sweeper.params.")
+               and OmegaConf.select(base, path, default=absent) is absent]  # fmt: skip
+    for key, values in params.items():
+        if key in base.hydra.runtime.choices:  # a group: each value one of its options
+            unknown += [f"{key}={v}" for v in str(values).split(",") if v.strip() not in group_options(key)]
+        elif OmegaConf.select(base, key, default=absent) is absent:
+            unknown.append(f"hydra.sweeper.params.{key}")
+    assert not unknown, f"experiment={experiment} sets what the config does not have: {unknown}"
+    for path in leaf_paths(own):  # and the experiment's values are the composed config's
+        value = OmegaConf.select(own, path, throw_on_resolution_failure=False)
+        if not path.startswith(("hydra.", "defaults")) and value is not None:
+            assert OmegaConf.select(composed, path) == value, path
 
 
 def test_defaults_reproduce_the_textbook_experiment(tmp_path):
@@ -46,7 +94,13 @@ def train_in_process(tmp_path, fake_data_dir, overrides, activation="relu"):
 def test_every_activation_trains_one_fast_dev_run_step(name, tmp_path, fake_data_dir):
     record, _ = train_in_process(tmp_path, fake_data_dir, [f"activation={name}", "debug=fdr", "logger=csv"], name)
     assert record["status"] == "completed", record.get("error")
-    assert record["test/acc"] is not None
+    assert record["epochs_completed"] == 1 and record["history"]["train/loss"], record["history"]
+    assert all(len(values) == 1 and math.isfinite(values[0]) for values in record["history"].values()), record[
+        "history"
+    ]
+    correct = record["test/acc"] * 128  # one test batch: the 128 generated test images
+    assert correct == round(correct) and 0 <= correct <= 128, record["test/acc"]
+    assert math.isfinite(record["test/loss"]) and record["test/loss"] > 0
 
 
 def test_short_run_writes_record_checkpoints_and_tensorboard(tmp_path, fake_data_dir):
@@ -76,6 +130,51 @@ def test_short_run_writes_record_checkpoints_and_tensorboard(tmp_path, fake_data
     assert (out / "checkpoints" / "last.ckpt").is_file()
     assert list((out / "checkpoints").glob("best_epoch=*.ckpt"))
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_a_limit_debug_run_finds_its_data_through_the_environment_and_validates_on_the_test_set(
+    tmp_path, fake_data_dir
+):
+    """One run through the entry point for three features: debug=limit, data.val_size=0 (the
+    textbook's validation on the test set) and the data found through $ACTLAB_DATA_DIR alone."""
+    run_dir = tmp_path / "run"
+    args = ["debug=limit", "data.val_size=0", "data.batch_size=32", "data.system_dir=null", "data.download=false",
+            "callbacks=none", "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}"]  # fmt: skip
+    result = run_train_main(args, cwd=tmp_path, env={"ACTLAB_DATA_DIR": str(fake_data_dir)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = read_record(run_dir)
+    assert record["status"] == "completed" and record["config"]["data"]["data_dir"] == str(fake_data_dir)
+    assert record["epochs_completed"] == 2 and all(len(v) == 2 for v in record["history"].values())
+    # debug=limit: 5 of the 16 training batches (512 images, none held out, in batches of 32) per epoch
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 2 * 5
+    # validation is the test set (its 128 images in one batch): the last epoch's, tested on the last checkpoint
+    assert record["history"]["val/acc"][-1] == pytest.approx(record["test/acc"], abs=1e-6)
+    assert record["history"]["val/loss"][-1] == pytest.approx(record["test/loss"], rel=1e-5)
+
+
+def compile_unavailable() -> str | None:
+    if not torch._dynamo.is_dynamo_supported():
+        return "torch.compile is not supported on this platform"
+    if not any(shutil.which(c) for c in (os.environ.get("CXX", "c++"), "g++", "clang++")):
+        return "torch.compile's CPU backend needs a C++ compiler"
+    return None
+
+
+@pytest.mark.slow  # the compilation: ~14 s with Inductor's cache warm, ~40 s cold on 2 busy cores
+@pytest.mark.skipif(compile_unavailable() is not None, reason=str(compile_unavailable()))
+def test_compile_true_trains_the_compiled_network_like_the_eager_one(tmp_path, fake_data_dir):
+    from torch._dynamo.utils import counters
+
+    tiny = ["debug=fdr", "model.depth=1", "callbacks=none", "logger=csv"]
+    counters.clear()
+    compiled, _ = train_in_process(tmp_path / "compiled", fake_data_dir, [*tiny, "compile=true"])
+    assert counters["stats"]["unique_graphs"] >= 1  # the run went through torch.compile
+    eager, _ = train_in_process(tmp_path / "eager", fake_data_dir, tiny)
+    assert compiled["status"] == eager["status"] == "completed", compiled.get("error")
+    assert compiled["config"]["compile"] is True and eager["config"]["compile"] is False
+    assert compiled["test/acc"] == eager["test/acc"]
+    assert compiled["test/loss"] == pytest.approx(eager["test/loss"], rel=1e-4)
+    assert compiled["history"]["train/loss"] == pytest.approx(eager["history"]["train/loss"], rel=1e-4)
 
 
 def test_same_seed_same_result(tmp_path, fake_data_dir):
@@ -156,16 +255,42 @@ def test_cli_fast_dev_run_and_unknown_activation(tmp_path, fake_data_dir):
     assert record["status"] == "completed" and record["activation"] == "relu"
     assert (run_dir / ".hydra" / "config.yaml").is_file()
 
-    bad = run_train_main(["activation=nosuch", *data_overrides(fake_data_dir)], cwd=tmp_path)
-    assert bad.returncode != 0
-    assert "nosuch" in bad.stderr and "telu" in bad.stderr and "staf" in bad.stderr  # lists the choices
+    unknown = "In 'train': Could not find 'activation/nosuch'"
+    bad = run_train_main(["activation=nosuch", *data_overrides(fake_data_dir)], cwd=tmp_path, expect=unknown)
+    assert bad.returncode == 1 and unknown in bad.stderr and "Traceback" not in bad.stderr, bad.stderr[-3000:]
+    choices = bad.stderr.split("Available options in 'activation':", 1)[1].split("Config search path:")[0].split()
+    assert {"telu", "staf", "relu"} <= set(choices) and len(choices) == len(group_options("activation"))
     assert len(list((tmp_path / "outputs" / "runs").iterdir())) == 1  # no run started
+
+
+def test_the_in_process_helper_raises_a_crash_and_reports_only_the_expected_failure(
+    tmp_path, fake_data_dir, monkeypatch
+):
+    """A crash is the test's error, not an exit status 1 that a `returncode != 0` check would take."""
+
+    def crash(*args, **kwargs):
+        raise KeyError("a bug in actlab")
+
+    monkeypatch.setattr(_train_script(), "run", crash)
+    args = [*data_overrides(fake_data_dir), f"hydra.run.dir={tmp_path / 'run'}"]
+    for expect in (None, "another failure"):
+        with pytest.raises(KeyError, match="a bug in actlab"):
+            run_train_main(args, cwd=tmp_path, expect=expect)
+    reported = run_train_main(args, cwd=tmp_path, expect="a bug in actlab")  # as the process shows it
+    assert reported.returncode == 1 and reported.stderr.strip().splitlines()[-3:] == [
+        "KeyError: 'a bug in actlab'",
+        "",
+        "Set the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace.",
+    ], reported.stderr[-3000:]
 
 
 def test_cli_bad_value_exits_nonzero_with_clear_error(tmp_path, fake_data_dir):
     bad = run_train_main(["model.depth=0", *data_overrides(fake_data_dir)], cwd=tmp_path)
-    assert bad.returncode != 0 and "model.depth must be a positive integer" in bad.stderr
     (run_dir,) = (tmp_path / "outputs" / "runs").iterdir()
+    assert bad.returncode == 1 and bad.stderr.splitlines() == [
+        "error: model.depth must be a positive integer, got 0",
+        f"(traceback in {run_dir / 'metrics.json'}; HYDRA_FULL_ERROR=1 shows it here)",
+    ], bad.stderr[-3000:]
     assert read_record(run_dir)["status"] == "failed"
 
 
@@ -191,8 +316,9 @@ def test_a_config_mistake_is_one_clear_line_and_the_record_keeps_the_traceback(o
     assert "Traceback" in read_record(run_dir)["traceback"]
     if not override.startswith("optimizer"):
         return  # the full traceback on request: checked once
-    full = run_train_main(args, cwd=tmp_path, env={"HYDRA_FULL_ERROR": "1"})
-    assert full.returncode != 0 and "Traceback" in full.stderr and message in full.stderr
+    full = run_train_main(args, cwd=tmp_path, env={"HYDRA_FULL_ERROR": "1"}, expect=message)
+    assert full.returncode == 1 and "Traceback" in full.stderr, full.stderr[-3000:]
+    assert full.stderr.strip().splitlines()[-1] == f"actlab.errors.ConfigError: {message}"
 
 
 def test_runs_sharing_a_machine_split_its_threads(monkeypatch):

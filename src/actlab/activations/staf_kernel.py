@@ -12,7 +12,9 @@ makes them compose with the rest of PyTorch:
 - vmap rules (``register_vmap``): a batch of members (a packed sweep's stacked STAFs)
   runs as one kernel call per member, each with its own parameters.
 
-Without a compiler :func:`load` warns once and returns False, and STAF uses its PyTorch path.
+Without a C++ compiler or ``ninja`` :func:`load` warns once and returns False, and STAF uses
+its PyTorch path; where both are present but the build fails, it logs the build error once and
+does the same (:func:`missing_toolchain` tells the two apart: only the first is expected).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import hashlib
 import logging
 import os
 import platform
+import shlex
+import shutil
 import warnings
 from pathlib import Path
 
@@ -63,13 +67,32 @@ def _build_directory(flags: list[str]) -> Path:
     return directory
 
 
+def missing_toolchain() -> str | None:
+    """What the build needs and this machine lacks ("no C++ compiler 'c++'", "no ninja"), or
+    None where both are present (a build that then fails is a bug, not a missing tool)."""
+    compiler = os.environ.get("CXX", "c++")  # what torch.utils.cpp_extension builds with
+    if not shlex.split(compiler) or shutil.which(shlex.split(compiler)[0]) is None:
+        return f"no C++ compiler {compiler!r} on PATH (set CXX or install g++)"
+    if shutil.which("ninja") is None:
+        return "no ninja on PATH (pip install ninja)"
+    return None
+
+
 _available: bool | None = None  # what load() found; read directly where torch.compile traces
+build_error: str | None = None  # why the build failed where the toolchain is present (see load())
+log = logging.getLogger(__name__)
 
 
 @functools.cache
 def load() -> bool:
-    """Build (once) and load the operators; False, with one warning, where that fails."""
-    global _available
+    """Build (once) and load the operators. False where that cannot be done: with one warning
+    where the toolchain is missing, with the build error logged once where the build fails."""
+    global _available, build_error
+    missing = missing_toolchain()
+    if missing is not None:
+        warnings.warn(f"STAF: fused CPU kernel unavailable, using the slower PyTorch path ({missing})", stacklevel=2)
+        _available = False
+        return False
     # importing cpp_extension on a machine without CUDA logs a warning that concerns CUDA builds only
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     try:
@@ -85,8 +108,9 @@ def load() -> bool:
             is_python_module=False,
             verbose=False,
         )
-    except Exception as error:  # no compiler, no ninja, a failed build: all mean the PyTorch path
-        warnings.warn(f"STAF: fused CPU kernel unavailable, using the slower PyTorch path ({error})", stacklevel=2)
+    except Exception as error:  # the toolchain is there and the build failed: the PyTorch path, said loudly
+        build_error = f"{type(error).__name__}: {error}"
+        log.error("STAF: fused CPU kernel failed to build, using the slower PyTorch path\n%s", build_error)
         _available = False
         return False
     _register_python_parts()
