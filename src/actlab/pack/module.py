@@ -238,13 +238,16 @@ class PackModule(L.LightningModule):
         stage's loss sums and confusion matrices grow (training: the correct predictions and
         the samples)."""
         k, batch = targets.shape
-        losses = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(k, batch)
+        if self.net.exact:  # each member's own call, as its single run makes it
+            losses = torch.stack([F.cross_entropy(mine, y) for mine, y in zip(logits.unbind(0), targets.unbind(0))])
+        else:
+            losses = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(k, batch).mean(1)
         with torch.no_grad():
-            loss_sum = getattr(self, f"{stage}_loss_sum")  # float64
+            loss_sum = getattr(self, f"{stage}_loss_sum")  # float64: mean x batch, as a single run sums
             if members is None:
-                loss_sum.add_(losses.detach().sum(1))
+                loss_sum.add_(losses.detach().double() * batch)
             else:
-                loss_sum.index_add_(0, members, losses.detach().sum(1).double())
+                loss_sum.index_add_(0, members, losses.detach().double() * batch)
             predictions = logits.argmax(-1)
             if stage == "train":
                 correct = (predictions == targets).sum(1)
@@ -258,7 +261,7 @@ class PackModule(L.LightningModule):
                 cells = rows.unsqueeze(1) * c * c + targets * c + predictions
                 size = self.size * c * c
                 getattr(self, f"{stage}_confusion").view(-1).add_(torch.bincount(cells.flatten(), minlength=size))
-        return losses.mean(1)
+        return losses
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y, rows = batch  # (R, B, ...), (R, B): the own batches of members ``rows`` (ascending)
