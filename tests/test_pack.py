@@ -25,35 +25,42 @@ def activation_factory(name):
     return instantiate(OmegaConf.load(CONFIG_DIR / "activation" / f"{name}.yaml"))
 
 
-@pytest.mark.parametrize("train_mode", [False, True])
-def test_every_activation_in_a_pack_matches_its_unpacked_network(train_mode):
+@pytest.mark.parametrize(("train_mode", "exact"), [(False, False), (True, False), (True, True)])
+def test_every_activation_in_a_pack_matches_its_unpacked_network(train_mode, exact):
+    """Outputs and gradients equal the unpacked network's: to float32 rounding, and (exact:
+    each member computed alone, as in training) to the bit."""
     names = group_options("activation")
     nets = []
     keys = [name for name in names for _ in range(2)]  # two members side by side: one group of two each
     for i, name in enumerate(keys):
         torch.manual_seed(i)
         nets.append(SimpleNetwork(activation_factory(name), hidden_shape=[24, 16]).train(train_mode))
-    stacked = StackedNetwork(nets, keys).train(train_mode)
+    stacked = StackedNetwork(nets, keys, exact=exact).train(train_mode)
     x = torch.randn(len(nets), 6, 784)
     y = stacked(x)
+
+    def same(a, b):
+        return torch.equal(a, b) if exact else torch.allclose(a, b, atol=1e-5)
+
     for k, (name, net) in enumerate(zip(keys, nets)):
         if name == "rrelu" and train_mode:
             continue  # random slopes: same law, not the same draws
         upstream = torch.randn(6, 10)
         (expected,) = [net(x[k])]
-        assert torch.allclose(y[k], expected, atol=1e-5), name
+        assert same(y[k], expected), name
         grads = torch.autograd.grad((y[k] * upstream).sum(), list(stacked.parameters()), allow_unused=True,
                                     retain_graph=True)  # fmt: skip
         mine = dict(zip([n for n, _ in stacked.named_parameters()], grads))
         theirs = dict(zip([n for n, _ in net.named_parameters()], torch.autograd.grad(
             (expected * upstream).sum(), list(net.parameters()), allow_unused=True)))  # fmt: skip
         for layer in range(2):
-            assert torch.allclose(mine[f"weights.{layer}"][k], theirs[f"linears.{layer}.weight"], atol=1e-5), name
-        assert torch.allclose(mine["weights.2"][k], theirs["head.weight"], atol=1e-5), name
+            assert same(mine[f"weights.{layer}"][k], theirs[f"linears.{layer}.weight"]), name
+            assert same(mine[f"biases.{layer}"][k], theirs[f"linears.{layer}.bias"]), name
+        assert same(mine["weights.2"][k], theirs["head.weight"]), name
         by_tensor = {id(p): g for p, g in zip(stacked.parameters(), grads)}
         for param, (tensor, j) in stacked.member_slots(k).items():  # a trainable activation's own parameters
             if param.startswith("activations.") and j is not None and id(tensor) in by_tensor:
-                assert torch.allclose(by_tensor[id(tensor)][j], theirs[param], atol=1e-5), (name, param)
+                assert same(by_tensor[id(tensor)][j], theirs[param]), (name, param)
         others = [j for j in range(len(nets)) if j != k]
         assert not mine["weights.0"][others].any(), name  # one member's loss reaches no other member
 
@@ -93,6 +100,30 @@ def test_pack_members_equal_their_separate_runs(tmp_path, fake_data_dir, optimiz
         assert set(a) == set(b)
         for name in a:
             assert torch.allclose(a[name], b[name], atol=1e-5), (activation, name)
+
+
+def test_exact_pack_members_equal_their_separate_runs_to_the_bit(tmp_path, fake_data_dir):
+    """``hydra.launcher.exact=true``, at a rate where the batched default drifts from the single
+    runs in the last bits (lr 0.1, SGD with momentum, two learning-rate groups, ReLU and PReLU):
+    every member's weights, losses and test metrics are its single run's, bit for bit."""
+    protocol = ["seed=3", "callbacks=none", "trainer.max_epochs=3"]
+    overrides, sweep_dir = packed_sweep(tmp_path, fake_data_dir, *protocol, "activation=relu,prelu",
+                                        "optimizer.lr=0.1,0.05", "hydra.launcher.exact=true")  # fmt: skip
+    result = run_train_main(overrides, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = {p.parent: read_record(p.parent) for p in sweep_dir.glob("*/metrics.json")}
+    assert len(runs) == 4 and all(r["pack"]["size"] == 4 and r["pack"]["exact"] for r in runs.values())
+    for run_dir, packed in runs.items():
+        lr = packed["config"]["optimizer"]["lr"]
+        alone, out = single_run(tmp_path, [*data_overrides(fake_data_dir), *protocol], 3, packed["activation"],
+                                f"optimizer.lr={lr}")  # fmt: skip
+        assert len(alone["history"]["train/loss"]) == 3
+        for key in ("train/loss", "train/acc", "val/loss", "val/acc", "val/f1"):
+            assert packed["history"][key] == alone["history"][key], (packed["activation"], lr, key)
+        for key in ("test/loss", "test/acc", "test/f1"):
+            assert packed[key] == alone[key], (packed["activation"], lr, key)
+        a, b = checkpoint_weights(out), checkpoint_weights(run_dir)
+        assert set(a) == set(b) and all(torch.equal(a[name], b[name]) for name in a), (packed["activation"], lr)
 
 
 def test_a_diverging_member_is_recorded_and_frozen_and_the_others_go_on(tmp_path, fake_data_dir, caplog):

@@ -70,12 +70,15 @@ STACKABLE_SCHEDULERS = {"actlab.schedulers.cosine", "actlab.schedulers.step", "a
 
 @dataclass
 class Member:
-    """One run of a pack: its composed config (resolved, Hydra-free) and where it writes."""
+    """One run of a pack: its composed config (resolved, Hydra-free) and where it writes;
+    ``exact``: its pack computes it with its single run's own kernels, to the bit
+    (``hydra.launcher.exact``; see :class:`~actlab.pack.stacked.StackedNetwork`)."""
 
     cfg: DictConfig
     output_dir: Path
     activation: str | None = None
     overrides: list[str] = field(default_factory=list)
+    exact: bool = False
 
 
 def member_settings(cfg: DictConfig) -> dict:

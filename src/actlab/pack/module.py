@@ -31,19 +31,32 @@ def member_key(key: str, k: int) -> str:
     return f"{key}{MEMBER_SUFFIX}{k}"
 
 
+def macro_f1(confusion: torch.Tensor) -> torch.Tensor:
+    """Macro F1 from one confusion matrix ``(C, C)``, as torchmetrics' ``MulticlassF1Score``
+    (a single run's) computes it, in its float32 arithmetic: a class with no true and no
+    predicted sample is left out of the mean."""
+    hits = confusion.diagonal()
+    true, predicted = confusion.sum(1), confusion.sum(0)
+    denominator = (true + predicted).float()
+    f1 = torch.where(denominator != 0, (2 * hits).float() / denominator, 0.0)
+    weights = (true + predicted != 0).float()
+    total = weights.sum(-1, keepdim=True)
+    return torch.where(total != 0, weights * f1 / total, 0.0).sum(-1)
+
+
 def classification_metrics(confusion: torch.Tensor, loss_sum: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per member, from its confusion matrix ``(K, C, C)`` (rows true, columns predicted) and
-    summed loss: mean loss, accuracy, macro F1 (torchmetrics' definition: a class with no true
-    and no predicted sample scores 0), per-class accuracy (recall), the matrix itself."""
+    summed loss: mean loss, accuracy, macro F1 (:func:`macro_f1`), per-class accuracy (recall),
+    the matrix itself."""
+    f1 = torch.stack([macro_f1(mine) for mine in confusion])  # once an epoch; each member its own shapes
     confusion = confusion.double()
     count = confusion.sum((1, 2)).clamp(min=1)
     hits = confusion.diagonal(dim1=1, dim2=2)
-    true, predicted = confusion.sum(2), confusion.sum(1)
-    f1 = torch.where(true + predicted > 0, 2 * hits / (true + predicted).clamp(min=1), 0.0)
+    true = confusion.sum(2)
     return {
         "loss": (loss_sum / count).float(),
         "acc": (hits.sum(1) / count).float(),
-        "f1": f1.mean(1).float(),
+        "f1": f1,
         "class_acc": (hits / true.clamp(min=1)).float(),
         "confusion": confusion.long(),
     }
@@ -236,13 +249,16 @@ class PackModule(L.LightningModule):
         stage's loss sums and confusion matrices grow (training: the correct predictions and
         the samples)."""
         k, batch = targets.shape
-        losses = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(k, batch)
+        if self.net.exact:  # each member's own call, as its single run makes it
+            losses = torch.stack([F.cross_entropy(mine, y) for mine, y in zip(logits.unbind(0), targets.unbind(0))])
+        else:
+            losses = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(k, batch).mean(1)
         with torch.no_grad():
-            loss_sum = getattr(self, f"{stage}_loss_sum")  # float64
+            loss_sum = getattr(self, f"{stage}_loss_sum")  # float64: mean x batch, as a single run sums
             if members is None:
-                loss_sum.add_(losses.detach().sum(1))
+                loss_sum.add_(losses.detach().double() * batch)
             else:
-                loss_sum.index_add_(0, members, losses.detach().sum(1).double())
+                loss_sum.index_add_(0, members, losses.detach().double() * batch)
             predictions = logits.argmax(-1)
             if stage == "train":
                 correct = (predictions == targets).sum(1)
@@ -256,7 +272,7 @@ class PackModule(L.LightningModule):
                 cells = rows.unsqueeze(1) * c * c + targets * c + predictions
                 size = self.size * c * c
                 getattr(self, f"{stage}_confusion").view(-1).add_(torch.bincount(cells.flatten(), minlength=size))
-        return losses.mean(1)
+        return losses
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y, rows = batch  # (R, B, ...), (R, B): the own batches of members ``rows`` (ascending)

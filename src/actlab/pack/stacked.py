@@ -4,13 +4,21 @@ the same activation config share one call: packs put them next to each other).
 
 Members that stop training can be taken out of the stack (:meth:`StackedNetwork.compact`),
 so the computation shrinks with them; their weights wait in a stash until the stack is
-expanded back (:meth:`StackedNetwork.expand`), e.g. to test every member."""
+expanded back (:meth:`StackedNetwork.expand`), e.g. to test every member.
+
+Batched matrix products sum in another order than one ``F.linear`` per run, so a member's
+numbers differ from its single run's in the last float32 bit, a difference training then
+grows (more with the learning rate). ``exact=True`` computes each member alone instead, with
+its single run's own kernels on tensors of its single run's shapes: bit-identical, at the
+price of a Python loop over members (on a GPU, K kernel launches where one batched product
+is one)."""
 
 from __future__ import annotations
 
 import copy
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
@@ -51,6 +59,15 @@ class ActivationGroup(nn.Module):
         template = self.template[0]
         return vmap(lambda p, b, h: functional_call(template, (p, b), (h,)), randomness="different")(params, buffers, x)
 
+    def member(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """The activation of the group's ``i``-th member alone, on its own ``(batch, width)``
+        tensor: the module call its single run makes (its own parameters, no vmap)."""
+        if not self.trainable:
+            return self.shared(x)
+        params, buffers = self.stacked_state()
+        mine = ({k: v[i] for k, v in params.items()}, {k: v[i] for k, v in buffers.items()})
+        return functional_call(self.template[0], mine, (x,))
+
 
 class StackedNetwork(nn.Module):
     """``members`` SimpleNetworks of one hidden shape as one module.
@@ -65,16 +82,22 @@ class StackedNetwork(nn.Module):
     Built from the members' own modules (each made from its own seed, exactly as a single
     run makes it), whose values it copies; :meth:`member_state_dict` gives them back in
     SimpleNetwork's layout, for checkpoints and per-member figures.
+
+    ``exact``: each member computed alone, one ``F.linear`` and one activation call per member
+    and layer over its own rows (its single run's kernels and shapes; a Python loop over
+    members), so its values and gradients are its single run's to the bit; the default batches
+    the members' Linear layers (``torch.baddbmm``), equal to the single runs up to float32
+    rounding.
     """
 
-    def __init__(self, members: list[SimpleNetwork], activation_keys: list[str]) -> None:
+    def __init__(self, members: list[SimpleNetwork], activation_keys: list[str], exact: bool = False) -> None:
         super().__init__()
         shapes = {tuple(m.hidden_shape) for m in members}
         if len(shapes) != 1 or any(m.share_activation for m in members):
             raise ValueError("a pack needs members of one hidden shape, each with its own activations per layer")
         if len(activation_keys) != len(members):
             raise ValueError(f"{len(activation_keys)} activation keys for {len(members)} members")
-        self.size, self.hidden_shape = len(members), list(members[0].hidden_shape)
+        self.size, self.hidden_shape, self.exact = len(members), list(members[0].hidden_shape), exact
         linears = [[*m.linears, m.head] for m in members]
         self.weights = nn.ParameterList(
             nn.Parameter(torch.stack([layers[i].weight.detach() for layers in linears]).clone())
@@ -129,16 +152,39 @@ class StackedNetwork(nn.Module):
     def _linear(self, i: int, h: torch.Tensor) -> torch.Tensor:
         return torch.baddbmm(self.biases[i].unsqueeze(1), h, self.weights[i].transpose(1, 2))
 
+    def _each_member(self, x: torch.Tensor, layers: int, head: bool) -> list[torch.Tensor]:
+        """Exact mode: every member's first ``layers`` hidden layers, computed alone over its own
+        rows as its single run computes them, stacked only at the end: their outputs, or (``head``)
+        the logits alone."""
+        weights = [w.unbind(0) for w in self.weights]
+        biases = [b.unbind(0) for b in self.biases]
+        groups = [(g, i) for g, members_of in enumerate(self.group_members) for i in range(len(members_of))]
+        hidden: list[list[torch.Tensor]] = [[] for _ in range(layers)]
+        logits = []
+        for row, (h, (g, i)) in enumerate(zip(x.flatten(2).unbind(0), groups)):
+            for layer in range(layers):
+                h = self.activations[layer][g].member(i, F.linear(h, weights[layer][row], biases[layer][row]))
+                if not head:
+                    hidden[layer].append(h)
+            if head:
+                logits.append(F.linear(h, weights[-1][row], biases[-1][row]))
+        return [torch.stack(logits)] if head else [torch.stack(rows) for rows in hidden]
+
     def forward_hidden(self, x: torch.Tensor, layers: int | None = None) -> list[torch.Tensor]:
         """Post-activation outputs ``(height, batch, width)`` of the first ``layers`` hidden layers."""
+        layers = self.depth if layers is None else layers
+        if self.exact:
+            return self._each_member(x, layers, head=False)
         h = x.flatten(2)
         outputs = []
-        for layer in range(self.depth if layers is None else layers):
+        for layer in range(layers):
             h = self._activate(layer, self._linear(layer, h))
             outputs.append(h)
         return outputs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.exact:
+            return self._each_member(x, self.depth, head=True)[-1]
         hidden = self.forward_hidden(x)
         return self._linear(self.depth, hidden[-1])
 

@@ -73,6 +73,8 @@ def check_packable(members: list[Member]) -> None:
         raise ConfigError(
             "a pack's members must have equal configs but for seed, activation, optimizer.lr and optimizer.weight_decay"
         )
+    if len({m.exact for m in members}) != 1:
+        raise ConfigError("a pack's members are all exact or none is (hydra.launcher.exact)")
     reason = packing_refusal(members[0].cfg)
     if reason:
         raise ConfigError(f"{reason}; run these jobs as single runs (hydra/launcher=basic)")
@@ -138,7 +140,7 @@ class PackRun:
                 overrides=list(m.overrides),
                 seed=m.cfg.get("seed"),
                 config=OmegaConf.to_container(m.cfg, resolve=True),
-                pack={"id": pack_id, "size": len(members), "index": k, "log": log_file},
+                pack={"id": pack_id, "size": len(members), "index": k, "log": log_file, "exact": m.exact},
                 resumed_from=resume.path,
                 resume_warning=resume.warning,
                 previous_attempt=previous_attempt(resume.previous) if resume.previous else None,
@@ -173,7 +175,8 @@ class PackRun:
         keys = [json.dumps(OmegaConf.to_container(m.cfg.activation, resolve=True), sort_keys=True)
                 for m in self.members]  # fmt: skip
         classifier, datamodule = built[0][1], built[0][2]
-        module = PackModule(StackedNetwork([c.net for _, c, _, _ in built], keys), classifier.optimizer_factory,
+        stacked = StackedNetwork([c.net for _, c, _, _ in built], keys, exact=self.members[0].exact)
+        module = PackModule(stacked, classifier.optimizer_factory,
                             classifier.scheduler_factory, [member_settings(m.cfg) for m in self.members])  # fmt: skip
         return module, PackDataModule(datamodule, [state for *_, state in built])
 

@@ -42,6 +42,8 @@ class PackedLauncherConf:
     pack_size: int = 64
     # packs (or single runs) at a time, each in its own process
     n_jobs: int = 1
+    # members computed alone with their single runs' kernels: bit-identical to them, slower
+    exact: bool = False
     # SLURM settings (conf/hydra/launcher/packed_slurm.yaml): each pack one array task; None = this machine
     slurm: dict[str, Any] | None = None
 
@@ -257,10 +259,11 @@ def signals_forwarded_to_workers(futures: list[Future], stop: Any):
 
 
 class PackedLauncher(Launcher):
-    def __init__(self, pack_size: int = 64, n_jobs: int = 1, slurm: dict[str, Any] | None = None) -> None:
+    def __init__(self, pack_size: int = 64, n_jobs: int = 1, exact: bool = False,
+                 slurm: dict[str, Any] | None = None) -> None:  # fmt: skip
         if pack_size < 1 or n_jobs < 1:
             raise ValueError(f"hydra.launcher.pack_size and n_jobs must be >= 1, got {pack_size}, {n_jobs}")
-        self.pack_size, self.n_jobs = pack_size, n_jobs
+        self.pack_size, self.n_jobs, self.exact = pack_size, n_jobs, exact
         self.slurm = OmegaConf.to_container(slurm, resolve=True) if isinstance(slurm, DictConfig) else slurm
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
@@ -295,6 +298,7 @@ class PackedLauncher(Launcher):
         members, refused = [], {}
         for i, job in enumerate(prepared):
             member = job.return_value
+            member.exact = self.exact
             try:  # a directory another run owns is left as it is: that job fails, the others run
                 check_run_directory(member.output_dir, bool(member.cfg.get("resume")))
             except RunDirectoryError as error:
