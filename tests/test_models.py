@@ -41,7 +41,8 @@ def test_explicit_hidden_shape_wins_over_depth():
         ({"hidden_shape": []}, "hidden_shape is empty"),
         ({"hidden_shape": [64, -1]}, "positive integers"),
         ({"hidden_shape": [64, 0]}, "positive integers"),
-        ({"init": "lecun"}, "unknown model.init 'lecun'"),
+        ({"init": "glorot"}, "unknown model.init 'glorot'; choose one of: default, kaiming, lecun, xavier, "
+                             "orthogonal, auto"),
     ],
 )
 def test_impossible_shapes_fail_clearly(kwargs, message):
@@ -65,7 +66,7 @@ def test_per_channel_prelu_gets_the_layer_width():
     assert [a.weight.numel() for a in net.activations] == [1, 1, 1, 1]
 
 
-@pytest.mark.parametrize("init", ["kaiming", "xavier", "orthogonal"])
+@pytest.mark.parametrize("init", ["kaiming", "lecun", "xavier", "orthogonal"])
 def test_weight_inits(init):
     torch.manual_seed(0)
     net = SimpleNetwork(relu, init=init)
@@ -74,6 +75,8 @@ def test_weight_inits(init):
     assert torch.all(net.linears[0].bias == 0)
     if init == "kaiming":
         assert first.std().item() == pytest.approx((2 / 784) ** 0.5, rel=0.05)
+    elif init == "lecun":
+        assert first.std().item() == pytest.approx((1 / 784) ** 0.5, rel=0.05)
     elif init == "xavier":
         assert first.abs().max().item() <= (6 / (784 + 256)) ** 0.5 + 1e-6
     else:
@@ -101,3 +104,31 @@ def test_forward_hidden_returns_post_activation_outputs():
     outputs = net.forward_hidden(torch.randn(7, 784))
     assert [tuple(o.shape) for o in outputs] == [(7, 256), (7, 192), (7, 128), (7, 64)]
     assert all((o >= 0).all() for o in outputs)
+
+
+def test_init_auto_gives_each_activation_its_own_and_refuses_one_it_does_not_know():
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from actlab.config import CONFIG_DIR, group_options
+
+    chosen = {}
+    for name in group_options("activation"):  # every activation actlab ships has a stated init
+        factory = instantiate(OmegaConf.load(CONFIG_DIR / "activation" / f"{name}.yaml"))
+        chosen[name] = SimpleNetwork(factory, depth=1, init="auto").initialised_with
+    assert {name: chosen[name] for name in ("relu", "prelu", "gelu", "selu", "tanh", "sigmoid", "softsign")} == {
+        "relu": "kaiming", "prelu": "kaiming", "gelu": "kaiming", "selu": "lecun", "tanh": "xavier",
+        "sigmoid": "xavier", "softsign": "xavier"}  # fmt: skip
+    assert SimpleNetwork(relu).initialised_with == "default"
+
+    class Square(nn.Module):
+        def forward(self, x):
+            return x * x
+
+    with pytest.raises(ValueError, match="model.init=auto has no init for activation Square; set one"):
+        SimpleNetwork(Square, init="auto")
+    # why it matters at depth: PyTorch's default shrinks a ReLU signal layer after layer, He keeps it
+    torch.manual_seed(0)
+    x = torch.randn(512, 784)
+    deep_default, deep_auto = (SimpleNetwork(relu, depth=16, init=i).forward_hidden(x)[-1] for i in ("default", "auto"))
+    assert deep_default.pow(2).mean().sqrt() < 0.1 < 0.3 < deep_auto.pow(2).mean().sqrt() < 3

@@ -76,7 +76,7 @@ def members_for(tmp_path, fake_data_dir, specs, extra=()):
 
 
 def single_run(tmp_path, base, seed, activation, *fields):
-    out = tmp_path / "single" / f"{activation}-{seed}"
+    out = tmp_path / "single" / "-".join([activation, str(seed), *(f.replace("=", "_") for f in fields)])  # one each
     return run(compose_train([*base, f"seed={seed}", f"activation={activation}", *fields], out), out, activation), out
 
 

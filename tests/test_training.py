@@ -114,6 +114,7 @@ def test_short_run_writes_record_checkpoints_and_tensorboard(tmp_path, fake_data
             "seed=7",
             "optimizer=adam",
             "data.batch_size=32",
+            "model.init=auto",
         ],
         "prelu",
     )
@@ -121,6 +122,7 @@ def test_short_run_writes_record_checkpoints_and_tensorboard(tmp_path, fake_data
     on_disk = json.loads((out / "metrics.json").read_text())
     assert set(on_disk) >= RECORD_KEYS, RECORD_KEYS - set(on_disk)
     assert on_disk["activation"] == "prelu" and on_disk["depth"] == 2 and on_disk["hidden_shape"] == [256, 64]
+    assert on_disk["init"] == "kaiming" and on_disk["config"]["model"]["init"] == "auto"  # the scheme auto chose
     assert on_disk["seed"] == 7 and on_disk["epochs_completed"] == 3
     assert len(on_disk["epoch_times_s"]) == 3 and on_disk["epoch_time_s"] > 0
     assert len(on_disk["history"]["val/acc"]) == 3 and len(on_disk["history"]["train/loss"]) == 3

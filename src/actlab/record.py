@@ -37,7 +37,7 @@ LOST_AFTER_S = 900.0
 # fields every record has from its first write on (None / empty until the run fills them)
 SCHEMA_DEFAULTS: dict[str, Any] = {
     "activation": None, "overrides": [], "seed": None, "config": None, "depth": None, "hidden_shape": None,
-    "num_parameters": None, "accelerator": None, "resumed_from": None, "epochs_completed": 0,
+    "init": None, "num_parameters": None, "accelerator": None, "resumed_from": None, "epochs_completed": 0,
     "epoch_times_s": [], "epoch_time_s": None, "diagnostics_epoch_s": [], "history": {}, "val/acc_last": None,
     "val/acc_best": None, "best_epoch": None, "stopped_epoch": None, "stop_reason": None,
     "partial_epochs": [], "test_ckpt": None, "test/acc": None,

@@ -328,7 +328,7 @@ def run(
             seed_run(cfg)
             datamodule, module = build_data_and_classifier(cfg)
             net = module.net
-            record.update(depth=net.depth, hidden_shape=net.hidden_shape,
+            record.update(depth=net.depth, hidden_shape=net.hidden_shape, init=getattr(net, "initialised_with", None),
                           num_parameters=sum(p.numel() for p in module.parameters()))  # fmt: skip
             trainer = build_trainer(cfg, record, output_dir)
             record.update(accelerator=type(trainer.accelerator).__name__.replace("Accelerator", "").lower())

@@ -8,8 +8,9 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from actlab.models.init import initialise, resolve_init
+
 ActivationFactory = Callable[..., nn.Module]
-INITS = ("default", "kaiming", "xavier", "orthogonal")
 
 
 def tapered_hidden_shape(depth: int, widest: int = 256, narrowest: int = 64) -> list[int]:
@@ -47,8 +48,9 @@ class SimpleNetwork(nn.Module):
         share_activation: reuse ONE activation instance in every layer, as the textbook's
             code did (a trainable activation then has one parameter set for the whole net).
         init: weight initialisation: ``default`` (PyTorch's), ``kaiming`` (He, normal,
-            fan-in), ``xavier`` (Glorot, uniform) or ``orthogonal``; biases start at zero for
-            all but ``default``.
+            fan-in), ``lecun`` (LeCun normal), ``xavier`` (Glorot, uniform), ``orthogonal``, or
+            ``auto``, the one that belongs to the activation (:mod:`actlab.models.init`); biases
+            start at zero for all but ``default``. ``initialised_with`` says which was used.
     """
 
     def __init__(
@@ -68,8 +70,6 @@ class SimpleNetwork(nn.Module):
         bad = [w for w in hidden_shape if not isinstance(w, int) or isinstance(w, bool) or w < 1]
         if bad:
             raise ValueError(f"model.hidden_shape must hold positive integers, got {hidden_shape}")
-        if init not in INITS:
-            raise ValueError(f"unknown model.init {init!r}; choose one of: {', '.join(INITS)}")
         self.hidden_shape, self.share_activation, self.init = hidden_shape, share_activation, init
         self.input_size, self.num_classes = input_size, num_classes
 
@@ -83,23 +83,12 @@ class SimpleNetwork(nn.Module):
             self.activations.append(shared if shared is not None else build_activation(activation, out))
             width = out
         self.head = nn.Linear(width, num_classes)
-        self.reset_parameters(init)
+        self.initialised_with = resolve_init(init, self.activations[0])
+        initialise([*self.linears, self.head], self.initialised_with)
 
     @property
     def depth(self) -> int:
         return len(self.hidden_shape)
-
-    def reset_parameters(self, init: str) -> None:
-        if init == "default":
-            return
-        for linear in [*self.linears, self.head]:
-            if init == "kaiming":
-                nn.init.kaiming_normal_(linear.weight, nonlinearity="relu")
-            elif init == "xavier":
-                nn.init.xavier_uniform_(linear.weight)
-            else:
-                nn.init.orthogonal_(linear.weight)
-            nn.init.zeros_(linear.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.flatten(x)

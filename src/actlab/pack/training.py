@@ -167,6 +167,7 @@ class PackRun:
                 self._close(k, error)
                 continue
             record.update(depth=classifier.net.depth, hidden_shape=classifier.net.hidden_shape,
+                          init=getattr(classifier.net, "initialised_with", None),
                           num_parameters=sum(p.numel() for p in classifier.parameters()))  # fmt: skip
             built.append((k, classifier, datamodule, torch.get_rng_state()))
         if not built:
