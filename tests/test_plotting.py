@@ -43,3 +43,33 @@ def test_script_plots_every_activation(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "activations.png").stat().st_size > 50_000
+
+
+def test_the_confusion_matrix_is_an_image_and_a_table_in_tensorboard():
+    import torch
+
+    from actlab.tensorboard import confusion_matrix_image, log_confusion_matrix
+
+    counts = torch.tensor([[8, 2, 0], [0, 10, 0], [5, 0, 5]])
+    image = confusion_matrix_image(counts, cell=4)
+    assert image.shape == (3, 12, 12) and image.min() >= 0 and image.max() <= 1
+    # row-normalised: a class all right is the darkest blue, a cell never predicted is white
+    assert torch.allclose(image[:, 6, 6], torch.tensor([0.03, 0.19, 0.42]))
+    assert torch.equal(image[:, 2, 10], torch.ones(3))
+    assert torch.allclose(image[:, 2, 2], 1 + 0.8 * (torch.tensor([0.03, 0.19, 0.42]) - 1))  # 80 % of class 0
+
+    class Writer:
+        def __init__(self):
+            self.calls = []
+
+        def add_image(self, tag, value, step):
+            self.calls.append(("image", tag, tuple(value.shape), step))
+
+        def add_text(self, tag, text, step):
+            self.calls.append(("text", tag, text, step))
+
+    writer = Writer()
+    log_confusion_matrix([writer], counts, 7)
+    assert writer.calls[0] == ("image", "test/confusion_matrix", (3, 72, 72), 7)
+    assert writer.calls[1][3] == 7 and writer.calls[1][2].splitlines()[2:] == [
+        "| 0 | 80.0 | 20.0 | 0.0 |", "| 1 | 0.0 | 100.0 | 0.0 |", "| 2 | 50.0 | 0.0 | 50.0 |"]

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
-from actlab.tensorboard import tensorboard_writers
+from actlab.tensorboard import log_confusion_matrix, tensorboard_writers
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 STAGES = ("train", "val", "test")
@@ -141,12 +141,7 @@ class Classifier(L.LightningModule):
         self._log_epoch("test", {f"acc_class_{k}": v for k, v in enumerate(per_class)})
         confusion = self.confusion.compute().cpu()
         self.confusion.reset()
-        writers = tensorboard_writers(self.loggers)
-        if writers:
-            from actlab.plotting import confusion_matrix_figure
-
-            for writer in writers:
-                writer.add_figure("test/confusion_matrix", confusion_matrix_figure(confusion), self.global_step)
+        log_confusion_matrix(tensorboard_writers(self.loggers), confusion, self.global_step)
 
     def configure_optimizers(self) -> Any:
         return optimizer_and_schedule(self, self.optimizer_factory, self.scheduler_factory)

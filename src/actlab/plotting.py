@@ -210,29 +210,6 @@ def plot_learning_curves(curves: Mapping[str, Mapping[int, Sequence[Sequence[flo
     return save_figure(fig, path)
 
 
-def confusion_matrix_figure(counts: torch.Tensor, labels: Sequence[str] | None = None) -> Figure:
-    """A confusion matrix (rows: true class, columns: predicted), each row normalised to
-    the fraction of its class, with the counts' percentages written in the cells."""
-    rates = counts.float() / counts.sum(1, keepdim=True).clamp(min=1)
-    n = len(rates)
-    labels = list(labels) if labels else [str(k) for k in range(n)]
-    fig = Figure(figsize=(0.5 * n + 2, 0.5 * n + 1.5))
-    ax = fig.add_subplot()
-    image = ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(n), labels, fontsize=7)
-    ax.set_yticks(range(n), labels, fontsize=7)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    for i in range(n):
-        for j in range(n):
-            if rates[i, j] >= 0.005:
-                ax.text(j, i, f"{100 * rates[i, j]:.0f}", ha="center", va="center", fontsize=6,
-                        color="white" if rates[i, j] > 0.5 else "black")  # fmt: skip
-    fig.colorbar(image, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    return fig
-
-
 def _palette(n: int) -> list:
     from matplotlib import colormaps
 

@@ -72,3 +72,35 @@ def write_hparams(
     for writer in tensorboard_writers(loggers):
         writer.add_hparams(hparams, finite, run_name=".", global_step=step)
         writer.flush()
+
+
+def confusion_matrix_image(counts: torch.Tensor, cell: int = 24) -> torch.Tensor:
+    """A confusion matrix (rows: true class, columns: predicted) as a CHW image in [0, 1]:
+    each row normalised to its class's fraction, white (0) to dark blue (1), ``cell`` pixels
+    a cell, a one-pixel grid. Drawn by torch in a millisecond (a matplotlib figure costs
+    ~0.4 s, per run and per pack member, after the last epoch)."""
+    rates = counts.detach().double().cpu()
+    rates = (rates / rates.sum(1, keepdim=True).clamp(min=1)).float()
+    white, blue = torch.tensor([1.0, 1.0, 1.0]), torch.tensor([0.03, 0.19, 0.42])  # matplotlib's Blues, both ends
+    pixels = rates.repeat_interleave(cell, 0).repeat_interleave(cell, 1)
+    image = white[:, None, None] + (blue - white)[:, None, None] * pixels  # (3, H, W)
+    image[:, ::cell, :] = 0.8
+    image[:, :, ::cell] = 0.8
+    return image
+
+
+def log_confusion_matrix(writers: Iterable[SummaryWriter], counts: torch.Tensor, step: int) -> None:
+    """``test/confusion_matrix``: the image (:func:`confusion_matrix_image`) and its numbers,
+    each row's percentages, as a table in TensorBoard's text tab."""
+    writers = list(writers)
+    if not writers:
+        return
+    rates = counts.detach().double().cpu()
+    rates = 100 * rates / rates.sum(1, keepdim=True).clamp(min=1)
+    n = len(rates)
+    table = ["| true \\ predicted | " + " | ".join(str(j) for j in range(n)) + " |", "|---" * (n + 1) + "|"]
+    table += [f"| {i} | " + " | ".join(f"{v:.1f}" for v in row.tolist()) + " |" for i, row in enumerate(rates)]
+    image = confusion_matrix_image(counts)
+    for writer in writers:
+        writer.add_image("test/confusion_matrix", image, step)
+        writer.add_text("test/confusion_matrix", "\n".join(table), step)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from actlab.classifier import OptimizerFactory, optimizer_and_schedule
 from actlab.pack.stacked import StackedNetwork
-from actlab.tensorboard import tensorboard_writers
+from actlab.tensorboard import log_confusion_matrix, tensorboard_writers
 
 STAGES = ("train", "val", "test")
 
@@ -361,12 +361,9 @@ class PackModule(L.LightningModule):
 
         pack_loggers = [logger for logger in self.loggers if isinstance(logger, PackLogger)]
         if pack_loggers:
-            from actlab.plotting import confusion_matrix_figure
-
             for k in members:
-                for writer in tensorboard_writers(pack_loggers[0].member_loggers[k]):
-                    writer.add_figure("test/confusion_matrix", confusion_matrix_figure(metrics["confusion"][k].cpu()),
-                                      self.member_step(k))  # fmt: skip
+                log_confusion_matrix(tensorboard_writers(pack_loggers[0].member_loggers[k]), metrics["confusion"][k],
+                                     self.member_step(k))  # fmt: skip
 
     # -- the optimiser ----------------------------------------------------------------------
 
