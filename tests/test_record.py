@@ -52,3 +52,15 @@ def test_a_running_record_gone_silent_is_lost():
     assert effective_status(fresh, now) == "running" and effective_status(stale, now) == LOST
     assert effective_status(slow, now) == "running"
     assert effective_status({**stale, "status": "completed"}, now) == "completed"
+
+
+def test_a_failed_unit_never_writes_into_a_directory_that_belongs_to_another_run(tmp_path):
+    from actlab.errors import RunDirectoryError
+    from actlab.record import SCHEMA_DEFAULTS, read_record, record_unit_failure, write_record
+
+    write_record(tmp_path, {**SCHEMA_DEFAULTS, "status": "running", "owner": {"host": "node7", "pid": 4242}})
+    before = (tmp_path / "metrics.json").read_text()
+    record_unit_failure(tmp_path, RunDirectoryError(f"{tmp_path} belongs to a run still training"))
+    assert (tmp_path / "metrics.json").read_text() == before  # that run's record, untouched
+    assert record_unit_failure(tmp_path, RuntimeError("the pack's process died"))["status"] == "failed"
+    assert read_record(tmp_path)["error"] == "RuntimeError: the pack's process died"

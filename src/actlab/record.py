@@ -88,8 +88,11 @@ def queue_record(output_dir: str | Path, **fields: Any) -> None:
 def record_unit_failure(output_dir: str | Path, error: BaseException) -> dict[str, Any]:
     """The record of a run whose unit of work (its pack, its launcher's process) failed around
     it: ``failed`` with ``error`` where the run had not ended (queued, running, or no record), its
-    history kept; a record the run closed itself is left as it is. Returns the record."""
+    history kept; a record the run closed itself is left as it is, and so is a directory that
+    belongs to another run (:class:`RunDirectoryError`: its record is that run's). Returns the record."""
     previous = read_record(output_dir)
+    if isinstance(error, RunDirectoryError):
+        return previous
     if previous is not None and previous.get("status") not in ("queued", "running"):
         return previous
     record = RunRecord(output_dir, **{k: v for k, v in (previous or {}).items() if k not in ("status", "output_dir")})
