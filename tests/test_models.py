@@ -41,8 +41,10 @@ def test_explicit_hidden_shape_wins_over_depth():
         ({"hidden_shape": []}, "hidden_shape is empty"),
         ({"hidden_shape": [64, -1]}, "positive integers"),
         ({"hidden_shape": [64, 0]}, "positive integers"),
-        ({"init": "glorot"}, "unknown model.init 'glorot'; choose one of: default, kaiming, lecun, xavier, "
-                             "orthogonal, auto"),
+        (
+            {"init": "glorot"},
+            "unknown model.init 'glorot'; choose one of: default, kaiming, lecun, xavier, orthogonal, auto",
+        ),
     ],
 )
 def test_impossible_shapes_fail_clearly(kwargs, message):

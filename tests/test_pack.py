@@ -401,3 +401,34 @@ def test_the_lightning_internals_a_pack_borrows_are_still_there():
     assert stopper._evaluate_stopping_criteria(torch.tensor(0.5)) == (False, mock.ANY)
     assert stopper._evaluate_stopping_criteria(torch.tensor(0.4))[0] is True
     assert stopper.wait_count == 1
+
+
+def test_the_library_state_a_pack_reads_is_still_shaped_as_it_expects():
+    """The other borrowed internals, pinned in one place: a member callback's state key is its
+    single run's (Lightning builds it from the class name and settings, and the member's key is
+    that text with its own class and metric prefix taken out), and a member checkpoint's
+    scheduler state splits per group by torch's ``base_lrs`` / ``_last_lr`` (SequentialLR:
+    ``_schedulers``). If this fails, a library changed them: adapt actlab.pack."""
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    from actlab.callbacks import early_stopping
+    from actlab.pack.callbacks import MemberEarlyStopping, MemberModelCheckpoint
+    from actlab.pack.checkpoint import PER_GROUP_SCHEDULER_KEYS
+
+    alone = ModelCheckpoint(monitor="val/acc", mode="max", filename="best_{epoch:03d}")
+    member = MemberModelCheckpoint(3, monitor="val/acc", mode="max", filename="best_{epoch:03d}")
+    assert member.state_key == f"{alone.state_key}@member3"
+    assert member.monitor == "member/3/val/acc"  # it reads its own metric
+    stopper = early_stopping(patience=2, monitor="val/loss")
+    member_stopper = early_stopping(patience=2, monitor="val/loss", build=lambda **kw: MemberEarlyStopping(1, **kw))
+    assert isinstance(stopper, EarlyStopping) and member_stopper.state_key == f"{stopper.state_key}@member1"
+    assert (member_stopper.mode, member_stopper.patience) == (stopper.mode, stopper.patience) == ("min", 2)
+
+    parameter = torch.nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.SGD([{"params": [parameter]}, {"params": [torch.nn.Parameter(torch.zeros(2))]}], lr=0.1)
+    warm = torch.optim.lr_scheduler.LinearLR(optimizer, 0.1)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, 5)
+    state = torch.optim.lr_scheduler.SequentialLR(optimizer, [warm, cosine], milestones=[2]).state_dict()
+    assert "_schedulers" in state
+    for inner in state["_schedulers"]:
+        assert all(len(inner[key]) == 2 for key in PER_GROUP_SCHEDULER_KEYS)  # one entry per parameter group

@@ -72,4 +72,7 @@ def test_the_confusion_matrix_is_an_image_and_a_table_in_tensorboard():
     log_confusion_matrix([writer], counts, 7)
     assert writer.calls[0] == ("image", "test/confusion_matrix", (3, 72, 72), 7)
     assert writer.calls[1][3] == 7 and writer.calls[1][2].splitlines()[2:] == [
-        "| 0 | 80.0 | 20.0 | 0.0 |", "| 1 | 0.0 | 100.0 | 0.0 |", "| 2 | 50.0 | 0.0 | 50.0 |"]
+        "| 0 | 80.0 | 20.0 | 0.0 |",
+        "| 1 | 0.0 | 100.0 | 0.0 |",
+        "| 2 | 50.0 | 0.0 | 50.0 |",
+    ]

@@ -10,7 +10,6 @@ from test_training import train_in_process
 
 from actlab.config import group_options
 from actlab.models import SimpleNetwork
-from actlab.pack.module import classification_metrics
 
 
 def test_early_stopping_stops_a_run_that_cannot_improve(tmp_path, fake_data_dir):
@@ -96,25 +95,6 @@ def test_every_scheduler_composes_and_steps(scheduler, tmp_path, fake_data_dir):
         assert lr == pytest.approx(one_cycle(1e-2, total_steps=12, steps=[0, 3, 6, 9]), rel=1e-5)
     else:
         raise AssertionError(f"scheduler={scheduler}: say which rates it must produce")
-
-
-def test_pack_metrics_equal_torchmetrics_on_a_tiny_set():
-    from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
-
-    torch.manual_seed(0)
-    classes, members = 4, 4
-    targets = torch.randint(0, classes, (members, 50))
-    predictions = torch.randint(0, classes, (members, 50))
-    predictions[2] = torch.where(targets[2] == 3, 0, predictions[2])  # member 2 never predicts class 3
-    targets[3], predictions[3] = targets[3] % 3, predictions[3] % 3  # member 3: no sample of class 3 at all
-    cells = torch.arange(members).unsqueeze(1) * classes * classes + targets * classes + predictions
-    confusion = torch.bincount(cells.flatten(), minlength=members * classes * classes).view(members, classes, classes)
-    metrics = classification_metrics(confusion, torch.zeros(members))
-    for k in range(members):
-        assert torch.equal(metrics["f1"][k], multiclass_f1_score(predictions[k], targets[k], classes, average="macro"))
-        assert metrics["class_acc"][k].tolist() == pytest.approx(multiclass_accuracy(
-            predictions[k], targets[k], classes, average=None).tolist(), abs=1e-6)  # fmt: skip
-        assert float(metrics["acc"][k]) == pytest.approx(float((predictions[k] == targets[k]).float().mean()))
 
 
 def test_a_runs_f1_and_per_class_accuracy_match_a_direct_computation(tmp_path, fake_data_dir):

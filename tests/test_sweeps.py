@@ -332,6 +332,7 @@ def test_hydra_modes_and_help_without_torch():
     shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert "activation: " in shown.stdout and shown.stdout.strip().splitlines()[-1] == "False False", shown.stderr
 
+
 def run_record(root: Path, activation: str, seed: int, status: str = "completed", acc: float | None = None,
                error: str | None = None, **settings) -> Path:  # fmt: skip
     """A record as a sweep job writes it: its overrides, and a resolved config in which the run's

@@ -9,44 +9,14 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
+from actlab.metrics import EpochMetrics
 from actlab.tensorboard import log_confusion_matrix, tensorboard_writers
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 STAGES = ("train", "val", "test")
 # what a run logs every training epoch: what early stopping or a checkpoint can monitor
 EPOCH_METRICS = ("train/loss", "train/acc", "train/lr", "val/loss", "val/acc", "val/f1")
-
-
-class EpochAccumulator(nn.Module):
-    """Sums of loss, correct predictions and samples over an epoch, kept on the device.
-
-    Updating costs a few tensor ops and no host sync; the epoch's mean loss and (micro)
-    accuracy are read once, at the end. A per-step ``self.log`` or torchmetrics update costs
-    ~50-130 us of Python each, a few percent of a CPU training step of this small MLP.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.register_buffer("loss_sum", torch.zeros((), dtype=torch.float64), persistent=False)
-        self.register_buffer("correct", torch.zeros((), dtype=torch.long), persistent=False)
-        self.register_buffer("count", torch.zeros((), dtype=torch.long), persistent=False)
-
-    @torch.no_grad()
-    def update(self, loss: torch.Tensor, logits: torch.Tensor, target: torch.Tensor) -> None:
-        # in-place methods, not `+=`: that would also go through nn.Module.__setattr__
-        self.loss_sum.add_(loss.detach().double(), alpha=target.numel())
-        self.correct.add_((logits.argmax(dim=1) == target).sum())
-        self.count.add_(target.numel())
-
-    def compute_and_reset(self) -> dict[str, torch.Tensor]:
-        count = self.count.clamp(min=1)
-        values = {"loss": (self.loss_sum / count).float(), "acc": self.correct.double().div(count).float()}
-        self.loss_sum.zero_()
-        self.correct.zero_()
-        self.count.zero_()
-        return values
 
 
 class Classifier(L.LightningModule):
@@ -56,7 +26,8 @@ class Classifier(L.LightningModule):
     every sample of the epoch, accumulated on the device (no per-step host syncs); and, for
     validation and testing, torchmetrics' macro F1 ``{val,test}/f1`` and the per-class
     accuracies ``test/acc_class_k``, plus a confusion-matrix image in TensorBoard after
-    testing. ``train/lr`` is the learning rate of each epoch. A loss that stops being finite
+    testing (:class:`~actlab.metrics.EpochMetrics`, a pack's with one run). ``train/lr`` is
+    the learning rate of each epoch. A loss that stops being finite
     is the DivergenceMonitor callback's to catch.
 
     Args:
@@ -80,11 +51,10 @@ class Classifier(L.LightningModule):
         # in a list: the compiled wrapper is not a second copy of the net's weights in checkpoints
         self._compiled = [torch.compile(net)] if compile else []
         # ModuleDict keys may not shadow nn.Module attributes ("train"), hence the suffix
-        self.epoch_metrics = nn.ModuleDict({f"{stage}_metrics": EpochAccumulator() for stage in STAGES})
         classes = getattr(net, "num_classes", 10)
-        self.f1 = nn.ModuleDict({s: MulticlassF1Score(classes, average="macro") for s in ("val", "test")})
-        self.class_accuracy = MulticlassAccuracy(classes, average=None)
-        self.confusion = MulticlassConfusionMatrix(classes)
+        self.epoch_metrics = nn.ModuleDict(
+            {f"{stage}_metrics": EpochMetrics(1, classes, keep_predictions=stage != "train") for stage in STAGES}
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._compiled[0](x) if self._compiled else self.net(x)
@@ -93,13 +63,7 @@ class Classifier(L.LightningModule):
         x, y = batch
         logits = self(x)
         loss = F.cross_entropy(logits, y)
-        self.epoch_metrics[f"{stage}_metrics"].update(loss, logits, y)
-        if stage != "train":  # torchmetrics costs ~100 us a call: kept off the training step
-            predictions = logits.argmax(dim=1)
-            self.f1[stage].update(predictions, y)
-            if stage == "test":
-                self.class_accuracy.update(predictions, y)
-                self.confusion.update(predictions, y)
+        self.epoch_metrics[f"{stage}_metrics"].update(loss.unsqueeze(0), logits.unsqueeze(0), y.unsqueeze(0))
         return loss
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -112,12 +76,10 @@ class Classifier(L.LightningModule):
         self._step(batch, "test")
 
     def _log_epoch(self, stage: str, extra: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        values = self.epoch_metrics[f"{stage}_metrics"].compute_and_reset()
-        if stage != "train":
-            values["f1"] = self.f1[stage].compute()
-            self.f1[stage].reset()
+        metrics = {name: value[0] for name, value in self.epoch_metrics[f"{stage}_metrics"].compute_and_reset().items()}
+        values = {name: metrics[name] for name in ("loss", "acc", "f1") if name in metrics}
         self.log_dict({f"{stage}/{k}": v for k, v in {**values, **(extra or {})}.items()}, prog_bar=stage == "val")
-        return values
+        return metrics
 
     def on_train_epoch_start(self) -> None:
         # the rate this epoch trains at (Lightning steps epoch schedules before on_train_epoch_end)
@@ -130,18 +92,14 @@ class Classifier(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
-            self.f1["val"].reset()
             self.epoch_metrics["val_metrics"].compute_and_reset()
             return
         self._log_epoch("val")
 
     def on_test_epoch_end(self) -> None:
-        per_class = self.class_accuracy.compute()
-        self.class_accuracy.reset()
-        self._log_epoch("test", {f"acc_class_{k}": v for k, v in enumerate(per_class)})
-        confusion = self.confusion.compute().cpu()
-        self.confusion.reset()
-        log_confusion_matrix(tensorboard_writers(self.loggers), confusion, self.global_step)
+        metrics = self._log_epoch("test")
+        self.log_dict({f"test/acc_class_{k}": v for k, v in enumerate(metrics["class_acc"])})
+        log_confusion_matrix(tensorboard_writers(self.loggers), metrics["confusion"].cpu(), self.global_step)
 
     def configure_optimizers(self) -> Any:
         return optimizer_and_schedule(self, self.optimizer_factory, self.scheduler_factory)

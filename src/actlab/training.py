@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from actlab.classifier import EPOCH_METRICS, Classifier
 from actlab.console import is_terminal, quiet_third_party_noise, summary_line
 from actlab.errors import ConfigError, UserError
 from actlab.models.simple_network import build_activation
-from actlab.record import RESULTS, RunRecord, check_run_directory
+from actlab.record import RESULTS, RunRecord, check_run_directory, read_record
 from actlab.tensorboard import run_hparams, write_hparams
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ def check_accelerator(accelerator: str) -> None:
         )
 
 
-def _instantiate_group(group: DictConfig | dict | None) -> list[Any]:
+def instantiate_group(group: DictConfig | dict | None) -> list[Any]:
     """Instantiate every entry of a name -> config mapping (callbacks, loggers); None entries are off."""
     if not group:
         return []
@@ -151,13 +152,13 @@ def build_trainer(cfg: DictConfig, record: RunRecord | None, output_dir: Path) -
     configured ones: divergence first (stop before the diagnostics see NaNs), the history
     last (it times the rest). The progress bar is on only where stdout is a terminal."""
     progress = shows_progress_bar(cfg)
-    configured = [c for c in _instantiate_group(cfg.get("callbacks")) if progress or not isinstance(c, ProgressBar)]
+    configured = [c for c in instantiate_group(cfg.get("callbacks")) if progress or not isinstance(c, ProgressBar)]
     callbacks = [
         DivergenceMonitor(),
         *configured,
         RunHistory(record, log_epochs=not progress),
     ]
-    return trainer_for(cfg, callbacks, _instantiate_group(cfg.get("logger")))
+    return trainer_for(cfg, callbacks, instantiate_group(cfg.get("logger")))
 
 
 def shows_progress_bar(cfg: DictConfig) -> bool:
@@ -181,21 +182,76 @@ def load_checkpoint(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def resume_checkpoint(output_dir: Path) -> tuple[str | None, str | None]:
-    """The checkpoint to resume from: ``last.ckpt``, else the newest other checkpoint of the
-    run that loads, else none (a fresh start). Returns it and a warning when it is not
-    ``last.ckpt`` although there was one."""
+@dataclass
+class Resume:
+    """Where a run (or a pack member) resumes from: its checkpoint (None: a fresh start), and,
+    where that is not its ``last.ckpt``, why (``previous``: the record of the attempt it
+    abandons, whose history its new record keeps)."""
+
+    path: str | None = None
+    checkpoint: dict | None = None
+    warning: str | None = None
+    previous: dict | None = None
+
+
+def resume_point(output_dir: Path) -> Resume:
+    """What ``resume=true`` resumes from: ``last.ckpt``, else the newest other checkpoint of
+    the run that loads, else none (a fresh start, with a warning where there were some)."""
     directory = output_dir / CHECKPOINT_DIR
     last = directory / "last.ckpt"
     others = sorted((p for p in directory.glob("*.ckpt") if p != last), key=lambda p: p.stat().st_mtime, reverse=True)
     candidates = ([last] if last.is_file() else []) + others
     for path in candidates:
-        if load_checkpoint(path) is not None:
-            warning = None if path == last or not last.is_file() else f"{last} does not load; resuming from {path}"
-            return str(path), warning
+        checkpoint = load_checkpoint(path)
+        if checkpoint is not None:
+            if path == last or not last.is_file():
+                return Resume(str(path), checkpoint)
+            warning = f"{last} does not load; resuming from {path}"
+            return Resume(str(path), checkpoint, warning, read_record(output_dir))
     if candidates:
-        return None, f"no checkpoint of {directory} loads ({', '.join(p.name for p in candidates)}); starting afresh"
-    return None, None
+        warning = f"no checkpoint of {directory} loads ({', '.join(p.name for p in candidates)}); starting afresh"
+        return Resume(None, None, warning, read_record(output_dir))
+    return Resume()
+
+
+def open_record(cfg: DictConfig, output_dir: Path, activation: str | None, overrides: list[str] | None,
+                resume: Resume, **fields: Any) -> RunRecord:  # fmt: skip
+    """The record of a run (or pack member) about to start or resume: its config, and what a
+    resume starts from (the history its checkpoint holds, so that the record keeps it even if
+    this attempt never trains; an abandoned attempt under ``previous_attempt``)."""
+    return RunRecord(
+        output_dir,
+        activation=activation,
+        overrides=list(overrides or []),
+        seed=cfg.get("seed"),
+        config=OmegaConf.to_container(cfg, resolve=True),
+        resumed_from=resume.path,
+        resume_warning=resume.warning,
+        previous_attempt=previous_attempt(resume.previous) if resume.previous else None,
+        **history_fields(resume.checkpoint),
+        **fields,
+    )
+
+
+def history_fields(checkpoint: dict | None) -> dict[str, Any]:
+    """The record's history fields as ``checkpoint`` holds them (RunHistory's state)."""
+    if checkpoint is None or "RunHistory" not in checkpoint.get("callbacks", {}):
+        return {}
+    history = RunHistory()
+    history.load_state_dict(checkpoint["callbacks"]["RunHistory"])
+    return history.record_fields(None)
+
+
+def model_fields(classifier: L.LightningModule) -> dict[str, Any]:
+    """What a record says of the model built: depth, hidden shape, init, parameter count."""
+    net = classifier.net
+    return {"depth": net.depth, "hidden_shape": net.hidden_shape, "init": getattr(net, "initialised_with", None),
+            "num_parameters": sum(p.numel() for p in classifier.parameters())}  # fmt: skip
+
+
+def accelerator_name(trainer: L.Trainer) -> str:
+    """The record's ``accelerator``: ``cpu``, ``cuda``, ``mps``."""
+    return type(trainer.accelerator).__name__.replace("Accelerator", "").lower()
 
 
 def configure_process(cfg: DictConfig, parallel_jobs: int | None) -> None:
@@ -213,7 +269,7 @@ def seed_run(cfg: DictConfig) -> None:
     L.seed_everything(seed_of(cfg), workers=True, verbose=False)
 
 
-def _call(trainer: L.Trainer, method: str, *args: Any, **kwargs: Any) -> Any:
+def call_trainer(trainer: L.Trainer, method: str, *args: Any, **kwargs: Any) -> Any:
     """``trainer.fit`` / ``trainer.test``, with Ctrl-C surfacing as KeyboardInterrupt
     (Lightning turns it into ``sys.exit(1)`` after its own graceful shutdown)."""
     try:
@@ -224,27 +280,38 @@ def _call(trainer: L.Trainer, method: str, *args: Any, **kwargs: Any) -> Any:
         raise KeyboardInterrupt from err
 
 
-def fit_and_test(cfg: DictConfig, trainer: L.Trainer, module: Classifier, datamodule, record: RunRecord,
-                 resume_from: str | None) -> None:  # fmt: skip
+def timed_fit(trainer: L.Trainer, module: L.LightningModule, datamodule, ckpt_path: str | None,
+              records: list[RunRecord]) -> None:  # fmt: skip
+    """``trainer.fit``, its wall time in each record (``fit_time_s``, also when it fails), and
+    Lightning's own SLURM requeue checkpoint as ``resumed_from`` where the fit took one."""
     start = time.perf_counter()
     try:
-        _call(trainer, "fit", module, datamodule=datamodule, ckpt_path=resume_from)
+        call_trainer(trainer, "fit", module, datamodule=datamodule, ckpt_path=ckpt_path)
     finally:
-        record.update(fit_time_s=time.perf_counter() - start)
-    record.update(resumed_from=trainer.ckpt_path)  # ours, or Lightning's own SLURM requeue checkpoint
-    # a resumed fit with no epoch left to run calls no epoch hooks: take the restored history
-    (history,) = (c for c in trainer.callbacks if isinstance(c, RunHistory))
-    record.update(**history.record_fields(trainer))
+        for record in records:
+            record.update(fit_time_s=time.perf_counter() - start)
+    if trainer.ckpt_path and trainer.ckpt_path != ckpt_path:
+        for record in records:
+            record.update(resumed_from=trainer.ckpt_path)
     # A finished fit has spent its SLURM requeue checkpoints; left in place, Lightning would
     # load them into the model for trainer.test() (any ckpt_path=None under SLURM means "hpc").
     for spent in Path(trainer.default_root_dir).glob("hpc_ckpt_*.ckpt"):
         spent.unlink()
+
+
+def fit_and_test(cfg: DictConfig, trainer: L.Trainer, module: Classifier, datamodule, record: RunRecord,
+                 resume_from: str | None) -> None:  # fmt: skip
+    timed_fit(trainer, module, datamodule, resume_from, [record])
+    # a resumed fit with no epoch left to run calls no epoch hooks: take the restored history
+    (history,) = (c for c in trainer.callbacks if isinstance(c, RunHistory))
+    record.update(**history.record_fields(trainer))
     stopper = next((c for c in trainer.callbacks if isinstance(c, EarlyStopping)), None)
     record.update(**stop_fields(trainer, stopper, history))
     if cfg.get("test_after_fit", True):
-        checkpoint, epoch = tested_checkpoint(cfg.get("test_ckpt", "last"), trainer, record)
-        (results,) = _call(trainer, "test", module, datamodule=datamodule, ckpt_path=checkpoint, verbose=False)
-        record.update(test_ckpt={"which": cfg.get("test_ckpt", "last"), "epoch": epoch, "path": checkpoint})
+        which = cfg.get("test_ckpt", "last")
+        checkpoint = best_checkpoint(trainer.callbacks, "val/acc") if which == "best" else None
+        record.update(test_ckpt=tested_checkpoint(which, checkpoint, record))
+        (results,) = call_trainer(trainer, "test", module, datamodule=datamodule, ckpt_path=checkpoint, verbose=False)
         record.update(**{k: v for k, v in results.items() if k.startswith("test/")})
 
 
@@ -271,18 +338,27 @@ def last_epoch(record: dict[str, Any]) -> int | None:
     return epochs - 1 if epochs else None
 
 
-def tested_checkpoint(which: str, trainer: L.Trainer, record: RunRecord) -> tuple[str | None, int | None]:
-    """The checkpoint ``test_ckpt`` names (None: the weights in memory, i.e. the last epoch's)
-    and the epoch it holds: ``best`` is the ModelCheckpoint that monitors val/acc."""
-    if which == "last":
-        return None, last_epoch(record.data)
-    if which != "best":
-        raise ConfigError(f"test_ckpt must be last or best, got {which!r}")
-    best = next((c.best_model_path for c in trainer.callbacks
-                 if isinstance(c, ModelCheckpoint) and c.monitor == "val/acc" and c.best_model_path), None)  # fmt: skip
+def best_checkpoint(callbacks: list[L.Callback], monitor: str) -> str:
+    """The best checkpoint of the ModelCheckpoint that monitors ``monitor`` (``test_ckpt=best``)."""
+    best = next((c.best_model_path for c in callbacks
+                 if isinstance(c, ModelCheckpoint) and c.monitor == monitor and c.best_model_path), None)  # fmt: skip
     if best is None:
         raise ConfigError("test_ckpt=best needs the val/acc ModelCheckpoint (callbacks.model_checkpoint)")
-    return best, int(torch.load(best, map_location="cpu", weights_only=False)["epoch"])
+    return best
+
+
+def tested_checkpoint(which: str, checkpoint: str | None, record: RunRecord) -> dict[str, Any]:
+    """The record's ``test_ckpt``: which weights are tested (``last``: those in memory, the
+    last epoch's; ``best``: ``checkpoint``), the epoch they are from, and the file."""
+    if which not in ("last", "best"):
+        raise ConfigError(f"test_ckpt must be last or best, got {which!r}")
+    epoch = last_epoch(record.data) if checkpoint is None else int(load_checkpoint(Path(checkpoint))["epoch"])
+    return {"which": which, "epoch": epoch, "path": checkpoint}
+
+
+def write_final_hparams(loggers: list, record: dict[str, Any], step: int) -> None:
+    """A completed run's HPARAMS row in TensorBoard: its settings and final metrics."""
+    write_hparams(loggers, run_hparams(record), {k: record.get(k) for k in HPARAM_METRICS}, step)
 
 
 def run(
@@ -302,37 +378,25 @@ def run(
     """
     output_dir = Path(output_dir)
     previous = check_run_directory(output_dir, bool(cfg.get("resume")))
-    resume_from, resume_warning = None, None
+    resume = Resume()
     if cfg.get("resume"):
         if previous and previous.get("status") in RESULTS:
             log.info("resume: %s already %s, skipping", output_dir, previous["status"])
             return previous
-        resume_from, resume_warning = resume_checkpoint(output_dir)
-        if resume_warning:
-            log.warning("resume: %s", resume_warning)
-    record = RunRecord(
-        output_dir,
-        activation=activation,
-        overrides=list(overrides or []),
-        seed=cfg.get("seed"),
-        config=OmegaConf.to_container(cfg, resolve=True),
-        resumed_from=resume_from,
-        resume_warning=resume_warning,
-        # a fallback that cannot continue the last attempt keeps that attempt's history here
-        previous_attempt=previous_attempt(previous) if previous and resume_warning else None,
-    )
+        resume = resume_point(output_dir)
+        if resume.warning:
+            log.warning("resume: %s", resume.warning)
+    record = open_record(cfg, output_dir, activation, overrides, resume)
     trainer = None
     try:
         with record:
             configure_process(cfg, parallel_jobs)
             seed_run(cfg)
             datamodule, module = build_data_and_classifier(cfg)
-            net = module.net
-            record.update(depth=net.depth, hidden_shape=net.hidden_shape, init=getattr(net, "initialised_with", None),
-                          num_parameters=sum(p.numel() for p in module.parameters()))  # fmt: skip
+            record.update(**model_fields(module))
             trainer = build_trainer(cfg, record, output_dir)
-            record.update(accelerator=type(trainer.accelerator).__name__.replace("Accelerator", "").lower())
-            fit_and_test(cfg, trainer, module, datamodule, record, resume_from)
+            record.update(accelerator=accelerator_name(trainer))
+            fit_and_test(cfg, trainer, module, datamodule, record, resume.path)
     except UserError:
         raise  # a mistake to fix: its caller says it in one line, the record keeps the traceback
     except BaseException:
@@ -340,8 +404,7 @@ def run(
         raise
     log.info(summary_line(record.data))
     if record.data["status"] == "completed":
-        metrics = {k: record.data.get(k) for k in HPARAM_METRICS}
-        write_hparams(trainer.loggers, run_hparams(record.data), metrics, trainer.global_step)
+        write_final_hparams(trainer.loggers, record.data, trainer.global_step)
     return record.data
 
 

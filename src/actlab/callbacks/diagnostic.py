@@ -13,7 +13,32 @@ from lightning.pytorch.loggers import Logger
 from actlab.tensorboard import add_histogram
 
 
-class Diagnostic(L.Callback):
+class DiagnosticSchedule(L.Callback):
+    """When diagnostics measure: once before the first training step (not again when a fit
+    resumes), after every training epoch they are due at, and their figures at the fit's end.
+    A single run's :class:`Diagnostic` and a pack's ``MemberDiagnostics`` (every member's
+    diagnostics at once) keep this one schedule."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.global_step == 0:
+            self.measure_at(trainer, pl_module, at_start=True)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.measure_at(trainer, pl_module, at_start=False)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero and not trainer.fast_dev_run:
+            self.write_figures()
+
+    def measure_at(self, trainer: L.Trainer, pl_module: L.LightningModule, at_start: bool) -> None:
+        """Measure what is due before training (``at_start``) or at the end of this epoch."""
+        raise NotImplementedError
+
+    def write_figures(self) -> None:
+        """The static figures, at the end of the fit."""
+
+
+class Diagnostic(DiagnosticSchedule):
     """Runs ``measure`` once before the first training step and after every n-th epoch.
 
     ``measure(net, data, loggers, step)`` is a function of the network, the DataModule (its
@@ -37,29 +62,20 @@ class Diagnostic(L.Callback):
         """Whether the end of ``epoch`` (0-based) is a measuring epoch."""
         return (epoch + 1) % self.every_n_epochs == 0
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.global_step == 0:  # not again when resuming
-            self._measure(trainer, pl_module)
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.due(trainer.current_epoch):
-            start = time.perf_counter()
-            self._measure(trainer, pl_module)
+    def measure_at(self, trainer: L.Trainer, pl_module: L.LightningModule, at_start: bool) -> None:
+        if not (at_start or self.due(trainer.current_epoch)):
+            return
+        start = time.perf_counter()
+        with eval_mode(pl_module):
+            self.measure(pl_module.net, trainer.datamodule, trainer.loggers, trainer.global_step)
+        if not at_start:
             self.epoch_seconds[trainer.current_epoch] = time.perf_counter() - start
 
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.is_global_zero and not trainer.fast_dev_run:
-            self.write_figure()
-
-    def write_figure(self) -> None:
+    def write_figures(self) -> None:
         """The static PNG(s) into ``figures_dir`` (when it is set)."""
         if self.figures_dir is not None:
             self.figures_dir.mkdir(parents=True, exist_ok=True)
             self.save_figure(self.figures_dir)
-
-    def _measure(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        with eval_mode(pl_module):
-            self.measure(pl_module.net, trainer.datamodule, trainer.loggers, trainer.global_step)
 
     def measure(self, net: torch.nn.Module, data, loggers: list[Logger], step: int) -> None:
         """Measure ``net`` on ``data.probe_set(...)`` and log to ``loggers`` at ``step``."""

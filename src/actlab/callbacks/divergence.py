@@ -24,19 +24,29 @@ class DivergenceMonitor(L.Callback):
         self._last_loss: torch.Tensor | None = None
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        loss = self.step_loss(outputs, pl_module)
         if loss is None:
             return
         self._last_loss = loss.detach()
         if trainer.global_step % self.check_every_n_steps == 0:
-            self._check(trainer)
+            self._check(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
-        self._check(trainer)
+        self._check(trainer, pl_module)
 
-    def _check(self, trainer: L.Trainer) -> None:
-        if self._last_loss is not None and not bool(torch.isfinite(self._last_loss)):
-            raise DivergedError(
-                f"training loss is {float(self._last_loss)} at epoch {trainer.current_epoch}, "
-                f"step {trainer.global_step}"
-            )
+    def step_loss(self, outputs, pl_module) -> torch.Tensor | None:
+        """The step's training loss (a pack: each member's)."""
+        return outputs["loss"] if isinstance(outputs, dict) else outputs
+
+    def _check(self, trainer: L.Trainer, pl_module) -> None:
+        if self._last_loss is not None and not bool(torch.isfinite(self._last_loss).all()):
+            self.diverged(trainer, pl_module, self._last_loss)
+
+    def diverged(self, trainer: L.Trainer, pl_module, loss: torch.Tensor) -> None:
+        """What a non-finite loss does: a single run ends, recorded ``diverged``."""
+        raise divergence(trainer, float(loss))
+
+
+def divergence(trainer: L.Trainer, loss: float) -> DivergedError:
+    """The error a run (or a pack member) whose training loss is ``loss`` diverged with."""
+    return DivergedError(f"training loss is {loss} at epoch {trainer.current_epoch}, step {trainer.global_step}")

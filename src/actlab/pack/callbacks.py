@@ -18,7 +18,8 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint, EarlyStopping, ModelCheckpoint
 
 from actlab.callbacks import ActivationPlot, DeadNeuronMonitor, GradientHistograms, LayerOutputHistograms
-from actlab.callbacks.diagnostic import Diagnostic, eval_mode
+from actlab.callbacks.diagnostic import Diagnostic, DiagnosticSchedule, eval_mode
+from actlab.callbacks.divergence import DivergenceMonitor, divergence
 from actlab.callbacks.run_history import RunHistory
 from actlab.errors import DivergedError
 from actlab.pack.diagnostics import layer_names, member_layer_outputs, member_weight_gradients, scan_members
@@ -173,58 +174,43 @@ for _hook in MemberCallbacks.FORWARDED:
 MEMBER_CALLBACK_CLASSES = (MemberHistory, MemberModelCheckpoint, MemberEarlyStopping)
 
 
-class MemberDivergence(L.Callback):
+class MemberDivergence(DivergenceMonitor):
     """A member whose training loss is no longer finite is recorded ``diverged`` and stops;
-    the others go on. Checked every ``check_every_n_steps`` steps and at each epoch's last
-    step (as :class:`~actlab.callbacks.DivergenceMonitor` does for a single run)."""
+    the others go on. Checked when :class:`~actlab.callbacks.DivergenceMonitor` checks a
+    single run's loss, on every member's loss at once (one host sync)."""
 
     def __init__(self, records: list[RunRecord], check_every_n_steps: int = 50) -> None:
-        self.records, self.check_every_n_steps = records, check_every_n_steps
-        self._last_losses: torch.Tensor | None = None
+        super().__init__(check_every_n_steps)
+        self.records = records
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: PackModule, outputs, batch, batch_idx: int) -> None:
-        self._last_losses = pl_module.member_losses
-        if trainer.global_step % self.check_every_n_steps == 0:
-            self._check(trainer, pl_module)
+    def step_loss(self, outputs, pl_module: PackModule) -> torch.Tensor | None:
+        return pl_module.member_losses
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: PackModule) -> None:
-        self._check(trainer, pl_module)
-
-    def _check(self, trainer: L.Trainer, pl_module: PackModule) -> None:
-        if self._last_losses is None:
-            return
-        diverged = (~torch.isfinite(self._last_losses)) & pl_module.live_mask
-        for k in diverged.nonzero().flatten().tolist():
-            error = DivergedError(f"training loss is {float(self._last_losses[k])} at epoch "
-                                  f"{trainer.current_epoch}, step {trainer.global_step}")  # fmt: skip
+    def diverged(self, trainer: L.Trainer, pl_module: PackModule, losses: torch.Tensor) -> None:
+        for k in ((~torch.isfinite(losses)) & pl_module.live_mask).nonzero().flatten().tolist():
+            error = divergence(trainer, float(losses[k]))
             log.warning("pack member %d (%s) diverged: %s", k, self.records[k].output_dir.name, error)
             pl_module.stop_member(k)
             pl_module.tested[k] = False
             self.records[k].__exit__(DivergedError, error, None)
 
 
-class MemberDiagnostics(L.Callback):
+class MemberDiagnostics(DiagnosticSchedule):
     """Every member's diagnostics (its own instances, built from its config, logging to its
-    own loggers): gradients, layer outputs and dead neurons measured once for all live
-    members on the stacked network; the others on each member's own network."""
+    own loggers), on the single run's schedule: gradients, layer outputs and dead neurons
+    measured once for all live members on the stacked network; the others on each member's
+    own network."""
 
     BATCHED = (GradientHistograms, LayerOutputHistograms, DeadNeuronMonitor)
 
     def __init__(self, diagnostics: list[list[L.Callback]], loggers: list[list]) -> None:
         self.diagnostics, self.loggers = diagnostics, loggers
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: PackModule) -> None:
-        if trainer.global_step == 0:  # not again when resuming
-            self._measure(trainer, pl_module, at_start=True)
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: PackModule) -> None:
-        self._measure(trainer, pl_module, at_start=False)
-
-    def on_fit_end(self, trainer: L.Trainer, pl_module: PackModule) -> None:
+    def write_figures(self) -> None:
         for diagnostic in (d for mine in self.diagnostics for d in mine if isinstance(d, Diagnostic)):
-            diagnostic.write_figure()
+            diagnostic.write_figures()
 
-    def _measure(self, trainer: L.Trainer, pl_module: PackModule, at_start: bool) -> None:
+    def measure_at(self, trainer: L.Trainer, pl_module: PackModule, at_start: bool) -> None:
         live = [k for k in range(pl_module.size) if pl_module.live[k]]
         epoch, step, data = trainer.current_epoch, trainer.global_step, trainer.datamodule
         seconds = {k: 0.0 for k in live}

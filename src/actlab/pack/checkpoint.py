@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.plugins import TorchCheckpointIO
 
 from actlab.errors import ConfigError
 from actlab.pack.callbacks import MEMBER_CALLBACK_CLASSES, MemberCallbacks
@@ -21,7 +21,7 @@ from actlab.pack.module import MEMBER_SUFFIX, PACK_STACK_KEY, PackModule, member
 
 PACK_DATA_KEY = "PackDataModule"
 # the single-run callbacks a pack keeps once per member: the start of their state keys
-MEMBER_CALLBACKS = tuple(c.single_run_class.__qualname__ for c in MEMBER_CALLBACK_CLASSES)
+MEMBER_STATE_PREFIXES = tuple(c.single_run_class.__qualname__ for c in MEMBER_CALLBACK_CLASSES)
 # where a pack's checkpoint holds them: the state of its MemberCallbacks
 MEMBERS_KEY = MemberCallbacks.__qualname__
 # what a single run's Classifier saves as its hyper-parameters
@@ -176,9 +176,9 @@ def pack_checkpoint(checkpoints: list[dict[str, Any]], module: PackModule, data_
         firsts = [checkpoints[start] for start, _ in module.runs]  # each group's settings: its first member's
         joined["lr_schedulers"] = [_pack_scheduler_state(list(states)) for states in
                                    zip(*(c["lr_schedulers"] for c in firsts))]  # fmt: skip
-    shared = {key: state for key, state in reference["callbacks"].items() if not key.startswith(MEMBER_CALLBACKS)}
+    shared = {key: state for key, state in reference["callbacks"].items() if not key.startswith(MEMBER_STATE_PREFIXES)}
     mine = {member_key(key, k): state for k, checkpoint in enumerate(checkpoints)
-            for key, state in checkpoint["callbacks"].items() if key.startswith(MEMBER_CALLBACKS)}  # fmt: skip
+            for key, state in checkpoint["callbacks"].items() if key.startswith(MEMBER_STATE_PREFIXES)}  # fmt: skip
     joined["callbacks"] = {**shared, MEMBERS_KEY: mine}
     joined[PACK_DATA_KEY] = {"shuffle_generators": [c[data_key]["shuffle_generator"] for c in checkpoints]}
     return joined, stopped

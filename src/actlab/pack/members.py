@@ -51,7 +51,7 @@ SHARED_CALLBACKS = {
 # Lightning callbacks a pack cannot honour, with why
 CALLBACK_REFUSALS = {"lightning.pytorch.callbacks.Timer": MAX_TIME}
 # callbacks a pack runs once per member
-MEMBER_CALLBACKS = {
+PER_MEMBER_CALLBACKS = {
     "lightning.pytorch.callbacks.ModelCheckpoint", "actlab.callbacks.early_stopping",
     "actlab.callbacks.GradientHistograms", "actlab.callbacks.LayerOutputHistograms",
     "actlab.callbacks.DeadNeuronMonitor", "actlab.callbacks.ActivationParameterMonitor",
@@ -152,7 +152,7 @@ def _callbacks_refusal(cfg: DictConfig) -> str | None:
         target = _target(entry)
         if target in CALLBACK_REFUSALS:
             return f"callbacks.{name} ({target}) {CALLBACK_REFUSALS[target]}"
-        if target not in SHARED_CALLBACKS | MEMBER_CALLBACKS:
+        if target not in SHARED_CALLBACKS | PER_MEMBER_CALLBACKS:
             return f"callbacks.{name} ({target or 'no _target_'}) is not known to work per member in a pack"
         if target == "lightning.pytorch.callbacks.ModelCheckpoint":
             fields = {f for _, f, _, _ in string.Formatter().parse(str(entry.get("filename") or "")) if f}

@@ -9,12 +9,10 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from actlab.classifier import OptimizerFactory, optimizer_and_schedule
+from actlab.classifier import STAGES, OptimizerFactory, optimizer_and_schedule
+from actlab.metrics import EpochMetrics
 from actlab.pack.stacked import StackedNetwork
 from actlab.tensorboard import log_confusion_matrix, tensorboard_writers
-
-STAGES = ("train", "val", "test")
-
 
 MEMBER_SUFFIX = "@member"
 # where a compacted pack's own checkpoint keeps its stack (members in it, the others' weights)
@@ -29,37 +27,6 @@ def member_prefix(k: int) -> str:
 def member_key(key: str, k: int) -> str:
     """Member k's callback state key in a pack's checkpoint, from its key in a single run's."""
     return f"{key}{MEMBER_SUFFIX}{k}"
-
-
-def macro_f1(confusion: torch.Tensor) -> torch.Tensor:
-    """Macro F1 from one confusion matrix ``(C, C)``, as torchmetrics' ``MulticlassF1Score``
-    (a single run's) computes it, in its float32 arithmetic: a class with no true and no
-    predicted sample is left out of the mean."""
-    hits = confusion.diagonal()
-    true, predicted = confusion.sum(1), confusion.sum(0)
-    denominator = (true + predicted).float()
-    f1 = torch.where(denominator != 0, (2 * hits).float() / denominator, 0.0)
-    weights = (true + predicted != 0).float()
-    total = weights.sum(-1, keepdim=True)
-    return torch.where(total != 0, weights * f1 / total, 0.0).sum(-1)
-
-
-def classification_metrics(confusion: torch.Tensor, loss_sum: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per member, from its confusion matrix ``(K, C, C)`` (rows true, columns predicted) and
-    summed loss: mean loss, accuracy, macro F1 (:func:`macro_f1`), per-class accuracy (recall),
-    the matrix itself."""
-    f1 = torch.stack([macro_f1(mine) for mine in confusion])  # once an epoch; each member its own shapes
-    confusion = confusion.double()
-    count = confusion.sum((1, 2)).clamp(min=1)
-    hits = confusion.diagonal(dim1=1, dim2=2)
-    true = confusion.sum(2)
-    return {
-        "loss": (loss_sum / count).float(),
-        "acc": (hits.sum(1) / count).float(),
-        "f1": f1,
-        "class_acc": (hits / true.clamp(min=1)).float(),
-        "confusion": confusion.long(),
-    }
 
 
 class PackModule(L.LightningModule):
@@ -107,16 +74,11 @@ class PackModule(L.LightningModule):
         self.tested = [True] * net.size  # the members the test stage reports
         self._frozen: dict[int, list[tuple[torch.Tensor, int, torch.Tensor]]] = {}
         self.member_losses: torch.Tensor | None = None
+        # what each member's single run's Classifier accumulates, for all members at once
         classes = net.weights[-1].shape[1]
-        for stage in STAGES:
-            self.register_buffer(f"{stage}_loss_sum", torch.zeros(net.size, dtype=torch.float64), persistent=False)
-        for stage in ("val", "test"):
-            self.register_buffer(f"{stage}_confusion", torch.zeros(net.size, classes, classes, dtype=torch.long),
-                                 persistent=False)  # fmt: skip
-        # training reports loss and accuracy only: correct predictions and samples, no confusion matrix
-        self.register_buffer("train_correct", torch.zeros(net.size, dtype=torch.long), persistent=False)
-        self.train_count = 0
-        self.classes = classes
+        self.epoch_metrics = torch.nn.ModuleDict(
+            {f"{stage}_metrics": EpochMetrics(net.size, classes, keep_predictions=stage != "train") for stage in STAGES}
+        )
 
     # -- members ----------------------------------------------------------------------------
 
@@ -243,35 +205,16 @@ class PackModule(L.LightningModule):
             self.compact(stack["present"])  # no optimiser yet: the stack alone
             self.net.stash = {int(k): v for k, v in stack["stash"].items()}
 
-    def _accumulate(self, stage: str, logits: torch.Tensor, targets: torch.Tensor,
-                    members: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
-        """Per-member mean losses of the members computed (``members``, default all); the
-        stage's loss sums and confusion matrices grow (training: the correct predictions and
-        the samples)."""
-        k, batch = targets.shape
+    def _losses(self, stage: str, logits: torch.Tensor, targets: torch.Tensor,
+                members: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        """Per-member mean losses of the members computed (``members``, default all), added to
+        the stage's epoch metrics."""
         if self.net.exact:  # each member's own call, as its single run makes it
             losses = torch.stack([F.cross_entropy(mine, y) for mine, y in zip(logits.unbind(0), targets.unbind(0))])
         else:
+            k, batch = targets.shape
             losses = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(k, batch).mean(1)
-        with torch.no_grad():
-            loss_sum = getattr(self, f"{stage}_loss_sum")  # float64: mean x batch, as a single run sums
-            if members is None:
-                loss_sum.add_(losses.detach().double() * batch)
-            else:
-                loss_sum.index_add_(0, members, losses.detach().double() * batch)
-            predictions = logits.argmax(-1)
-            if stage == "train":
-                correct = (predictions == targets).sum(1)
-                if members is None:
-                    self.train_correct.add_(correct)
-                else:
-                    self.train_correct.index_add_(0, members, correct)
-                self.train_count += batch
-            else:
-                c, rows = self.classes, torch.arange(k, device=targets.device) if members is None else members
-                cells = rows.unsqueeze(1) * c * c + targets * c + predictions
-                size = self.size * c * c
-                getattr(self, f"{stage}_confusion").view(-1).add_(torch.bincount(cells.flatten(), minlength=size))
+        self.epoch_metrics[f"{stage}_metrics"].update(losses, logits, targets, members)
         return losses
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -280,7 +223,7 @@ class PackModule(L.LightningModule):
         if members is None:
             if len(rows) != self.size:
                 raise RuntimeError(f"a training batch of members {rows.tolist()} for a stack of all {self.size}")
-            losses = self._accumulate("train", self.net(x), y)
+            losses = self._losses("train", self.net(x), y)
             self.member_losses = losses.detach()  # the step's loss of each member (divergence checks read it)
             return torch.where(self.live_mask, losses, 0.0).sum()
         if not torch.equal(rows, members):  # the loader's epoch began before the stack last shrank
@@ -288,14 +231,14 @@ class PackModule(L.LightningModule):
             if not torch.equal(rows[where.clamp(max=len(rows) - 1)], members):
                 raise RuntimeError(f"a training batch of members {rows.tolist()} lacks some of {members.tolist()}")
             x, y = x.index_select(0, where), y.index_select(0, where)
-        losses = self._accumulate("train", self.net(x), y, members)
+        losses = self._losses("train", self.net(x), y, members)
         self.member_losses = torch.zeros(self.size, device=losses.device).index_copy_(0, members, losses.detach())
         return torch.where(self.live_mask.index_select(0, members), losses, 0.0).sum()
 
     def _evaluation_step(self, batch, stage: str) -> None:
         x, y = batch  # the members' common batch
         k = self.net.height
-        self._accumulate(stage, self.net(x.unsqueeze(0).expand(k, *x.shape)), y.unsqueeze(0).expand(k, -1),
+        self._losses(stage, self.net(x.unsqueeze(0).expand(k, *x.shape)), y.unsqueeze(0).expand(k, -1),
                          self._present)  # fmt: skip
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -313,23 +256,9 @@ class PackModule(L.LightningModule):
 
     # -- epoch metrics ----------------------------------------------------------------------
 
-    def _epoch_metrics(self, stage: str) -> dict[str, torch.Tensor]:
-        loss_sum = getattr(self, f"{stage}_loss_sum")
-        if stage == "train":
-            count = max(1, self.train_count)
-            metrics = {"loss": (loss_sum / count).float(), "acc": self.train_correct.double().div(count).float()}
-            self.train_correct.zero_()
-            self.train_count = 0
-        else:
-            confusion = getattr(self, f"{stage}_confusion")
-            metrics = classification_metrics(confusion, loss_sum)
-            confusion.zero_()
-        loss_sum.zero_()
-        return metrics
-
     def _log_members(self, stage: str, members: list[int], names: tuple[str, ...],
                      extra: dict[int, dict[str, torch.Tensor]] | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
-        metrics = self._epoch_metrics(stage)
+        metrics = self.epoch_metrics[f"{stage}_metrics"].compute_and_reset()
         values = {}
         for k in members:
             prefix = member_prefix(k)
@@ -347,7 +276,7 @@ class PackModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
-            self._epoch_metrics("val")
+            self.epoch_metrics["val_metrics"].compute_and_reset()
             return
         self._log_members("val", [k for k in range(self.size) if self.live[k]], ("loss", "acc", "f1"))
 

@@ -12,21 +12,20 @@ what differs per member lives in callbacks (:mod:`actlab.pack.callbacks`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import OmegaConf
 
 from actlab.callbacks.diagnostic import Diagnostic
-from actlab.callbacks.run_history import RunHistory
 from actlab.console import summary_line
 from actlab.errors import ConfigError
 from actlab.pack.callbacks import (
@@ -45,21 +44,25 @@ from actlab.pack.members import Member, member_settings, pack_key, packing_refus
 from actlab.pack.module import PackModule, member_prefix
 from actlab.pack.stacked import StackedNetwork
 from actlab.record import RESULTS, RunRecord, read_record
-from actlab.tensorboard import run_hparams, write_hparams
 from actlab.training import (
-    HPARAM_METRICS,
-    _call,
-    _instantiate_group,
+    Resume,
+    accelerator_name,
+    best_checkpoint,
     build_data_and_classifier,
+    call_trainer,
     configure_process,
-    last_epoch,
+    instantiate_group,
     load_checkpoint,
-    previous_attempt,
-    resume_checkpoint,
+    model_fields,
+    open_record,
+    resume_point,
     seed_run,
     shows_progress_bar,
     stop_fields,
+    tested_checkpoint,
+    timed_fit,
     trainer_for,
+    write_final_hparams,
 )
 
 log = logging.getLogger(__name__)
@@ -80,47 +83,14 @@ def check_packable(members: list[Member]) -> None:
         raise ConfigError(f"{reason}; run these jobs as single runs (hydra/launcher=basic)")
 
 
-@dataclass
-class Resume:
-    """Where a member resumes from: its checkpoint (None: a fresh start), and, where that is
-    not its ``last.ckpt``, why (its previous attempt's history is kept in its record)."""
-
-    path: str | None = None
-    checkpoint: dict | None = None
-    warning: str | None = None
-    previous: dict | None = None
-
-    @property
-    def progress(self) -> tuple[int, int] | str:
-        """What members must share to resume as one pack: the epoch and step they are at
-        ("fresh" for none, "stopped" for a member whose early stopping had ended it)."""
-        if self.checkpoint is None:
-            return "fresh"
-        if stopped_early(self.checkpoint):
-            return "stopped"
-        return self.checkpoint["epoch"], self.checkpoint["global_step"]
-
-
-def member_resume(member: Member) -> Resume:
-    """The checkpoint member resumes from with ``resume=true``: its ``last.ckpt``, else its
-    newest checkpoint that loads, else a fresh start (as a single run resumes)."""
-    if not member.cfg.get("resume"):
-        return Resume()
-    path, warning = resume_checkpoint(member.output_dir)
-    if warning:
-        log.warning("resume: %s", warning)
-    previous = read_record(member.output_dir) if warning else None
-    return Resume(path, load_checkpoint(Path(path)) if path else None, warning, previous)
-
-
-def history_fields(checkpoint: dict | None) -> dict[str, Any]:
-    """The record's history fields as ``checkpoint`` holds them (so that a record reopened for
-    a resumed attempt keeps its history even if this attempt never trains)."""
-    if checkpoint is None or "RunHistory" not in checkpoint.get("callbacks", {}):
-        return {}
-    history = RunHistory()
-    history.load_state_dict(checkpoint["callbacks"]["RunHistory"])
-    return history.record_fields(None)
+def resumes_as(resume: Resume) -> tuple[int, int] | str:
+    """What members must share to resume as one pack: the epoch and step they are at ("fresh"
+    for none, "stopped" for a member whose early stopping had ended it)."""
+    if resume.checkpoint is None:
+        return "fresh"
+    if stopped_early(resume.checkpoint):
+        return "stopped"
+    return resume.checkpoint["epoch"], resume.checkpoint["global_step"]
 
 
 class PackRun:
@@ -134,20 +104,10 @@ class PackRun:
         self.resumes = resumes or [Resume() for _ in members]
         self.cfg = members[0].cfg
         self.records = [
-            RunRecord(
-                m.output_dir,
-                activation=m.activation,
-                overrides=list(m.overrides),
-                seed=m.cfg.get("seed"),
-                config=OmegaConf.to_container(m.cfg, resolve=True),
-                pack={"id": pack_id, "size": len(members), "index": k, "log": log_file, "exact": m.exact},
-                resumed_from=resume.path,
-                resume_warning=resume.warning,
-                previous_attempt=previous_attempt(resume.previous) if resume.previous else None,
-                **history_fields(resume.checkpoint),
-            )  # fmt: skip
+            open_record(m.cfg, m.output_dir, m.activation, m.overrides, resume,
+                        pack={"id": pack_id, "size": len(members), "index": k, "log": log_file, "exact": m.exact})
             for k, (m, resume) in enumerate(zip(members, self.resumes))
-        ]
+        ]  # fmt: skip
         self.every_record = list(self.records)  # the members that leave the pack keep theirs
         self.closed: set[Path] = set()  # the members whose closing line is said
 
@@ -166,9 +126,7 @@ class PackRun:
             except Exception as error:  # its closing line says so; its pack-mates train
                 self._close(k, error)
                 continue
-            record.update(depth=classifier.net.depth, hidden_shape=classifier.net.hidden_shape,
-                          init=getattr(classifier.net, "initialised_with", None),
-                          num_parameters=sum(p.numel() for p in classifier.parameters()))  # fmt: skip
+            record.update(**model_fields(classifier))
             built.append((k, classifier, datamodule, torch.get_rng_state()))
         if not built:
             return None
@@ -201,14 +159,10 @@ class PackRun:
             if entry._target_ == "lightning.pytorch.callbacks.ModelCheckpoint":
                 callbacks.append(MemberModelCheckpoint(k, **settings))
             elif entry._target_ == "actlab.callbacks.early_stopping":
-                stopper = _instantiate_group({name: entry})
-                if stopper:
-                    (stopper,) = stopper
-                    callbacks.append(MemberEarlyStopping(k, monitor=stopper.monitor, mode=stopper.mode,
-                                                         patience=stopper.patience, min_delta=abs(stopper.min_delta),
-                                                         check_finite=False))  # fmt: skip
+                stopper = instantiate(entry, build=functools.partial(MemberEarlyStopping, k))
+                callbacks += [stopper] if stopper is not None else []
             elif not entry._target_.startswith("lightning."):
-                diagnostics.extend(_instantiate_group({name: entry}))
+                diagnostics.extend(instantiate_group({name: entry}))
         history = MemberHistory(k, record, [d for d in diagnostics if isinstance(d, Diagnostic)])
         return [history, *callbacks], diagnostics
 
@@ -218,10 +172,10 @@ class PackRun:
         entries = {name: entry for name, entry in (self.cfg.get("callbacks") or {}).items()
                    if entry is not None and str(entry.get("_target_", "")).startswith("lightning.")
                    and entry._target_ != "lightning.pytorch.callbacks.ModelCheckpoint"}  # fmt: skip
-        return [c for c in _instantiate_group(entries) if progress or not isinstance(c, ProgressBar)]
+        return [c for c in instantiate_group(entries) if progress or not isinstance(c, ProgressBar)]
 
     def _trainer(self, module: PackModule, data: PackDataModule) -> L.Trainer:
-        member_loggers = [_instantiate_group(m.cfg.get("logger")) for m in self.members]
+        member_loggers = [instantiate_group(m.cfg.get("logger")) for m in self.members]
         per_member, self.diagnostics = [], []
         for k, record in enumerate(self.records):
             callbacks, diagnostics = self._callbacks(k, record)
@@ -259,19 +213,8 @@ class PackRun:
             ckpt_path = self._join(module, data)
             trainer = self._trainer(module, data)
             for record in self.records:
-                record.update(accelerator=type(trainer.accelerator).__name__.replace("Accelerator", "").lower())
-            start = time.perf_counter()
-            try:
-                _call(trainer, "fit", module, datamodule=data, ckpt_path=ckpt_path)
-            finally:
-                for record in self.records:
-                    record.update(fit_time_s=time.perf_counter() - start)
-            if trainer.ckpt_path and trainer.ckpt_path != ckpt_path:  # Lightning's own SLURM requeue checkpoint
-                for record in self.records:
-                    record.update(resumed_from=trainer.ckpt_path)
-            # spent requeue checkpoints: left in place, Lightning would load them for trainer.test() under SLURM
-            for spent in self.pack_dir.glob("hpc_ckpt_*.ckpt"):
-                spent.unlink()
+                record.update(accelerator=accelerator_name(trainer))
+            timed_fit(trainer, module, data, ckpt_path, self.records)
             self._after_fit(trainer, module, data)
         except (KeyboardInterrupt, SIGTERMException) as interruption:
             # every member's last.ckpt is its last finished epoch: resume=true continues from there
@@ -303,8 +246,7 @@ class PackRun:
         for k in range(len(self.members)):
             self._close(k, None)  # a diverged member's record is closed already: its closing line
             if k in live:
-                final = {key: self.records[k].data.get(key) for key in HPARAM_METRICS}
-                write_hparams(self.member_loggers[k], run_hparams(self.records[k].data), final, module.member_step(k))
+                write_final_hparams(self.member_loggers[k], self.records[k].data, module.member_step(k))
 
     def _member_callbacks(self, k: int, kind: type) -> list:
         return [c for c in self.member_callbacks if isinstance(c, kind) and c.member == k]
@@ -322,19 +264,13 @@ class PackRun:
         which = self.cfg.get("test_ckpt", "last")
         module.expand()  # members taken out of the stack when they stopped come back to be tested
         for k in live:
-            record = self.records[k]
+            checkpoint = None
             if which == "best":
-                best = next((c.best_model_path for c in self._member_callbacks(k, ModelCheckpoint)
-                             if c.monitor == f"{member_prefix(k)}val/acc" and c.best_model_path), None)  # fmt: skip
-                if best is None:
-                    raise ConfigError("test_ckpt=best needs the val/acc ModelCheckpoint (callbacks.model_checkpoint)")
-                checkpoint = load_checkpoint(Path(best))
-                module.load_member_weights(k, checkpoint["state_dict"])
-                record.update(test_ckpt={"which": which, "epoch": checkpoint["epoch"], "path": best})
-            else:
-                record.update(test_ckpt={"which": which, "epoch": last_epoch(record.data), "path": None})
+                checkpoint = best_checkpoint(self._member_callbacks(k, ModelCheckpoint), f"{member_prefix(k)}val/acc")
+                module.load_member_weights(k, load_checkpoint(Path(checkpoint))["state_dict"])
+            self.records[k].update(test_ckpt=tested_checkpoint(which, checkpoint, self.records[k]))
         module.tested = [k in live for k in range(len(self.members))]
-        _call(trainer, "test", module, datamodule=data, verbose=False)
+        call_trainer(trainer, "test", module, datamodule=data, verbose=False)
         metrics = trainer.callback_metrics
         for k in live:
             prefix = member_prefix(k)
@@ -375,8 +311,10 @@ def train_pack(members: list[Member], pack_id: str = "pack", parallel_jobs: int 
     pack_dir = Path(pack_dir) if pack_dir else members[0].output_dir.parent / ".packs" / pack_id
     groups: dict[Any, list[tuple[Member, Resume]]] = {}
     for member in todo:
-        resume = member_resume(member)
-        groups.setdefault(resume.progress, []).append((member, resume))
+        resume = resume_point(member.output_dir) if member.cfg.get("resume") else Resume()
+        if resume.warning:
+            log.warning("resume: %s", resume.warning)
+        groups.setdefault(resumes_as(resume), []).append((member, resume))
     for i, group in enumerate(groups.values()):
         name = pack_id if len(groups) == 1 else f"{pack_id}.{i}"
         if len(groups) > 1:

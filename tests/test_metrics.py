@@ -1,0 +1,81 @@
+"""EpochMetrics: a stage's metrics for K runs side by side, each as torchmetrics computes it for one run."""
+
+import pytest
+import torch
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
+
+from actlab.metrics import EpochMetrics
+
+
+def test_each_run_gets_what_torchmetrics_computes_for_it_alone_over_the_epoch():
+    torch.manual_seed(0)
+    runs, classes, batches = 3, 4, [(5, None), (7, torch.tensor([0, 2])), (6, torch.tensor([0, 2]))]
+    metrics = EpochMetrics(runs, classes, keep_predictions=True)
+    alone = {k: (MulticlassF1Score(classes, average="macro"), MulticlassAccuracy(classes, average=None),
+                 MulticlassConfusionMatrix(classes)) for k in range(runs)}  # fmt: skip
+    losses_seen = {k: [] for k in range(runs)}
+    for batch, rows in batches[:1]:  # every run, then (a compacted stack) runs 0 and 2 for a whole epoch
+        logits, targets = torch.randn(runs, batch, classes), torch.randint(0, classes, (runs, batch))
+        losses = torch.rand(runs)
+        metrics.update(losses, logits, targets, rows)
+        for k in range(runs):
+            for metric in alone[k]:
+                metric.update(logits[k].argmax(-1), targets[k])
+            losses_seen[k].append((float(losses[k]), batch))
+    first = metrics.compute_and_reset()
+    for k in range(runs):
+        assert torch.equal(first["f1"][k], alone[k][0].compute())
+        assert torch.equal(first["class_acc"][k], alone[k][1].compute())
+        assert torch.equal(first["confusion"][k], alone[k][2].compute())
+        ((loss, _),) = losses_seen[k]
+        assert abs(float(first["loss"][k]) - loss) < 1e-6
+    assert first["acc"].tolist() == pytest.approx(
+        [float(alone[k][2].compute().diagonal().sum()) / 5 for k in range(runs)]
+    )
+
+    rows = torch.tensor([0, 2])
+    kept = {k: MulticlassF1Score(classes, average="macro") for k in (0, 2)}
+    sums = {0: 0.0, 2: 0.0}
+    for batch, _ in batches[1:]:
+        logits, targets = torch.randn(2, batch, classes), torch.randint(0, classes, (2, batch))
+        losses = torch.rand(2)
+        metrics.update(losses, logits, targets, rows)
+        for i, k in enumerate((0, 2)):
+            kept[k].update(logits[i].argmax(-1), targets[i])
+            sums[k] += float(losses[i]) * batch
+    second = metrics.compute_and_reset()
+    for k in (0, 2):
+        assert torch.equal(second["f1"][k], kept[k].compute())
+        assert abs(float(second["loss"][k]) - sums[k] / 13) < 1e-6  # the mean over every sample of the epoch
+    assert float(second["f1"][1]) == 0.0 and float(second["loss"][1]) == 0.0  # run 1 left the stack: no batch
+    assert float(metrics.compute_and_reset()["loss"].sum()) == 0.0  # reset: a new epoch starts from nothing
+
+
+def test_training_keeps_sums_only():
+    metrics = EpochMetrics(2, 3, keep_predictions=False)
+    metrics.update(torch.tensor([1.0, 2.0]), torch.eye(3).expand(2, 3, 3), torch.tensor([[0, 1, 1], [0, 1, 2]]))
+    values = metrics.compute_and_reset()
+    assert set(values) == {"loss", "acc"}
+    assert values["acc"].tolist() == pytest.approx([2 / 3, 1.0]) and values["loss"].tolist() == [1.0, 2.0]
+
+
+def test_classes_never_predicted_or_never_present_count_as_torchmetrics_counts_them():
+    from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
+
+    torch.manual_seed(0)
+    classes, runs = 4, 4
+    targets = torch.randint(0, classes, (runs, 50))
+    predictions = torch.randint(0, classes, (runs, 50))
+    predictions[2] = torch.where(targets[2] == 3, 0, predictions[2])  # run 2 never predicts class 3
+    targets[3], predictions[3] = targets[3] % 3, predictions[3] % 3  # run 3: no sample of class 3 at all
+    metrics = EpochMetrics(runs, classes, keep_predictions=True)
+    for part in (slice(0, 20), slice(20, 50)):  # two batches
+        logits = torch.nn.functional.one_hot(predictions[:, part], classes).float()
+        metrics.update(torch.zeros(runs), logits, targets[:, part])
+    values = metrics.compute_and_reset()
+    for k in range(runs):
+        assert torch.equal(values["f1"][k], multiclass_f1_score(predictions[k], targets[k], classes, average="macro"))
+        assert torch.equal(
+            values["class_acc"][k], multiclass_accuracy(predictions[k], targets[k], classes, average=None)
+        )
+        assert float(values["acc"][k]) == pytest.approx(float((predictions[k] == targets[k]).float().mean()))
