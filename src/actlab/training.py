@@ -151,14 +151,21 @@ def build_trainer(cfg: DictConfig, record: RunRecord | None, output_dir: Path) -
     """The Trainer of ``cfg.trainer`` with the run's bookkeeping callbacks around the
     configured ones: divergence first (stop before the diagnostics see NaNs), the history
     last (it times the rest). The progress bar is on only where stdout is a terminal."""
-    progress = shows_progress_bar(cfg)
-    configured = [c for c in instantiate_group(cfg.get("callbacks")) if progress or not isinstance(c, ProgressBar)]
     callbacks = [
         DivergenceMonitor(),
-        *configured,
-        RunHistory(record, log_epochs=not progress),
+        *configured_callbacks(cfg),
+        RunHistory(record, log_epochs=not shows_progress_bar(cfg)),
     ]
     return trainer_for(cfg, callbacks, instantiate_group(cfg.get("logger")))
+
+
+def configured_callbacks(cfg: DictConfig, targets: set[str] | None = None) -> list[L.Callback]:
+    """The callbacks of ``cfg.callbacks`` (those whose ``_target_`` is in ``targets``, when
+    given), the progress bar only where it shows."""
+    progress = shows_progress_bar(cfg)
+    entries = {name: entry for name, entry in (cfg.get("callbacks") or {}).items()
+               if entry is not None and (targets is None or entry.get("_target_") in targets)}  # fmt: skip
+    return [c for c in instantiate_group(entries) if progress or not isinstance(c, ProgressBar)]
 
 
 def shows_progress_bar(cfg: DictConfig) -> bool:

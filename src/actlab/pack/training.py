@@ -21,7 +21,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import OmegaConf
 
@@ -40,7 +40,7 @@ from actlab.pack.callbacks import (
 from actlab.pack.checkpoint import PackCheckpointIO, pack_checkpoint, save_atomically, stopped_early
 from actlab.pack.data import PackDataModule
 from actlab.pack.loggers import PackLogger
-from actlab.pack.members import Member, member_settings, pack_key, packing_refusal
+from actlab.pack.members import SHARED_CALLBACKS, Member, member_settings, pack_key, packing_refusal
 from actlab.pack.module import PackModule, member_prefix
 from actlab.pack.stacked import StackedNetwork
 from actlab.record import RESULTS, RunRecord, read_record
@@ -51,13 +51,13 @@ from actlab.training import (
     build_data_and_classifier,
     call_trainer,
     configure_process,
+    configured_callbacks,
     instantiate_group,
     load_checkpoint,
     model_fields,
     open_record,
     resume_point,
     seed_run,
-    shows_progress_bar,
     stop_fields,
     tested_checkpoint,
     timed_fit,
@@ -166,14 +166,6 @@ class PackRun:
         history = MemberHistory(k, record, [d for d in diagnostics if isinstance(d, Diagnostic)])
         return [history, *callbacks], diagnostics
 
-    def _shared_callbacks(self) -> list[L.Callback]:
-        """The configured Lightning callbacks that are not per member (progress bar, ...)."""
-        progress = shows_progress_bar(self.cfg)
-        entries = {name: entry for name, entry in (self.cfg.get("callbacks") or {}).items()
-                   if entry is not None and str(entry.get("_target_", "")).startswith("lightning.")
-                   and entry._target_ != "lightning.pytorch.callbacks.ModelCheckpoint"}  # fmt: skip
-        return [c for c in instantiate_group(entries) if progress or not isinstance(c, ProgressBar)]
-
     def _trainer(self, module: PackModule, data: PackDataModule) -> L.Trainer:
         member_loggers = [instantiate_group(m.cfg.get("logger")) for m in self.members]
         per_member, self.diagnostics = [], []
@@ -188,7 +180,7 @@ class PackRun:
         self.member_callbacks = per_member
         callbacks = [
             MemberDivergence(self.records),
-            *self._shared_callbacks(),
+            *configured_callbacks(self.cfg, SHARED_CALLBACKS),  # progress bar, learning-rate monitor
             MemberDiagnostics(self.diagnostics, member_loggers),
             MemberCallbacks(per_member),
             PackEpochLog(self.pack_id),
