@@ -326,6 +326,67 @@ def _member_network(activation: str, seed: int, depth: int = 4, hidden_shape: li
     return SimpleNetwork(factory, depth=depth, hidden_shape=hidden_shape)
 
 
+def lightning_floor(files: dict[str, Path], activation: str, device: torch.device, epochs: int, steps: int | None,
+                    batch_size: int = 128, val_size: int = 5000,
+                    hidden_shape: list[int] | None = None) -> Timing:  # fmt: skip
+    """The floor for Lightning: the hand loop's arithmetic (the same batches by indexing, the
+    same validation pass) under a Trainer with nothing of actlab's: a two-line
+    ``training_step``, automatic optimisation, no callbacks, logger or checkpoints. What a
+    single run costs above this is actlab's; what this costs above the hand loop is Lightning's."""
+    import lightning as L
+
+    train_x, train_y, val_x, val_y = load_data(files, device, val_size)
+    n = len(train_y) if steps is None else min(len(train_y), steps * batch_size)
+
+    class Batches:
+        def __init__(self, train: bool) -> None:
+            self.train = train
+
+        def __len__(self) -> int:
+            return -(-n // batch_size) if self.train else -(-len(val_y) // 1024)
+
+        def __iter__(self):
+            if not self.train:
+                yield from ((val_x[i : i + 1024], val_y[i : i + 1024]) for i in range(0, len(val_y), 1024))
+                return
+            order = torch.randperm(len(train_y), device=device)
+            for start in range(0, n, batch_size):
+                idx = order[start : start + batch_size]
+                yield train_x[idx], train_y[idx]
+
+    class Module(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = _network(activation, device, hidden_shape)
+
+        def training_step(self, batch, batch_idx):
+            return F.cross_entropy(self.net(batch[0]), batch[1])
+
+        def validation_step(self, batch, batch_idx):
+            return (self.net(batch[0]).argmax(1) == batch[1]).sum()
+
+        def configure_optimizers(self):
+            return _sgd(self.net)
+
+    times: list[float] = []
+
+    class EpochTimer(L.Callback):
+        def on_train_epoch_start(self, trainer, module) -> None:
+            _sync(device)
+            self.start = time.perf_counter()
+
+        def on_validation_epoch_end(self, trainer, module) -> None:
+            if not trainer.sanity_checking:
+                _sync(device)
+                times.append(time.perf_counter() - self.start)
+
+    trainer = L.Trainer(max_epochs=epochs + 1, accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0, callbacks=[EpochTimer()])  # fmt: skip
+    trainer.fit(Module(), train_dataloaders=Batches(True), val_dataloaders=Batches(False))
+    return Timing("Lightning floor (bare LightningModule, no callbacks)", times[1:])  # the first epoch warms up
+
+
 def stacked_hand_loop(files: dict[str, Path], activations: list[str], device: torch.device, members: int,
                       epochs: int, steps: int | None, batch_size: int = 128,
                       val_size: int = 5000, depth: int = 4, hidden_shape: list[int] | None = None
@@ -485,10 +546,12 @@ def overhead_benchmark(device: str, members: int = 8, steps: int = 200, rounds: 
 
     torch_device = torch.device(device)
     files = find_files(data_dir, system_dir)
-    ms = {"hand": [], "single": [], "stacked": [], "pack": []}
+    ms = {"hand": [], "lightning": [], "single": [], "stacked": [], "pack": []}
     for _ in range(rounds):  # interleaved: the machine's drift hits every way alike
         ms["hand"] += [1e3 * t / steps for t in hand_loop(files, "relu", torch_device, 1, steps, hidden_shape=TINY
                                                           ).epoch_times]  # fmt: skip
+        ms["lightning"] += [1e3 * t / steps for t in lightning_floor(files, "relu", torch_device, 1, steps,
+                                                                      hidden_shape=TINY).epoch_times]  # fmt: skip
         single = actlab_epochs(data_dir, system_dir, "relu", torch_device, 1, steps, False, TINY, val_steps=40)
         ms["single"] += [1e3 * t / steps for t in single.epoch_times]
         stacked = stacked_hand_loop(files, ["relu"], torch_device, members, 1, steps, hidden_shape=TINY)
@@ -508,7 +571,10 @@ def overhead_benchmark(device: str, members: int = 8, steps: int = 200, rounds: 
         f"threads, {steps} steps an epoch; medians of {rounds} interleaved rounds)", "",
         f"{'per step':<40} {'ms':>8}",
         f"{'hand loop (one model)':<40} {median['hand']:>8.2f}",
-        f"{'single run (Lightning)':<40} {median['single']:>8.2f}   {median['single'] / median['hand']:.2f}x",
+        f"{'Lightning floor (bare module)':<40} {median['lightning']:>8.2f}   "
+        f"{median['lightning'] / median['hand']:.2f}x",
+        f"{'single run (Lightning)':<40} {median['single']:>8.2f}   {median['single'] / median['hand']:.2f}x"
+        f"   ({median['single'] / median['lightning']:.2f}x the Lightning floor)",
         f"{f'stacked hand loop ({members} models)':<40} {median['stacked']:>8.2f}",
         f"{f'pack of {members} (Lightning)':<40} {median['pack']:>8.2f}   "
         f"{median['pack'] / median['stacked']:.2f}x", "",
@@ -524,8 +590,11 @@ def overhead_benchmark(device: str, members: int = 8, steps: int = 200, rounds: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--activation", default="relu",
-                        help="an activation (with --pack: a comma-separated list the members cycle through)")
+    parser.add_argument(
+        "--activation",
+        default="relu",
+        help="an activation (with --pack: a comma-separated list the members cycle through)",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds, one timed epoch per loop each")
     parser.add_argument("--steps", type=int, default=None, help="training steps per epoch (default: all)")
     parser.add_argument("--data-dir", default=None, help="first place to look for FashionMNIST")

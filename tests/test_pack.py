@@ -411,17 +411,21 @@ def test_the_library_state_a_pack_reads_is_still_shaped_as_it_expects():
     ``_schedulers``). If this fails, a library changed them: adapt actlab.pack."""
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
+    import actlab.callbacks
     from actlab.callbacks import early_stopping
     from actlab.pack.callbacks import MemberEarlyStopping, MemberModelCheckpoint
     from actlab.pack.checkpoint import PER_GROUP_SCHEDULER_KEYS
 
     alone = ModelCheckpoint(monitor="val/acc", mode="max", filename="best_{epoch:03d}")
+    ours = actlab.callbacks.ModelCheckpoint(monitor="val/acc", mode="max", filename="best_{epoch:03d}")
+    assert ours.state_key == alone.state_key  # built once, Lightning's key: its checkpoints are Lightning's
     member = MemberModelCheckpoint(3, monitor="val/acc", mode="max", filename="best_{epoch:03d}")
     assert member.state_key == f"{alone.state_key}@member3"
     assert member.monitor == "member/3/val/acc"  # it reads its own metric
     stopper = early_stopping(patience=2, monitor="val/loss")
     member_stopper = early_stopping(patience=2, monitor="val/loss", build=lambda **kw: MemberEarlyStopping(1, **kw))
     assert isinstance(stopper, EarlyStopping) and member_stopper.state_key == f"{stopper.state_key}@member1"
+    assert stopper.state_key == EarlyStopping(monitor="val/loss", mode="min", patience=2, check_finite=False).state_key
     assert (member_stopper.mode, member_stopper.patience) == (stopper.mode, stopper.patience) == ("min", 2)
 
     parameter = torch.nn.Parameter(torch.zeros(2))

@@ -8,6 +8,7 @@ from actlab.callbacks.divergence import DivergenceMonitor
 from actlab.callbacks.early_stopping import early_stopping
 from actlab.callbacks.gradient_histograms import GradientHistograms, weight_gradients
 from actlab.callbacks.layer_outputs import LayerOutputHistograms
+from actlab.callbacks.lightning_callbacks import EarlyStopping, ModelCheckpoint
 from actlab.callbacks.run_history import RunHistory
 
 __all__ = [
@@ -16,8 +17,10 @@ __all__ = [
     "DeadNeuronCounter",
     "DeadNeuronMonitor",
     "DivergenceMonitor",
+    "EarlyStopping",
     "GradientHistograms",
     "LayerOutputHistograms",
+    "ModelCheckpoint",
     "RunHistory",
     "dead_neuron_metrics",
     "early_stopping",

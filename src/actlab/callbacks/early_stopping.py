@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from lightning.pytorch.callbacks import EarlyStopping
+from actlab.callbacks.lightning_callbacks import EarlyStopping
 
 
 def metric_mode(monitor: str) -> str:

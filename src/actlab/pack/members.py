@@ -51,8 +51,10 @@ SHARED_CALLBACKS = {
 # Lightning callbacks a pack cannot honour, with why
 CALLBACK_REFUSALS = {"lightning.pytorch.callbacks.Timer": MAX_TIME}
 # callbacks a pack runs once per member
-PER_MEMBER_CALLBACKS = {
-    "lightning.pytorch.callbacks.ModelCheckpoint", "actlab.callbacks.early_stopping",
+# ModelCheckpoint, Lightning's or actlab's (the same, its state key built once)
+CHECKPOINT_TARGETS = {"lightning.pytorch.callbacks.ModelCheckpoint", "actlab.callbacks.ModelCheckpoint"}
+PER_MEMBER_CALLBACKS = CHECKPOINT_TARGETS | {
+    "actlab.callbacks.early_stopping",
     "actlab.callbacks.GradientHistograms", "actlab.callbacks.LayerOutputHistograms",
     "actlab.callbacks.DeadNeuronMonitor", "actlab.callbacks.ActivationParameterMonitor",
     "actlab.callbacks.ActivationPlot",
@@ -154,7 +156,7 @@ def _callbacks_refusal(cfg: DictConfig) -> str | None:
             return f"callbacks.{name} ({target}) {CALLBACK_REFUSALS[target]}"
         if target not in SHARED_CALLBACKS | PER_MEMBER_CALLBACKS:
             return f"callbacks.{name} ({target or 'no _target_'}) is not known to work per member in a pack"
-        if target == "lightning.pytorch.callbacks.ModelCheckpoint":
+        if target in CHECKPOINT_TARGETS:
             fields = {f for _, f, _, _ in string.Formatter().parse(str(entry.get("filename") or "")) if f}
             if not fields <= {"epoch", "step"}:
                 return f"callbacks.{name}.filename names metrics {sorted(fields - {'epoch', 'step'})}: " \

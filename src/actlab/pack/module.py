@@ -9,7 +9,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from actlab.classifier import STAGES, OptimizerFactory, optimizer_and_schedule
+from actlab.classifier import STAGES, HookNameAttribute, OptimizerFactory, optimizer_and_schedule
 from actlab.metrics import EpochMetrics
 from actlab.pack.stacked import StackedNetwork
 from actlab.tensorboard import log_confusion_matrix, tensorboard_writers
@@ -29,7 +29,7 @@ def member_key(key: str, k: int) -> str:
     return f"{key}{MEMBER_SUFFIX}{k}"
 
 
-class PackModule(L.LightningModule):
+class PackModule(HookNameAttribute, L.LightningModule):
     """K classifiers of one architecture as one LightningModule over a StackedNetwork.
 
     The loss is the sum of the live members' mean cross-entropies, so each member's

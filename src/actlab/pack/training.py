@@ -40,7 +40,7 @@ from actlab.pack.callbacks import (
 from actlab.pack.checkpoint import PackCheckpointIO, pack_checkpoint, save_atomically, stopped_early
 from actlab.pack.data import PackDataModule
 from actlab.pack.loggers import PackLogger
-from actlab.pack.members import SHARED_CALLBACKS, Member, member_settings, pack_key, packing_refusal
+from actlab.pack.members import CHECKPOINT_TARGETS, SHARED_CALLBACKS, Member, member_settings, pack_key, packing_refusal
 from actlab.pack.module import PackModule, member_prefix
 from actlab.pack.stacked import StackedNetwork
 from actlab.record import RESULTS, RunRecord, read_record
@@ -156,7 +156,7 @@ class PackRun:
                 continue
             settings = {key: value for key, value in OmegaConf.to_container(entry, resolve=True).items()
                         if key != "_target_"}  # fmt: skip
-            if entry._target_ == "lightning.pytorch.callbacks.ModelCheckpoint":
+            if entry._target_ in CHECKPOINT_TARGETS:
                 callbacks.append(MemberModelCheckpoint(k, **settings))
             elif entry._target_ == "actlab.callbacks.early_stopping":
                 stopper = instantiate(entry, build=functools.partial(MemberEarlyStopping, k))
