@@ -157,6 +157,11 @@ def test_tensorboard_gets_every_layer_at_init_and_each_epoch(tmp_path, fake_data
     assert [e.value for e in acc.Scalars("hparams/test/acc")] == [pytest.approx(record["test/acc"])]
     # the record has the final dead ratios; static figures are in the run dir
     assert set(record) >= {"dead/overall", "dead/layer_0", "near_dead/overall", "dead/at_init"}
+    # the gradient flow: per hidden layer, the first step's gradient norms and each epoch's numbers
+    assert len(record["flow/grad_norm_first_step"]) == 3 and all(g > 0 for g in record["flow/grad_norm_first_step"])
+    for i in range(3):
+        assert len(record["history"][f"flow/grad_norm/layer_{i}"]) == 2
+        assert [e.step for e in acc.Scalars(f"flow/output_rms/layer_{i}")] == expected_steps
     figures = {p.name for p in (out / "figures").iterdir()}
     assert figures == {"gradient_histograms.png", "layer_outputs.png", "dead_neurons.png"}
     # the time each epoch spent in the diagnostics, a part of that epoch's time
@@ -254,3 +259,65 @@ def test_histograms_are_binned_by_torch_keep_every_finite_value_and_drop_the_res
     assert histogram.min == pytest.approx(float(finite.min())) and histogram.max == pytest.approx(float(finite.max()))
     assert histogram.sum == pytest.approx(float(finite.sum()), rel=1e-4, abs=1e-3)
     assert sum(acc.Histograms("constant")[0].histogram_value.bucket) == 10
+
+
+@pytest.mark.parametrize(("activation", "edge"), [(nn.Tanh(), 2.178), (nn.Sigmoid(), 4.357), (nn.Softsign(), 3.472)])
+def test_a_bounded_unit_is_saturated_where_its_slope_is_below_5_percent_of_its_steepest(activation, edge):
+    from actlab.callbacks.gradient_flow import activation_slopes, saturation_profile
+
+    threshold = saturation_profile(activation, 3)
+    slopes = activation_slopes(activation, torch.tensor([[edge - 0.01, -(edge + 0.01)]]))
+    assert float(slopes[0, 0]) > threshold > float(slopes[0, 1].abs())  # the edge, both sides of zero
+
+
+@pytest.mark.parametrize("activation", [nn.ReLU(), nn.GELU(), nn.PReLU(3), nn.SiLU()])
+def test_an_unbounded_activation_has_no_saturation(activation):
+    from actlab.callbacks.gradient_flow import saturation_profile
+
+    assert saturation_profile(activation, 3) is None
+
+
+def test_layer_statistics_see_saturation_and_signal_size():
+    from actlab.callbacks.gradient_flow import layer_statistics
+
+    torch.manual_seed(0)
+    inputs = torch.randn(256, 784)
+    net = SimpleNetwork(nn.Tanh, hidden_shape=[64, 32])
+    calm = layer_statistics(net, inputs)
+    with torch.no_grad():
+        net.linears[0].weight.mul_(100)  # pre-activations far out on tanh's flat tails
+    saturated = layer_statistics(net, inputs)
+    assert calm["saturated"][0] < 0.05 and saturated["saturated"][0] > 0.9
+    assert 0.9 < saturated["output_rms"][0] <= 1.0 and calm["output_rms"][0] < 0.9  # tanh's outputs pinned at +-1
+    relu = layer_statistics(SimpleNetwork(nn.ReLU, hidden_shape=[64]), inputs)
+    assert relu["saturated"] == [None] and relu["output_rms"][0] > 0
+
+
+def test_gradient_flow_samples_the_training_gradients_and_keeps_the_first_step():
+    from actlab.callbacks import GradientFlow, RunHistory
+
+    net = SimpleNetwork(nn.Sigmoid, hidden_shape=[8, 4])
+    module = SimpleNamespace(net=net)
+    flow = GradientFlow(probe_size=16, every_n_steps=2)
+    data = SimpleNamespace(probe_set=lambda size: (torch.randn(size, 784), torch.zeros(size, dtype=torch.long)))
+    flow.measure(net, data, [], 0)  # before the first step: the initial network
+    norms = {}
+    for step in range(5):
+        for i, linear in enumerate(net.linears):
+            linear.weight.grad = torch.full_like(linear.weight, float(step + i + 1))
+        norms[step] = [float(linear.weight.grad.norm()) for linear in net.linears]
+        flow.on_before_optimizer_step(SimpleNamespace(global_step=step), module, None)
+    flow.measure(net, data, [], 5)  # an epoch's end
+    values = flow.epoch_values()
+    assert flow.record_fields()["flow/grad_norm_first_step"] == pytest.approx(norms[0])
+    for i in range(2):  # steps 0, 2 and 4 sampled
+        assert values[f"flow/grad_norm/layer_{i}"] == pytest.approx((norms[0][i] + norms[2][i] + norms[4][i]) / 3)
+    assert set(values) == {f"flow/{n}/layer_{i}" for n in ("grad_norm", "output_rms", "saturated") for i in range(2)}
+    assert all(v != v for v in flow.epoch_values().values())  # an epoch not measured: NaN, the history stays aligned
+    # a resumed run keeps what was measured before its first step (it is not measured again)
+    history = RunHistory(diagnostics=[flow])
+    resumed = RunHistory(diagnostics=[GradientFlow()])
+    resumed.load_state_dict(history.state_dict())
+    fields = resumed.record_fields(None)
+    assert fields["flow/grad_norm_first_step"] == pytest.approx(norms[0])
+    assert fields["flow/saturated_at_init"] == flow.record_fields()["flow/saturated_at_init"] is not None

@@ -172,6 +172,17 @@ def test_diagnostics_reach_each_members_tensorboard_and_record(tmp_path, fake_da
     for tag in ("grad_norm/layer_0", "grad_norm/layer_4", "output_std/layer_2", "dead/overall"):
         packed, single = [e.value for e in acc.Scalars(tag)], [e.value for e in acc_alone.Scalars(tag)]
         assert packed == pytest.approx(single, rel=1e-4, abs=1e-6), tag
+    # the gradient flow in the record: the first step's and each epoch's training-gradient norms
+    # (from the stacked gradients), the probe's output RMS and saturation, as the single run has them
+    for key in ("flow/grad_norm_first_step", "flow/output_rms_at_init", "flow/saturated_at_init"):
+        assert len(alone[key]) == 4 and records[1][key] == pytest.approx(alone[key], rel=1e-4, abs=1e-6), key
+    assert records[0]["flow/saturated_at_init"] is None  # ReLU is unbounded
+    flow = sorted(key for key in alone["history"] if key.startswith("flow/"))
+    assert flow == sorted(f"flow/{name}/layer_{i}" for name in ("grad_norm", "output_rms", "saturated")
+                          for i in range(4))  # fmt: skip
+    for key in flow:
+        assert len(alone["history"][key]) == 2, key
+        assert records[1]["history"][key] == pytest.approx(alone["history"][key], rel=1e-4, abs=1e-6, nan_ok=True), key
 
 
 def test_what_would_couple_members_is_refused(tmp_path, fake_data_dir):

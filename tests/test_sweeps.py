@@ -193,7 +193,7 @@ def test_summary_of_a_synthetic_sweep_has_the_known_numbers(tmp_path):
     assert rows[("relu", "4")]["lost"] == "1" and rows[("relu", "4")]["running"] == "1"
     markdown = (tmp_path / "out" / "summary.md").read_text()
     # 95% CI of two runs: t(0.975, 1) x 7.07 / sqrt(2); tanh's one completed run cannot be tested against relu
-    assert "| relu | 2 | 85.00 ± 7.07 | ± 63.53 | best | 0.400 ± 0.141 | 15.0 ± 7.1 | 2.00 ± 0.00 |" in markdown
+    assert "| relu | 2 | 85.00 ± 7.07 | ± 63.53 | best | 0.400 ± 0.141 | 15.0 ± 7.1 | — | — | 2.00 ± 0.00 |" in markdown
     assert "| tanh | 2 | 60.00 | — | — |" in markdown and "Holm-corrected" in markdown
     assert float(relu2["test/acc_ci95"]) == pytest.approx(12.7062 * math.sqrt(0.005) / math.sqrt(2), rel=1e-4)
     counts = "9 runs: 0 queued, 1 running, 4 completed, 1 failed, 1 diverged, 0 interrupted, 1 lost, 1 unreadable"
@@ -456,7 +456,33 @@ def test_the_summary_names_a_diverged_run_and_why(tmp_path):
     summarize(tmp_path)
     markdown = (tmp_path / "summary.md").read_text()
     assert "2 runs: 0 queued, 0 running, 1 completed, 0 failed, 1 diverged" in markdown
-    assert "| relu | 4 | 10 | — | — | — | — | — | — | 0 | 0 | 1 | 0 | 10 |" in markdown
+    assert "| relu | 4 | 10 | — | — | — | — | — | — | — | — | 0 | 0 | 1 | 0 | 10 |" in markdown
     lines = markdown.split("Runs that did not complete:\n\n")[1].strip().splitlines()
     assert lines == ["- `activation=relu,optimizer.lr=10.0,seed=1`: diverged: DivergedError: training loss is nan at "
                      "epoch 2, step 31"]  # fmt: skip
+
+
+def test_the_summary_says_why_by_the_gradient_flow(tmp_path):
+    """grad ratio: log10 of the first hidden layer's gradient norm over the last's at the first
+    step; saturated: the hidden layers' mean share at the best epoch; gradient_flow.png per depth."""
+    for seed, (first, saturated) in enumerate([(0.01, 0.5), (0.001, 0.7)]):
+        history = {"val/acc": [0.5, 0.8, 0.7], "flow/grad_norm/layer_0": [1e-3, 1e-2, 1e-2],
+                   "flow/grad_norm/layer_1": [1e-2, 1e-2, 1e-2], "flow/saturated/layer_0": [0.9, saturated, 0.1],
+                   "flow/saturated/layer_1": [0.9, saturated - 0.2, 0.1]}  # fmt: skip
+        write_record(tmp_path / "sweep" / f"sigmoid-{seed}", {
+            "status": "completed", "activation": "sigmoid", "depth": 2, "seed": seed, "test/acc": 0.8,
+            "best_epoch": 1, "history": history, "flow/grad_norm_first_step": [first, 1.0]})  # fmt: skip
+    write_record(tmp_path / "sweep" / "relu", {"status": "completed", "activation": "relu", "depth": 2, "seed": 0,
+                                               "test/acc": 0.85, "best_epoch": 0,
+                                               "history": {"val/acc": [0.85], "flow/grad_norm/layer_0": [0.5],
+                                                           "flow/grad_norm/layer_1": [0.5]},
+                                               "flow/grad_norm_first_step": [0.5, 0.5]})  # fmt: skip
+    paths = summarize(tmp_path / "sweep", tmp_path / "out")
+    assert "gradient_flow.png" in {p.name for p in paths}
+    rows = {r["activation"]: r for r in csv.DictReader((tmp_path / "out" / "summary.csv").open())}
+    assert float(rows["sigmoid"]["grad_ratio_mean"]) == pytest.approx(-2.5)  # log10 0.01 and 0.001
+    assert float(rows["sigmoid"]["grad_ratio_best_epoch_mean"]) == pytest.approx(0.0)
+    assert float(rows["sigmoid"]["saturated_mean"]) == pytest.approx(0.5)  # (0.5+0.3)/2 and (0.7+0.5)/2
+    assert float(rows["relu"]["grad_ratio_mean"]) == 0.0 and rows["relu"]["saturated_mean"] == ""
+    markdown = (tmp_path / "out" / "summary.md").read_text()
+    assert "| grad ratio | saturated (%) |" in markdown and "| -2.50 ± 0.71 | 50.0 ± 14.1 |" in markdown

@@ -284,3 +284,29 @@ def plot_accuracy_by_depth(series: Mapping[str, Sequence[tuple[int, float, float
     ax.legend(fontsize=7, ncol=2, loc="best")
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def plot_gradient_flow(panels: Mapping[str, Mapping[str, Sequence[float]]], path: str | Path) -> Path:
+    """Weight-gradient norm against hidden layer (log scale), a line per activation, one panel
+    per ``panels`` key (e.g. ``depth 8, first step``): ``panels[title][name]`` is the norm of
+    each hidden layer, from the input's side."""
+    cols = 2
+    rows = max(1, math.ceil(len(panels) / cols))
+    fig = Figure(figsize=(5.2 * cols, 3.4 * rows))
+    names = sorted({name for lines in panels.values() for name in lines})
+    colours = dict(zip(names, _palette(len(names))))
+    for i, (title, lines) in enumerate(panels.items()):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        for name, norms in lines.items():
+            positive = [(layer, v) for layer, v in enumerate(norms) if v and v > 0 and math.isfinite(v)]
+            if positive:
+                ax.plot([p[0] for p in positive], [p[1] for p in positive], label=name, color=colours[name],
+                        marker="o", markersize=2.5, linewidth=1.1)  # fmt: skip
+        ax.set_yscale("log")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("hidden layer (0 = input side)", fontsize=8)
+        ax.set_ylabel("weight-gradient norm", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    return save_figure(fig, path)

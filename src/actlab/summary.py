@@ -25,6 +25,11 @@ from actlab.comparison import P_VS_BEST_TEST, mean_confidence_interval, p_values
 from actlab.record import LOST, RECORD_FILE, STATUSES, effective_status, read_record
 
 METRICS = ("test/acc", "test/f1", "test/loss", "dead/overall", "epoch_time_s", "best_epoch")
+# the gradient flow of a run (actlab.callbacks.GradientFlow): log10 of its first hidden layer's
+# weight-gradient norm over its last's, at the first step and over its best epoch; and the mean
+# share of saturated units of its hidden layers at its best epoch (bounded activations only)
+GRAD_RATIO, GRAD_RATIO_BEST, SATURATED = "grad_ratio", "grad_ratio_best_epoch", "saturated"
+FLOW_METRICS = (GRAD_RATIO, GRAD_RATIO_BEST, SATURATED)
 # a packed run's share of its pack's epoch (the pack's epoch / the members it computed), a single run's epoch
 EPOCH_PER_MODEL = "epoch_s_per_model"
 # a metrics.json that does not parse (a damaged file): counted and named, never a crash
@@ -66,6 +71,8 @@ class Group:
             value = r.get(metric)
             if metric == EPOCH_PER_MODEL:
                 value = r.get("epoch_time_per_member_s") or r.get("epoch_time_s")
+            elif metric in FLOW_METRICS:
+                value = flow_value(r, metric)
             if r.get("status") == "completed" and isinstance(value, (int, float)) and math.isfinite(value):
                 out.append(float(value))
         return out
@@ -100,6 +107,35 @@ class Group:
     def confidence_interval(self, metric: str = "test/acc") -> float | None:
         """Half-width of the 95% confidence interval of ``metric``'s mean."""
         return mean_confidence_interval(self.values(metric))
+
+
+def log10_ratio(first: float | None, last: float | None) -> float | None:
+    """``log10(first / last)``: how many orders of magnitude the first hidden layer's gradient
+    is below (negative) or above the last's; None where either is missing or not positive."""
+    if not first or not last or not math.isfinite(first) or not math.isfinite(last) or first <= 0 or last <= 0:
+        return None
+    return math.log10(first / last)
+
+
+def layer_series(record: dict[str, Any], name: str, epoch: int | None) -> list[float | None]:
+    """``flow/<name>/layer_i`` of every hidden layer at ``epoch`` of a record's history."""
+    history = record.get("history") or {}
+    keys = sorted((k for k in history if k.startswith(f"flow/{name}/layer_")), key=lambda k: int(k.rsplit("_", 1)[1]))
+    values = [history[k][epoch] if epoch is not None and epoch < len(history[k]) else None for k in keys]
+    return [v if isinstance(v, (int, float)) and math.isfinite(v) else None for v in values]
+
+
+def flow_value(record: dict[str, Any], metric: str) -> float | None:
+    """A record's :data:`FLOW_METRICS` value (None where it has no gradient flow)."""
+    if metric == GRAD_RATIO:
+        norms = record.get("flow/grad_norm_first_step") or []
+        return log10_ratio(norms[0], norms[-1]) if len(norms) > 1 else None
+    epoch = record.get("best_epoch")
+    if metric == GRAD_RATIO_BEST:
+        norms = layer_series(record, "grad_norm", epoch)
+        return log10_ratio(norms[0], norms[-1]) if len(norms) > 1 else None
+    shares = [v for v in layer_series(record, "saturated", epoch) if v is not None]
+    return statistics.fmean(shares) if shares else None
 
 
 def p_vs_best(groups: list[Group]) -> dict[tuple[str, int, Setting], float | str | None]:
@@ -308,7 +344,7 @@ def write_csv(groups: list[Group], path: Path) -> Path:
     """One row per group: activation, depth, one column per extra key, then counts and metrics."""
     keys = [key for key, _ in groups[0].setting] if groups else []
     columns = ["activation", "depth", *keys, "runs", *REPORTED_STATUSES]
-    for metric in (*METRICS, EPOCH_PER_MODEL):
+    for metric in (*METRICS, EPOCH_PER_MODEL, *FLOW_METRICS):
         columns += [f"{metric}_mean", f"{metric}_std"]
     columns += ["test/acc_ci95", "test/acc_p_vs_best"]
     p_values = p_vs_best(groups)
@@ -319,7 +355,7 @@ def write_csv(groups: list[Group], path: Path) -> Path:
             setting = ["" if value is None else show_value(value) for _, value in g.setting]
             row: list[Any] = [g.activation, g.depth, *setting, len(g.runs),
                               *(g.count(s) for s in REPORTED_STATUSES)]  # fmt: skip
-            for metric in (*METRICS, EPOCH_PER_MODEL):
+            for metric in (*METRICS, EPOCH_PER_MODEL, *FLOW_METRICS):
                 row += [_number(value) for value in g.mean_std(metric)]
             row += [_number(g.confidence_interval()), _number(p_values.get(g.key))]
             writer.writerow(row)
@@ -339,10 +375,10 @@ def markdown_table(groups: list[Group], baseline: dict[tuple[str, int, Setting],
     keys = [key for key, _ in groups[0].setting] if groups else []
     header = (
         "| activation | depth | " + "".join(f"{key} | " for key in keys)
-        + "test acc (%) | 95% CI | p vs best | test loss | dead (%) | epoch (s/model) "
+        + "test acc (%) | 95% CI | p vs best | test loss | dead (%) | grad ratio | saturated (%) | epoch (s/model) "
         "| completed | failed | diverged | other | lr | best epoch |"
         + (" baseline test acc (%) |" if baseline else "")
-        + "\n|---|---:|" + "---:|" * len(keys) + "---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        + "\n|---|---:|" + "---:|" * (len(keys) + 14)
         + ("---:|" if baseline else "")
         + "\n"
     )  # fmt: skip
@@ -356,6 +392,7 @@ def markdown_table(groups: list[Group], baseline: dict[tuple[str, int, Setting],
             + f"{_fmt(*g.mean_std('test/acc'), scale=100)} "
             f"| {'—' if ci is None else f'± {100 * ci:.2f}'} | {_p_cell(p_values.get(g.key))} "
             f"| {_fmt(*g.mean_std('test/loss'), digits=3)} | {_fmt(*g.mean_std('dead/overall'), scale=100, digits=1)} "
+            f"| {_fmt(*g.mean_std(GRAD_RATIO))} | {_fmt(*g.mean_std(SATURATED), scale=100, digits=1)} "
             f"| {_fmt(*g.mean_std(EPOCH_PER_MODEL))} | {g.count('completed')} | {g.count('failed')} "
             f"| {g.count('diverged')} | {other} | {g.learning_rates()} | {_fmt(*g.mean_std('best_epoch'), digits=1)} |"
             + (f" {_baseline_cell(baseline, g)} |" if baseline else "")
@@ -363,7 +400,10 @@ def markdown_table(groups: list[Group], baseline: dict[tuple[str, int, Setting],
     notes = (
         "\ntest acc: mean ± standard deviation over seeds; 95% CI: half-width of the 95% confidence interval of "
         f"that mean (Student's t); p vs best: {P_VS_BEST_TEST}. epoch (s/model): a single run's median epoch; a "
-        "packed run's share of its pack's epoch (the pack's epoch / the members it computed).\n"
+        "packed run's share of its pack's epoch (the pack's epoch / the members it computed). grad ratio: log10 of "
+        "the first hidden layer's weight-gradient norm over the last's at the first training step (-2: the "
+        "input's side gets a hundredth); saturated: the share of the hidden units' outputs where a bounded "
+        "activation's slope is below 5 % of its steepest, at the best epoch (— for unbounded ones).\n"
     )
     return header + "\n".join(rows) + "\n" + notes
 
@@ -443,12 +483,34 @@ def plot_accuracy_by_depth(groups: list[Group], path: Path) -> Path:
     return draw(series, path)
 
 
+def plot_gradient_flow(groups: list[Group], path: Path) -> Path | None:
+    """Per depth, weight-gradient norm against hidden layer for each activation (and setting),
+    at the first step and over the best epoch: the mean over a row's completed runs."""
+    from actlab.plotting import plot_gradient_flow as draw
+
+    panels: dict[str, dict[str, list[float]]] = {}
+    for depth in sorted({g.depth for g in groups}):
+        for when in ("first step", "best epoch"):
+            lines = {}
+            for g in (g for g in groups if g.depth == depth):
+                per_run = [r.get("flow/grad_norm_first_step") if when == "first step"
+                           else layer_series(r, "grad_norm", r.get("best_epoch"))
+                           for r in g.runs if r.get("status") == "completed"]  # fmt: skip
+                per_run = [norms for norms in per_run if norms and all(v is not None for v in norms)]
+                if per_run:
+                    lines[g.name] = [statistics.fmean(layer) for layer in zip(*per_run)]
+            if lines:
+                panels[f"depth {depth}, {when}"] = lines
+    return draw(panels, path) if panels else None
+
+
 def summarize(sweep_dir: str | Path, out_dir: str | Path | None = None, baseline_dir: str | Path | None = None,
               by: Sequence[str] | None = None) -> list[Path]:  # fmt: skip
     """Write summary.csv, summary.md, accuracy_heatmap.png, test_accuracy.png (sorted, with
     error bars), learning_curves.png (a panel per activation) and
     learning_curves_overlaid.png (every group on shared axes, mean ± std bands), and with
-    several depths test_accuracy_by_depth.png (mean and 95% CI per activation).
+    several depths test_accuracy_by_depth.png (mean and 95% CI per activation); with the
+    gradient-flow diagnostic, gradient_flow.png (gradient norm against layer per depth).
 
     Rows group the runs by activation, depth and every other key the sweep varies
     (:func:`varying_keys`: an lr sweep gives a row per rate), or with ``by`` by activation,
@@ -480,6 +542,8 @@ def summarize(sweep_dir: str | Path, out_dir: str | Path | None = None, baseline
                     plot_accuracy_bars(groups, out / "test_accuracy.png", baseline)]  # fmt: skip
         if len({g.depth for g in groups if g.values("test/acc")}) > 1:
             written.append(plot_accuracy_by_depth(groups, out / "test_accuracy_by_depth.png"))
+    if (flow := plot_gradient_flow(groups, out / "gradient_flow.png")) is not None:
+        written.append(flow)
     if _curves(groups, "val/acc"):
         written += [plot_learning_curves(groups, out / "learning_curves.png"),
                     plot_overlaid_curves(groups, out / "learning_curves_overlaid.png")]  # fmt: skip

@@ -6,6 +6,7 @@ from actlab.callbacks.activation_plot import ActivationPlot
 from actlab.callbacks.dead_neurons import DeadNeuronCounter, DeadNeuronMonitor, dead_neuron_metrics, scan_dead_neurons
 from actlab.callbacks.divergence import DivergenceMonitor
 from actlab.callbacks.early_stopping import early_stopping
+from actlab.callbacks.gradient_flow import GradientFlow
 from actlab.callbacks.gradient_histograms import GradientHistograms, weight_gradients
 from actlab.callbacks.layer_outputs import LayerOutputHistograms
 from actlab.callbacks.lightning_callbacks import EarlyStopping, ModelCheckpoint
@@ -18,6 +19,7 @@ __all__ = [
     "DeadNeuronMonitor",
     "DivergenceMonitor",
     "EarlyStopping",
+    "GradientFlow",
     "GradientHistograms",
     "LayerOutputHistograms",
     "ModelCheckpoint",

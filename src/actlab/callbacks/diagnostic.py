@@ -88,6 +88,11 @@ class Diagnostic(DiagnosticSchedule):
         """What this diagnostic adds to the run record (optional)."""
         return {}
 
+    def epoch_values(self) -> dict[str, float]:
+        """Scalars of the epoch just ended for the run record's per-epoch ``history``
+        (optional; asked once an epoch)."""
+        return {}
+
     @staticmethod
     def log_scalars(loggers: list[Logger], metrics: dict[str, float], step: int) -> None:
         for logger in loggers:

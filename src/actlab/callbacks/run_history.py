@@ -55,6 +55,9 @@ class RunHistory(L.Callback):
         # inside an epoch after its validation (SLURM's requeue signal can land there) resumes with
         # that validation done, and Lightning does not run it again
         self._restored_metrics: dict[str, float] = {}
+        # the diagnostics' record fields as the checkpoint this run resumed from held them (what a
+        # diagnostic measured once, before the first step, is not measured again)
+        self._restored_fields: dict = {}
 
     def setup(self, trainer: L.Trainer, pl_module, stage: str) -> None:
         self._trainer = trainer
@@ -91,6 +94,8 @@ class RunHistory(L.Callback):
             return
         self._pending = False
         metrics = {**self._restored_metrics, **self.epoch_metrics(trainer)}
+        for diagnostic in self._diagnostics(trainer):
+            metrics.update(diagnostic.epoch_values())
         self._restored_metrics = {}
         for key, value in sorted(metrics.items()):
             self.history[key].append(value if math.isfinite(value) else float("nan"))
@@ -124,8 +129,13 @@ class RunHistory(L.Callback):
             # 0-based, as in Lightning's epoch numbers and the best_epoch=NNN.ckpt names
             "best_epoch": max(range(len(val_acc)), key=val_acc.__getitem__) if val_acc else None,
         }
+        fields.update(self._diagnostic_fields(trainer))
+        return fields
+
+    def _diagnostic_fields(self, trainer: L.Trainer | None) -> dict:
+        fields = dict(self._restored_fields)
         for diagnostic in self._diagnostics(trainer):
-            fields.update(diagnostic.record_fields())
+            fields.update({k: v for k, v in diagnostic.record_fields().items() if v is not None or k not in fields})
         return fields
 
     def state_dict(self) -> dict:
@@ -135,7 +145,8 @@ class RunHistory(L.Callback):
             self._collect(self._trainer)
         logged = self.epoch_metrics(self._trainer) if self._trainer is not None else {}
         return {"epoch_times": self.epoch_times, "diagnostics_times": self.diagnostics_times,
-                "history": dict(self.history), "logged": logged, "partial_epochs": self.partial_epochs}  # fmt: skip
+                "history": dict(self.history), "logged": logged, "partial_epochs": self.partial_epochs,
+                "diagnostic_fields": self._diagnostic_fields(self._trainer)}  # fmt: skip
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.epoch_times = list(state_dict.get("epoch_times", []))
@@ -143,3 +154,4 @@ class RunHistory(L.Callback):
         self.history = defaultdict(list, state_dict.get("history", {}))
         self.partial_epochs = list(state_dict.get("partial_epochs", []))
         self._restored_metrics = dict(state_dict.get("logged", {}))
+        self._restored_fields = dict(state_dict.get("diagnostic_fields", {}))

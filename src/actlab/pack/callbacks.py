@@ -17,7 +17,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Checkpoint, EarlyStopping, ModelCheckpoint
 
-from actlab.callbacks import ActivationPlot, DeadNeuronMonitor, GradientHistograms, LayerOutputHistograms
+from actlab.callbacks import ActivationPlot, DeadNeuronMonitor, GradientFlow, GradientHistograms, LayerOutputHistograms
 from actlab.callbacks.diagnostic import Diagnostic, DiagnosticSchedule, eval_mode
 from actlab.callbacks.divergence import DivergenceMonitor, divergence
 from actlab.callbacks.run_history import RunHistory
@@ -209,6 +209,17 @@ class MemberDiagnostics(DiagnosticSchedule):
     def write_figures(self) -> None:
         for diagnostic in (d for mine in self.diagnostics for d in mine if isinstance(d, Diagnostic)):
             diagnostic.write_figures()
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: PackModule, optimizer) -> None:
+        """Every member's GradientFlow gets its rows of the stacked gradients' norms."""
+        flows = {k: d for k, mine in enumerate(self.diagnostics) if pl_module.live[k]
+                 for d in mine if isinstance(d, GradientFlow)}  # fmt: skip
+        if not flows or trainer.global_step % next(iter(flows.values())).every_n_steps:
+            return
+        net = pl_module.net
+        norms = torch.stack([torch.linalg.vector_norm(w.grad, dim=(1, 2)) for w in net.weights[:-1]])  # (L, height)
+        for k, flow in flows.items():
+            flow.add_gradient_norms(norms[:, net.row(k)], first=trainer.global_step == 0)
 
     def measure_at(self, trainer: L.Trainer, pl_module: PackModule, at_start: bool) -> None:
         live = [k for k in range(pl_module.size) if pl_module.live[k]]

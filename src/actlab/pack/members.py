@@ -56,8 +56,8 @@ CHECKPOINT_TARGETS = {"lightning.pytorch.callbacks.ModelCheckpoint", "actlab.cal
 PER_MEMBER_CALLBACKS = CHECKPOINT_TARGETS | {
     "actlab.callbacks.early_stopping",
     "actlab.callbacks.GradientHistograms", "actlab.callbacks.LayerOutputHistograms",
-    "actlab.callbacks.DeadNeuronMonitor", "actlab.callbacks.ActivationParameterMonitor",
-    "actlab.callbacks.ActivationPlot",
+    "actlab.callbacks.DeadNeuronMonitor", "actlab.callbacks.GradientFlow",
+    "actlab.callbacks.ActivationParameterMonitor", "actlab.callbacks.ActivationPlot",
 }  # fmt: skip
 MEMBER_LOGGERS = {
     "lightning.pytorch.loggers.TensorBoardLogger",
