@@ -7,6 +7,7 @@ rate with early stopping and test the best checkpoint; optionally at several dep
     python scripts/fair_table.py --floor-s 0.48                   # + the protocol's efficiency
     python scripts/fair_table.py -- trainer=gpu                   # extra overrides for every run
     python scripts/fair_table.py --out outputs/fair --check-budgets 10:3,15:4   # would less stage 1 do?
+    python scripts/fair_table.py --out outputs/fair --check-halving 3:1,5:2    # successive halving's regret
 
 Stage 1: `train.py -m experiment=fair_lr_search` (activation x depth x lr grid, seeds 101 and
 102, stage 2's epoch budget and early stopping), then a sweep per round with one more rate past
@@ -27,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from actlab.fair import MAX_RATE, MIN_RATE, budget_check, choose_learning_rates, rates_to_extend
+from actlab.fair import MAX_RATE, MIN_RATE, budget_check, choose_learning_rates, halving_check, rates_to_extend
 from actlab.summary import load_runs, summarize
 
 TRAIN = Path(__file__).resolve().parents[1] / "train.py"
@@ -81,26 +82,36 @@ def epochs_trained(sweep_dir: Path) -> int:
     return sum(int(r.get("epochs_completed") or 0) for r in load_runs(sweep_dir))
 
 
-def budget_report(search_dir: Path, budgets: str) -> str:
-    """The table of :func:`actlab.fair.budget_check` for ``"epochs:patience,..."``."""
+def _pairs(text: str, option: str, kinds: tuple[type, type], example: str) -> list[tuple]:
     try:
-        pairs = [tuple(int(n) for n in budget.split(":")) for budget in budgets.split(",")]
+        pairs = [tuple(kind(n) for kind, n in zip(kinds, item.split(":"), strict=True)) for item in text.split(",")]
     except ValueError:
         pairs = []
-    if not pairs or any(len(pair) != 2 or min(pair) < 1 for pair in pairs):
-        raise SystemExit(f"fair_table: --check-budgets wants EPOCHS:PATIENCE pairs (e.g. 10:3,15:4), got {budgets!r}")
+    if not pairs or any(min(pair) <= 0 for pair in pairs):
+        raise SystemExit(f"fair_table: {option} wants {example}, got {text!r}")
+    return pairs
+
+
+def rules_report(search_dir: Path, budgets: str | None = None, halving: str | None = None) -> str:
+    """The table of :func:`actlab.fair.budget_check` for ``budgets`` (``"epochs:patience,..."``)
+    and of :func:`actlab.fair.halving_check` for ``halving`` (``"epoch:margin,..."``): each
+    rule's model-epochs, the choices it changes and their regret (validation points lost)."""
+    pairs = _pairs(budgets, "--check-budgets", (int, int), "EPOCHS:PATIENCE pairs (e.g. 10:3,15:4)") if budgets else []
+    rules = _pairs(halving, "--check-halving", (int, float), "EPOCH:MARGIN pairs (e.g. 5:1,5:2)") if halving else []
     if not load_runs(search_dir):
         raise SystemExit(f"fair_table: no stage-1 runs in {search_dir}")
-    rows = budget_check(search_dir, pairs)
     full = epochs_trained(search_dir)
     lines = [f"stage 1 as run: {full} model-epochs ({search_dir})", "",
-             "| max epochs | patience | model-epochs | share | choices that change (instead of the full budget's) |",
-             "|---:|---:|---:|---:|---|"]  # fmt: skip
-    for row in rows:
-        changed = ", ".join(f"{name} {mine:g} (not {theirs:g})" if mine else f"{name} none (not {theirs:g})"
-                            for name, (mine, theirs) in row["changed"].items()) or "none"  # fmt: skip
-        lines.append(f"| {row['max_epochs']} | {row['patience']} | {row['model_epochs']} | "
-                     f"{row['model_epochs'] / max(1, full):.0%} | {changed} |")  # fmt: skip
+             "| rule | model-epochs | share | regret: mean | worst (val points) | choices that change |",
+             "|---|---:|---:|---:|---:|---|"]  # fmt: skip
+    named = [(f"{r['max_epochs']} epochs, patience {r['patience']}", r) for r in budget_check(search_dir, pairs)]
+    named += [(f"halving after {r['epoch']} epochs, margin {r['margin']:g} points", r)
+              for r in halving_check(search_dir, rules)]  # fmt: skip
+    for name, row in named:
+        changed = ", ".join(f"{key} {mine:g} (not {theirs:g})" if mine else f"{key} none (not {theirs:g})"
+                            for key, (mine, theirs) in row["changed"].items()) or "none"  # fmt: skip
+        lines.append(f"| {name} | {row['model_epochs']} | {row['model_epochs'] / max(1, full):.0%} | "
+                     f"{row['regret_mean']:.2f} | {row['regret_worst']:.2f} | {changed} |")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -123,10 +134,14 @@ def main() -> None:
     parser.add_argument("--check-budgets", default=None, metavar="EPOCHS:PATIENCE,...",
                         help="only report, from <out>/lr_search's histories, whether stage 1 with these shorter "
                              "budgets would have chosen the same rates, and its model-epochs")  # fmt: skip
+    parser.add_argument("--check-halving", default=None, metavar="EPOCH:MARGIN,...",
+                        help="only report, from <out>/lr_search's histories, what successive halving of the rate "
+                             "grid (a rate trailing the best by MARGIN val points after EPOCH epochs stops) would "
+                             "cost and lose")  # fmt: skip
     parser.add_argument("extra", nargs="*", help="overrides for every run (after --)")
     args = parser.parse_args()
-    if args.check_budgets:
-        print(budget_report(args.out / "lr_search", args.check_budgets))
+    if args.check_budgets or args.check_halving:
+        print(rules_report(args.out / "lr_search", args.check_budgets, args.check_halving))
         return
     start = time.perf_counter()
     chosen = search(args)

@@ -68,10 +68,28 @@ def test_the_budget_check_names_the_choices_a_shorter_stage_1_would_change(tmp_p
     search_run(tmp_path, "tanh", 0.03, 0, 0.78, history=[0.6, 0.7, 0.75, 0.78, 0.78])
     search_run(tmp_path, "tanh", 0.1, 0, None, status="diverged", history=[0.65, 0.5, 0.4, 0.3])
     full, short, shorter = budget_check(tmp_path, [(5, 4), (3, 4), (2, 1)])
-    assert full == {"max_epochs": 5, "patience": 4, "model_epochs": 19, "changed": {}}
+    assert full == {"max_epochs": 5, "patience": 4, "model_epochs": 19, "changed": {}, "regret_mean": 0.0,
+                    "regret_worst": 0.0}  # fmt: skip
     # 3 epochs: relu would take 0.1 (0.72 > 0.70); tanh's 0.1 had not diverged yet but scored less (0.65)
     assert short["changed"] == {"4/relu": (0.1, 0.03)} and short["model_epochs"] == 12
     assert shorter["changed"] == {"4/relu": (0.1, 0.03)} and shorter["model_epochs"] == 8
+    # what that costs: relu's 0.1 scores 8 points below 0.03 with the full budget; tanh loses nothing
+    assert short["regret_worst"] == pytest.approx(8.0) and short["regret_mean"] == pytest.approx(4.0)
+
+
+def test_successive_halving_drops_the_rates_that_trail_early_and_says_what_it_loses(tmp_path):
+    from actlab.fair import halving_check
+
+    # relu: 0.1 leads after 2 epochs, 0.03 wins with the full budget; 0.01 trails throughout
+    search_run(tmp_path, "relu", 0.01, 0, 0.60, history=[0.3, 0.4, 0.5, 0.55, 0.6])
+    search_run(tmp_path, "relu", 0.03, 0, 0.80, history=[0.5, 0.6, 0.7, 0.75, 0.8])
+    search_run(tmp_path, "relu", 0.1, 0, 0.72, history=[0.65, 0.7, 0.72, 0.71, 0.7])
+    wide, narrow = halving_check(tmp_path, [(2, 15.0), (2, 5.0)])
+    # 15 points: 0.01 (0.4 vs 0.7) leaves after 2 epochs, 0.03 (0.6) stays and still wins
+    assert wide["changed"] == {} and wide["regret_worst"] == 0.0 and wide["model_epochs"] == 2 + 5 + 5
+    # 5 points: only 0.1 survives; the choice loses 0.80 - 0.72 = 8 points
+    assert narrow["changed"] == {"4/relu": (0.1, 0.03)} and narrow["model_epochs"] == 2 + 2 + 5
+    assert narrow["regret_worst"] == pytest.approx(8.0) and (narrow["epoch"], narrow["margin"]) == (2, 5.0)
 
 
 def test_fair_table_prints_the_budget_check_as_a_table(tmp_path):
@@ -80,11 +98,15 @@ def test_fair_table_prints_the_budget_check_as_a_table(tmp_path):
     fair_table = load_script(REPO / "scripts" / "fair_table.py", "fair_table")
     search_run(tmp_path, "relu", 0.03, 0, 0.80, history=[0.5, 0.6, 0.7, 0.75, 0.8])
     search_run(tmp_path, "relu", 0.1, 0, 0.72, history=[0.65, 0.7, 0.72, 0.71, 0.7])
-    table = fair_table.budget_report(tmp_path, "3:4,5:4")
+    table = fair_table.rules_report(tmp_path, "3:4,5:4", "2:5")
     assert "stage 1 as run: 10 model-epochs" in table
-    assert "| 3 | 4 | 6 | 60% | 4/relu 0.1 (not 0.03) |" in table and "| 5 | 4 | 10 | 100% | none |" in table
+    assert "| 3 epochs, patience 4 | 6 | 60% | 8.00 | 8.00 | 4/relu 0.1 (not 0.03) |" in table
+    assert "| 5 epochs, patience 4 | 10 | 100% | 0.00 | 0.00 | none |" in table
+    assert "| halving after 2 epochs, margin 5 points | 7 | 70% | 8.00 | 8.00 | 4/relu 0.1 (not 0.03) |" in table
     with pytest.raises(SystemExit, match="EPOCHS:PATIENCE"):
-        fair_table.budget_report(tmp_path, "5")
+        fair_table.rules_report(tmp_path, "5")
+    with pytest.raises(SystemExit, match="EPOCH:MARGIN"):
+        fair_table.rules_report(tmp_path, None, "5:x")
 
 
 def test_stage_2s_rates_chosen_per_activation_give_one_row_per_activation(tmp_path):

@@ -122,22 +122,80 @@ def rates_to_extend(chosen: dict[int, dict[str, dict[str, Any]]]) -> dict[tuple[
     return dict(sorted(todo.items()))
 
 
+def _regrets(full: dict[int, dict[str, dict[str, Any]]], choices: dict[tuple[int, str], float | None]) -> list[float]:
+    """Per (depth, activation), the validation points a choice loses against the full budget's:
+    the full-budget mean score of the full budget's rate minus that of ``choices``'s rate (the
+    full budget's best score where a rule chose nothing)."""
+    regrets = []
+    for depth, activations in full.items():
+        for activation, choice in activations.items():
+            lr = choices.get((depth, activation))
+            score = choice["tried"].get(f"{lr:g}", 0.0) if lr is not None else 0.0
+            regrets.append(100 * (choice["val/acc_best"] - score))
+    return regrets
+
+
+def _rule_row(full: dict[int, dict[str, dict[str, Any]]], choices: dict[tuple[int, str], float | None],
+              model_epochs: int, **rule: Any) -> dict[str, Any]:  # fmt: skip
+    changed = {f"{depth}/{activation}": (choices.get((depth, activation)), choice["lr"])
+               for depth, activations in full.items() for activation, choice in activations.items()
+               if choices.get((depth, activation)) != choice["lr"]}  # fmt: skip
+    regrets = _regrets(full, choices)
+    return {**rule, "model_epochs": model_epochs, "changed": changed,
+            "regret_mean": statistics.fmean(regrets) if regrets else 0.0,
+            "regret_worst": max(regrets, default=0.0)}  # fmt: skip
+
+
 def budget_check(search_dir: str | Path, budgets: list[tuple[int, int]]) -> list[dict[str, Any]]:
     """Whether a shorter stage 1 would have chosen the same rates, measured on a finished
-    search: for each ``(max_epochs, patience)``, the model-epochs it would have trained and
-    the choices (per depth and activation) that differ from the full budget's, as
-    ``"<depth>/<activation>": (its rate, the full budget's rate)``."""
+    search: for each ``(max_epochs, patience)``, the model-epochs it would have trained, the
+    choices (per depth and activation) that differ from the full budget's, as
+    ``"<depth>/<activation>": (its rate, the full budget's rate)``, and their regret: the
+    validation points (full-budget mean score) each choice loses, mean and worst."""
     records = [r for r in load_runs(search_dir) if r.get("activation")]
     full = choose_learning_rates(search_dir)
     rows = []
     for budget in budgets:
         shorter = choose_learning_rates(search_dir, budget=budget)
-        changed = {
-            f"{depth}/{activation}": (shorter.get(depth, {}).get(activation, {}).get("lr"), choice["lr"])
-            for depth, activations in full.items()
-            for activation, choice in activations.items()
-            if shorter.get(depth, {}).get(activation, {}).get("lr") != choice["lr"]
-        }
+        choices = {(depth, activation): choice["lr"] for depth, activations in shorter.items()
+                   for activation, choice in activations.items()}  # fmt: skip
         epochs = sum(_budget_score(r, budget)[1] for r in records)
-        rows.append({"max_epochs": budget[0], "patience": budget[1], "model_epochs": epochs, "changed": changed})
+        rows.append(_rule_row(full, choices, epochs, max_epochs=budget[0], patience=budget[1]))
+    return rows
+
+
+def halving_check(search_dir: str | Path, rules: list[tuple[int, float]]) -> list[dict[str, Any]]:
+    """Successive halving of the rate grid, replayed on a finished search: for each ``(epoch,
+    margin)``, every rate whose seeds' mean best validation accuracy after ``epoch`` epochs
+    trails the activation's best rate's by more than ``margin`` points stops there; the others
+    train on with the full budget, and the choice is the best of them by full-budget score.
+    Per rule: model-epochs, changed choices and regret, as :func:`budget_check` gives them (all
+    the rates a search tried count as one grid, its extension rounds included)."""
+    records = [r for r in load_runs(search_dir) if r.get("activation") and "lr" in
+               ((r.get("config") or {}).get("optimizer") or {})]  # fmt: skip
+    full = choose_learning_rates(search_dir)
+    rows = []
+    for epoch, margin in rules:
+        early: dict[tuple[int, str], dict[float, list[float]]] = {}
+        for record in records:
+            score = _budget_score(record, (epoch, epoch))[0]
+            if score is not None:
+                key, lr = (_depth(record), record["activation"]), float(record["config"]["optimizer"]["lr"])
+                early.setdefault(key, {}).setdefault(lr, []).append(score)
+        kept: dict[tuple[int, str], set[float]] = {}
+        for key, by_rate in early.items():
+            means = {lr: statistics.fmean(scores) for lr, scores in by_rate.items()}
+            kept[key] = {lr for lr, mean in means.items() if mean >= max(means.values()) - margin / 100}
+        choices = {}
+        for depth, activations in full.items():
+            for activation, choice in activations.items():
+                survivors = {float(lr): mean for lr, mean in choice["tried"].items()
+                             if float(lr) in kept.get((depth, activation), set())}  # fmt: skip
+                choices[(depth, activation)] = max(sorted(survivors), key=survivors.get) if survivors else None
+        epochs = 0
+        for record in records:
+            trained = len((record.get("history") or {}).get("val/acc") or [])
+            lr = float(record["config"]["optimizer"]["lr"])
+            epochs += trained if lr in kept.get((_depth(record), record["activation"]), set()) else min(epoch, trained)
+        rows.append(_rule_row(full, choices, epochs, epoch=epoch, margin=margin))
     return rows
