@@ -87,7 +87,7 @@ def _pairs(text: str, option: str, kinds: tuple[type, type], example: str) -> li
         pairs = [tuple(kind(n) for kind, n in zip(kinds, item.split(":"), strict=True)) for item in text.split(",")]
     except ValueError:
         pairs = []
-    if not pairs or any(min(pair) <= 0 for pair in pairs):
+    if not pairs or any(pair[0] <= 0 or min(pair) < 0 for pair in pairs):  # a margin of 0: only the best goes on
         raise SystemExit(f"fair_table: {option} wants {example}, got {text!r}")
     return pairs
 

@@ -1,6 +1,7 @@
 """Diagnostics: dead-neuron logic, what reaches TensorBoard, and the textbook's observations."""
 
 import functools
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -265,7 +266,7 @@ def test_histograms_are_binned_by_torch_keep_every_finite_value_and_drop_the_res
 def test_a_bounded_unit_is_saturated_where_its_slope_is_below_5_percent_of_its_steepest(activation, edge):
     from actlab.callbacks.gradient_flow import activation_slopes, saturation_profile
 
-    threshold = saturation_profile(activation, 3)
+    threshold = saturation_profile(activation, torch.zeros(1, 3))
     slopes = activation_slopes(activation, torch.tensor([[edge - 0.01, -(edge + 0.01)]]))
     assert float(slopes[0, 0]) > threshold > float(slopes[0, 1].abs())  # the edge, both sides of zero
 
@@ -274,7 +275,7 @@ def test_a_bounded_unit_is_saturated_where_its_slope_is_below_5_percent_of_its_s
 def test_an_unbounded_activation_has_no_saturation(activation):
     from actlab.callbacks.gradient_flow import saturation_profile
 
-    assert saturation_profile(activation, 3) is None
+    assert saturation_profile(activation, torch.zeros(1, 3)) is None
 
 
 def test_layer_statistics_see_saturation_and_signal_size():
@@ -291,6 +292,36 @@ def test_layer_statistics_see_saturation_and_signal_size():
     assert 0.9 < saturated["output_rms"][0] <= 1.0 and calm["output_rms"][0] < 0.9  # tanh's outputs pinned at +-1
     relu = layer_statistics(SimpleNetwork(nn.ReLU, hidden_shape=[64]), inputs)
     assert relu["saturated"] == [None] and relu["output_rms"][0] > 0
+    from actlab.activations.classic import Step
+
+    assert layer_statistics(SimpleNetwork(Step, hidden_shape=[8]), inputs)["saturated"] == [1.0]  # flat everywhere
+
+
+def test_a_metric_first_seen_late_keeps_its_epochs_places_in_the_history():
+    from actlab.callbacks import RunHistory
+
+    class Late:
+        epoch_seconds: dict = {}
+
+        def __init__(self):
+            self.calls = 0
+
+        def epoch_values(self):
+            self.calls += 1
+            return {"flow/x": float(self.calls)} if self.calls in (2, 4) else {}
+
+        def record_fields(self):
+            return {}
+
+    history = RunHistory(diagnostics=[Late()])
+    trainer = SimpleNamespace(callback_metrics={})
+    for epoch in range(4):
+        trainer.callback_metrics = {"val/acc": torch.tensor(0.1 * epoch)}
+        history.epoch_times.append(1.0)
+        history._pending = True
+        history._collect(trainer)
+    assert history.history["flow/x"][1] == 2.0 and history.history["flow/x"][3] == 4.0
+    assert math.isnan(history.history["flow/x"][0]) and math.isnan(history.history["flow/x"][2])
 
 
 def test_gradient_flow_samples_the_training_gradients_and_keeps_the_first_step():

@@ -122,25 +122,36 @@ def rates_to_extend(chosen: dict[int, dict[str, dict[str, Any]]]) -> dict[tuple[
     return dict(sorted(todo.items()))
 
 
-def _regrets(full: dict[int, dict[str, dict[str, Any]]], choices: dict[tuple[int, str], float | None]) -> list[float]:
+def _full_means(search_dir: str | Path) -> dict[tuple[int, str], dict[float, float]]:
+    """Per (depth, activation), each rate's mean full-budget score over its seeds."""
+    scores, _ = search_scores(search_dir)
+    return {(depth, activation): {lr: statistics.fmean(values) for lr, values in by_rate.items()}
+            for depth, activations in scores.items() for activation, by_rate in activations.items()}  # fmt: skip
+
+
+def _regrets(full: dict[int, dict[str, dict[str, Any]]], means: dict[tuple[int, str], dict[float, float]],
+             choices: dict[tuple[int, str], float | None]) -> list[float]:  # fmt: skip
     """Per (depth, activation), the validation points a choice loses against the full budget's:
     the full-budget mean score of the full budget's rate minus that of ``choices``'s rate (the
-    full budget's best score where a rule chose nothing)."""
+    full budget's whole score where a rule chose nothing)."""
     regrets = []
     for depth, activations in full.items():
         for activation, choice in activations.items():
+            mine = means.get((depth, activation), {})
             lr = choices.get((depth, activation))
-            score = choice["tried"].get(f"{lr:g}", 0.0) if lr is not None else 0.0
-            regrets.append(100 * (choice["val/acc_best"] - score))
+            regrets.append(100 * (mine[choice["lr"]] - (mine.get(lr, 0.0) if lr is not None else 0.0)))
     return regrets
 
 
-def _rule_row(full: dict[int, dict[str, dict[str, Any]]], choices: dict[tuple[int, str], float | None],
+Means = dict[tuple[int, str], dict[float, float]]
+
+
+def _rule_row(full: dict[int, dict[str, dict[str, Any]]], means: Means, choices: dict[tuple[int, str], float | None],
               model_epochs: int, **rule: Any) -> dict[str, Any]:  # fmt: skip
     changed = {f"{depth}/{activation}": (choices.get((depth, activation)), choice["lr"])
                for depth, activations in full.items() for activation, choice in activations.items()
                if choices.get((depth, activation)) != choice["lr"]}  # fmt: skip
-    regrets = _regrets(full, choices)
+    regrets = _regrets(full, means, choices)
     return {**rule, "model_epochs": model_epochs, "changed": changed,
             "regret_mean": statistics.fmean(regrets) if regrets else 0.0,
             "regret_worst": max(regrets, default=0.0)}  # fmt: skip
@@ -153,14 +164,14 @@ def budget_check(search_dir: str | Path, budgets: list[tuple[int, int]]) -> list
     ``"<depth>/<activation>": (its rate, the full budget's rate)``, and their regret: the
     validation points (full-budget mean score) each choice loses, mean and worst."""
     records = [r for r in load_runs(search_dir) if r.get("activation")]
-    full = choose_learning_rates(search_dir)
+    full, means = choose_learning_rates(search_dir), _full_means(search_dir)
     rows = []
     for budget in budgets:
         shorter = choose_learning_rates(search_dir, budget=budget)
         choices = {(depth, activation): choice["lr"] for depth, activations in shorter.items()
                    for activation, choice in activations.items()}  # fmt: skip
         epochs = sum(_budget_score(r, budget)[1] for r in records)
-        rows.append(_rule_row(full, choices, epochs, max_epochs=budget[0], patience=budget[1]))
+        rows.append(_rule_row(full, means, choices, epochs, max_epochs=budget[0], patience=budget[1]))
     return rows
 
 
@@ -173,7 +184,7 @@ def halving_check(search_dir: str | Path, rules: list[tuple[int, float]]) -> lis
     the rates a search tried count as one grid, its extension rounds included)."""
     records = [r for r in load_runs(search_dir) if r.get("activation") and "lr" in
                ((r.get("config") or {}).get("optimizer") or {})]  # fmt: skip
-    full = choose_learning_rates(search_dir)
+    full, means = choose_learning_rates(search_dir), _full_means(search_dir)
     rows = []
     for epoch, margin in rules:
         early: dict[tuple[int, str], dict[float, list[float]]] = {}
@@ -184,18 +195,16 @@ def halving_check(search_dir: str | Path, rules: list[tuple[int, float]]) -> lis
                 early.setdefault(key, {}).setdefault(lr, []).append(score)
         kept: dict[tuple[int, str], set[float]] = {}
         for key, by_rate in early.items():
-            means = {lr: statistics.fmean(scores) for lr, scores in by_rate.items()}
-            kept[key] = {lr for lr, mean in means.items() if mean >= max(means.values()) - margin / 100}
+            early_means = {lr: statistics.fmean(scores) for lr, scores in by_rate.items()}
+            kept[key] = {lr for lr, mean in early_means.items() if mean >= max(early_means.values()) - margin / 100}
         choices = {}
-        for depth, activations in full.items():
-            for activation, choice in activations.items():
-                survivors = {float(lr): mean for lr, mean in choice["tried"].items()
-                             if float(lr) in kept.get((depth, activation), set())}  # fmt: skip
-                choices[(depth, activation)] = max(sorted(survivors), key=survivors.get) if survivors else None
+        for key, by_rate in means.items():
+            survivors = {lr: mean for lr, mean in by_rate.items() if lr in kept.get(key, set())}
+            choices[key] = max(sorted(survivors), key=survivors.get) if survivors else None
         epochs = 0
         for record in records:
             trained = len((record.get("history") or {}).get("val/acc") or [])
             lr = float(record["config"]["optimizer"]["lr"])
             epochs += trained if lr in kept.get((_depth(record), record["activation"]), set()) else min(epoch, trained)
-        rows.append(_rule_row(full, choices, epochs, epoch=epoch, margin=margin))
+        rows.append(_rule_row(full, means, choices, epochs, epoch=epoch, margin=margin))
     return rows

@@ -68,16 +68,13 @@ class EpochMetrics(nn.Module):
         metrics = {"loss": (self.loss_sum / count).float(), "acc": self.correct.double().div(count).float()}
         if self._predictions:
             predictions, targets = (torch.cat(parts, dim=1) for parts in zip(*self._predictions))
-            computed = {
-                "f1": multiclass_f1_score(predictions, targets, self.classes, average="macro",
-                                          multidim_average="samplewise"),
-                "class_acc": multiclass_accuracy(predictions, targets, self.classes, average=None,
-                                                 multidim_average="samplewise"),
-                "confusion": torch.stack([multiclass_confusion_matrix(p, t, self.classes)
-                                          for p, t in zip(predictions, targets)]),
-            }  # fmt: skip
+            # each run's own global metric (torchmetrics' samplewise mode builds (K, N, C) one-hots: ~200x slower)
+            per_run = [(multiclass_f1_score(p, t, self.classes, average="macro", validate_args=False),
+                        multiclass_accuracy(p, t, self.classes, average=None, validate_args=False),
+                        multiclass_confusion_matrix(p, t, self.classes, validate_args=False))
+                       for p, t in zip(predictions, targets)]  # fmt: skip
             rows = self._rows if self._rows is not None else slice(None)
-            for name, values in computed.items():
+            for name, values in zip(("f1", "class_acc", "confusion"), (torch.stack(v) for v in zip(*per_run))):
                 metrics[name] = values.new_zeros(self.runs, *values.shape[1:])
                 metrics[name][rows] = values
         self.loss_sum.zero_()

@@ -354,13 +354,19 @@ def best_checkpoint(callbacks: list[L.Callback], monitor: str) -> str:
     return best
 
 
-def tested_checkpoint(which: str, checkpoint: str | None, record: RunRecord) -> dict[str, Any]:
+def tested_checkpoint(which: str, checkpoint: str | None, record: RunRecord,
+                      contents: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     """The record's ``test_ckpt``: which weights are tested (``last``: those in memory, the
-    last epoch's; ``best``: ``checkpoint``), the epoch they are from, and the file."""
+    last epoch's; ``best``: ``checkpoint``, whose ``contents`` are read unless given), the
+    epoch they are from, and the file."""
     if which not in ("last", "best"):
         raise ConfigError(f"test_ckpt must be last or best, got {which!r}")
-    epoch = last_epoch(record.data) if checkpoint is None else int(load_checkpoint(Path(checkpoint))["epoch"])
-    return {"which": which, "epoch": epoch, "path": checkpoint}
+    if checkpoint is None:
+        return {"which": which, "epoch": last_epoch(record.data), "path": None}
+    contents = contents if contents is not None else load_checkpoint(Path(checkpoint))
+    if contents is None:
+        raise RuntimeError(f"the checkpoint to test, {checkpoint}, does not load")
+    return {"which": which, "epoch": int(contents["epoch"]), "path": checkpoint}
 
 
 def write_final_hparams(loggers: list, record: dict[str, Any], step: int) -> None:
@@ -394,6 +400,7 @@ def run(
         if resume.warning:
             log.warning("resume: %s", resume.warning)
     record = open_record(cfg, output_dir, activation, overrides, resume)
+    resume.checkpoint = None  # Lightning loads it again for the fit: not kept in memory meanwhile
     trainer = None
     try:
         with record:

@@ -40,25 +40,28 @@ FAR = 1e4
 
 def activation_slopes(activation: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``f'(x)`` elementwise for an elementwise activation (by autograd; no parameter's
-    gradient is touched)."""
+    gradient is touched; 0 where the output does not depend on x, as for a step)."""
     with torch.enable_grad(), torch.inference_mode(False):
         x = x.detach().clone().requires_grad_(True)
-        (slopes,) = torch.autograd.grad(activation(x).sum(), x)
-    return slopes
+        y = activation(x)
+        if not y.requires_grad:
+            return torch.zeros_like(x)
+        (slopes,) = torch.autograd.grad(y.sum(), x, allow_unused=True)
+    return torch.zeros_like(x) if slopes is None else slopes
 
 
-def saturation_profile(activation: nn.Module, width: int) -> float | None:
+def saturation_profile(activation: nn.Module, like: torch.Tensor) -> float | None:
     """The slope below which a unit of ``activation`` counts as saturated (:data:`SATURATION`
-    of its steepest slope on [-10, 10]), or None where the activation is unbounded (its output
-    at +-1e4 is not within +-100) and so cannot saturate in this sense."""
-    reference = next((p for p in activation.parameters()), None)
-    options = {"device": reference.device, "dtype": reference.dtype} if reference is not None else {}
+    of its steepest slope on [-10, 10]; 0 for one flat everywhere, a step), or None where the
+    activation is unbounded (its output at +-1e4 is not within +-100) and so cannot saturate in
+    this sense. ``like``: a pre-activation batch ``(N, width)``, whose device and dtype it takes."""
+    width, options = like.shape[1], {"device": like.device, "dtype": like.dtype}
     with torch.inference_mode(False), torch.no_grad():
         far = activation(torch.tensor([[-FAR], [FAR]], **options).expand(2, width))
     if not bool(torch.isfinite(far).all()) or float(far.abs().max()) > 100:
         return None
     # an activation without parameters has one slope profile for every unit: one column is enough
-    columns = width if reference is not None else 1
+    columns = width if next(activation.parameters(), None) is not None else 1
     grid = torch.linspace(*SLOPE_GRID, **options).unsqueeze(1).expand(-1, columns)
     return SATURATION * float(activation_slopes(activation, grid).abs().max())
 
@@ -73,11 +76,13 @@ def layer_statistics(net: nn.Module, inputs: torch.Tensor) -> dict[str, list[flo
         z = linear(h)
         h = activation(z)
         rms.append(float(h.float().pow(2).mean().sqrt()))
-        threshold = saturation_profile(activation, z.shape[1]) if h.shape == z.shape else None
+        threshold = saturation_profile(activation, z) if h.shape == z.shape else None
         if threshold is None:
             saturated.append(None)
         else:
-            saturated.append(float((activation_slopes(activation, z).abs() < threshold).float().mean()))
+            slopes = activation_slopes(activation, z).abs()
+            flat = slopes < threshold if threshold > 0 else slopes <= 0  # a step: flat everywhere
+            saturated.append(float(flat.float().mean()))
     return {"output_rms": rms, "saturated": saturated}
 
 
@@ -108,8 +113,9 @@ class GradientFlow(Diagnostic):
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
         if trainer.global_step % self.every_n_steps == 0:
-            grads = [linear.weight.grad for linear in pl_module.net.linears]
-            norms = torch.stack([torch.linalg.vector_norm(g) if g is not None else g.new_zeros(()) for g in grads])
+            weights = [linear.weight for linear in pl_module.net.linears]
+            norms = torch.stack([torch.linalg.vector_norm(w.grad) if w.grad is not None else w.new_zeros(())
+                                 for w in weights])  # fmt: skip
             self.add_gradient_norms(norms, first=trainer.global_step == 0)
 
     def add_gradient_norms(self, norms: torch.Tensor, first: bool) -> None:

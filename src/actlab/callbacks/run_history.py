@@ -97,8 +97,11 @@ class RunHistory(L.Callback):
         for diagnostic in self._diagnostics(trainer):
             metrics.update(diagnostic.epoch_values())
         self._restored_metrics = {}
+        epoch = len(self.epoch_times) - 1  # the epoch collected: its place in every list
         for key, value in sorted(metrics.items()):
-            self.history[key].append(value if math.isfinite(value) else float("nan"))
+            values = self.history[key]
+            values.extend([float("nan")] * (epoch - len(values)))  # a metric first seen late keeps its epochs' places
+            values.append(value if math.isfinite(value) else float("nan"))
         if self.log_epochs:
             metrics = "  ".join(f"{k} {v[-1]:.4f}" for k, v in sorted(self.history.items()) if v)
             log.info("epoch %d/%s  %s  (%.1f s)", len(self.epoch_times), trainer.max_epochs, metrics,

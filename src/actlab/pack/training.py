@@ -256,11 +256,13 @@ class PackRun:
         which = self.cfg.get("test_ckpt", "last")
         module.expand()  # members taken out of the stack when they stopped come back to be tested
         for k in live:
-            checkpoint = None
+            checkpoint, contents = None, None
             if which == "best":
                 checkpoint = best_checkpoint(self._member_callbacks(k, ModelCheckpoint), f"{member_prefix(k)}val/acc")
-                module.load_member_weights(k, load_checkpoint(Path(checkpoint))["state_dict"])
-            self.records[k].update(test_ckpt=tested_checkpoint(which, checkpoint, self.records[k]))
+                contents = load_checkpoint(Path(checkpoint))
+            self.records[k].update(test_ckpt=tested_checkpoint(which, checkpoint, self.records[k], contents))
+            if contents is not None:
+                module.load_member_weights(k, contents["state_dict"])
         module.tested = [k in live for k in range(len(self.members))]
         call_trainer(trainer, "test", module, datamodule=data, verbose=False)
         metrics = trainer.callback_metrics
