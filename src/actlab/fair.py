@@ -122,14 +122,18 @@ def rates_to_extend(chosen: dict[int, dict[str, dict[str, Any]]]) -> dict[tuple[
     return dict(sorted(todo.items()))
 
 
-def _full_means(search_dir: str | Path) -> dict[tuple[int, str], dict[float, float]]:
+# per (depth, activation), each rate's mean full-budget score over its seeds
+Means = dict[tuple[int, str], dict[float, float]]
+
+
+def _full_means(search_dir: str | Path) -> Means:
     """Per (depth, activation), each rate's mean full-budget score over its seeds."""
     scores, _ = search_scores(search_dir)
     return {(depth, activation): {lr: statistics.fmean(values) for lr, values in by_rate.items()}
             for depth, activations in scores.items() for activation, by_rate in activations.items()}  # fmt: skip
 
 
-def _regrets(full: dict[int, dict[str, dict[str, Any]]], means: dict[tuple[int, str], dict[float, float]],
+def _regrets(full: dict[int, dict[str, dict[str, Any]]], means: Means,
              choices: dict[tuple[int, str], float | None]) -> list[float]:  # fmt: skip
     """Per (depth, activation), the validation points a choice loses against the full budget's:
     the full-budget mean score of the full budget's rate minus that of ``choices``'s rate (the
@@ -141,9 +145,6 @@ def _regrets(full: dict[int, dict[str, dict[str, Any]]], means: dict[tuple[int, 
             lr = choices.get((depth, activation))
             regrets.append(100 * (mine[choice["lr"]] - (mine.get(lr, 0.0) if lr is not None else 0.0)))
     return regrets
-
-
-Means = dict[tuple[int, str], dict[float, float]]
 
 
 def _rule_row(full: dict[int, dict[str, dict[str, Any]]], means: Means, choices: dict[tuple[int, str], float | None],

@@ -205,6 +205,10 @@ class MemberDiagnostics(DiagnosticSchedule):
 
     def __init__(self, diagnostics: list[list[L.Callback]], loggers: list[list]) -> None:
         self.diagnostics, self.loggers = diagnostics, loggers
+        # each member's GradientFlow (members' diagnostics settings are equal), found once: the
+        # optimiser-step hook runs every step and must cost nothing on the steps it does not sample
+        self.flows = {k: d for k, mine in enumerate(diagnostics) for d in mine if isinstance(d, GradientFlow)}
+        self.flow_every = next(iter(self.flows.values())).every_n_steps if self.flows else 0
 
     def write_figures(self) -> None:
         for diagnostic in (d for mine in self.diagnostics for d in mine if isinstance(d, Diagnostic)):
@@ -212,14 +216,13 @@ class MemberDiagnostics(DiagnosticSchedule):
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: PackModule, optimizer) -> None:
         """Every member's GradientFlow gets its rows of the stacked gradients' norms."""
-        flows = {k: d for k, mine in enumerate(self.diagnostics) if pl_module.live[k]
-                 for d in mine if isinstance(d, GradientFlow)}  # fmt: skip
-        if not flows or trainer.global_step % next(iter(flows.values())).every_n_steps:
+        if not self.flows or trainer.global_step % self.flow_every:
             return
         net = pl_module.net
         norms = torch.stack([torch.linalg.vector_norm(w.grad, dim=(1, 2)) for w in net.weights[:-1]])  # (L, height)
-        for k, flow in flows.items():
-            flow.add_gradient_norms(norms[:, net.row(k)], first=trainer.global_step == 0)
+        for k, flow in self.flows.items():
+            if pl_module.live[k]:
+                flow.add_gradient_norms(norms[:, net.row(k)], first=trainer.global_step == 0)
 
     def measure_at(self, trainer: L.Trainer, pl_module: PackModule, at_start: bool) -> None:
         live = [k for k in range(pl_module.size) if pl_module.live[k]]
