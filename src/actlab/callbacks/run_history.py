@@ -103,7 +103,9 @@ class RunHistory(L.Callback):
             values.extend([float("nan")] * (epoch - len(values)))  # a metric first seen late keeps its epochs' places
             values.append(value if math.isfinite(value) else float("nan"))
         if self.log_epochs:
-            metrics = "  ".join(f"{k} {v[-1]:.4f}" for k, v in sorted(self.history.items()) if v)
+            # the epoch's train/ and val/ metrics (the diagnostics' per-layer values stay in the record)
+            metrics = "  ".join(f"{k} {v[-1]:.4f}" for k, v in sorted(self.history.items())
+                                if v and k.startswith(("train/", "val/")))  # fmt: skip
             log.info("epoch %d/%s  %s  (%.1f s)", len(self.epoch_times), trainer.max_epochs, metrics,
                      self.epoch_times[-1])  # fmt: skip
         self._write(trainer)
