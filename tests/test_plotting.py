@@ -76,3 +76,31 @@ def test_the_confusion_matrix_is_an_image_and_a_table_in_tensorboard():
         "| 1 | 0.0 | 100.0 | 0.0 |",
         "| 2 | 50.0 | 0.0 | 50.0 |",
     ]
+
+
+def test_layer_histograms_of_a_run_that_blew_up_draw_its_finite_values(tmp_path):
+    """A member that diverged mid-epoch has inf/NaN outputs: its figure is still drawn (a pack's
+    fit-end figures once failed every member on torch.histc's non-finite range)."""
+    from actlab.plotting import plot_layer_histograms
+
+    blown = torch.tensor([1.0, float("inf"), -4.7e14, float("nan")])
+    path = plot_layer_histograms(
+        {"at init": [torch.randn(50), torch.randn(50)], "final": [blown, torch.full((3,), float("inf"))]},
+        ["layer 0", "layer 1"],
+        "output",
+        tmp_path / "hist.png",
+    )
+    assert Image.open(path).size[0] > 0
+
+
+def test_a_figure_that_cannot_be_drawn_warns_and_spares_the_run(tmp_path):
+    import pytest
+
+    from actlab.callbacks.diagnostic import Diagnostic
+
+    class Broken(Diagnostic):
+        def save_figure(self, directory):
+            raise RuntimeError("cannot draw")
+
+    with pytest.warns(UserWarning, match="Broken: no figure drawn in .*cannot draw"):
+        Broken(figures_dir=str(tmp_path)).write_figures()

@@ -125,14 +125,22 @@ def plot_layer_histograms(
     fig = Figure(figsize=(3.2 * n, 2.8))
     axes = fig.subplots(1, n, squeeze=False)
     for i, (ax, name) in enumerate(zip(axes.flat, layer_names)):
-        values = [v[i].float() for v in series.values()]
-        low = min(float(v.min()) for v in values)
-        high = max(float(v.max()) for v in values)
-        high = high if high > low else low + 1e-12
-        edges = torch.linspace(low, high, 61)
-        for label, v in zip(series, values):
-            counts = torch.histc(v, bins=60, min=low, max=high)
-            ax.stairs(counts.numpy(), edges.numpy(), label=label, fill=True, alpha=0.5)
+        # a run that blew up has infinite or NaN values: histogram the finite ones, say how many were left out
+        values = [v[i].float().flatten() for v in series.values()]
+        finite = [v[torch.isfinite(v)] for v in values]
+        left_out = sum(v.numel() - f.numel() for v, f in zip(values, finite))
+        present = [f for f in finite if f.numel()]
+        if present:
+            low = min(float(f.min()) for f in present)
+            high = max(float(f.max()) for f in present)
+            high = high if high > low else low + 1e-12
+            edges = torch.linspace(low, high, 61)
+            for label, f in zip(series, finite):
+                counts = torch.histc(f, bins=60, min=low, max=high)
+                ax.stairs(counts.numpy(), edges.numpy(), label=label, fill=True, alpha=0.5)
+        if left_out:
+            ax.text(0.5, 0.95, f"{left_out} non-finite values left out", transform=ax.transAxes, ha="center",
+                    va="top", fontsize=7, color="red")  # fmt: skip
         ax.set_title(name, fontsize=9)
         ax.set_xlabel(xlabel, fontsize=8)
         ax.ticklabel_format(axis="x", style="sci", scilimits=(-2, 3))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -73,9 +74,13 @@ class Diagnostic(DiagnosticSchedule):
 
     def write_figures(self) -> None:
         """The static PNG(s) into ``figures_dir`` (when it is set)."""
-        if self.figures_dir is not None:
-            self.figures_dir.mkdir(parents=True, exist_ok=True)
+        if self.figures_dir is None:
+            return
+        self.figures_dir.mkdir(parents=True, exist_ok=True)
+        try:
             self.save_figure(self.figures_dir)
+        except Exception as error:  # a figure is a by-product: drawing it must not cost the run (or pack) its results
+            warnings.warn(f"{type(self).__name__}: no figure drawn in {self.figures_dir}: {error!r}", stacklevel=2)
 
     def measure(self, net: torch.nn.Module, data, loggers: list[Logger], step: int) -> None:
         """Measure ``net`` on ``data.probe_set(...)`` and log to ``loggers`` at ``step``."""
