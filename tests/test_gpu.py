@@ -54,3 +54,17 @@ def test_a_pack_trains_on_the_gpu_and_matches_its_separate_run(precision, tmp_pa
     alone, _ = single_run(tmp_path, [*base, *extra], 2, "staf")
     tolerance = 1e-4 if precision == "32-true" else 2e-2  # bf16 matmuls: the same rounding, not the same order
     assert records[1]["history"]["train/loss"] == pytest.approx(alone["history"]["train/loss"], abs=tolerance)
+
+
+@pytest.mark.parametrize("name", ["prelu", "staf", "trainable_elu", "relu"])
+def test_the_shape_figure_of_an_activation_trained_on_the_gpu(name):
+    """The figure is drawn on the CPU; a trained activation's parameters are on the GPU (a pack of
+    PReLU or STAF members on CUDA once failed every member at its first step on this)."""
+    from actlab.config import load_activation
+    from actlab.plotting import activation_figure, value_and_derivative
+
+    act = load_activation(name).cuda()
+    x = torch.linspace(-2, 2, 9)
+    y, dy = value_and_derivative(act, x)
+    assert y.device.type == "cpu" and dy.device.type == "cpu" and torch.isfinite(dy).all()
+    assert activation_figure(act) is not None

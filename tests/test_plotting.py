@@ -104,3 +104,19 @@ def test_a_figure_that_cannot_be_drawn_warns_and_spares_the_run(tmp_path):
 
     with pytest.warns(UserWarning, match="Broken: no figure drawn in .*cannot draw"):
         Broken(figures_dir=str(tmp_path)).write_figures()
+
+
+def test_an_activation_figure_that_cannot_be_drawn_warns_and_spares_the_run(tmp_path):
+    from types import SimpleNamespace
+
+    import pytest
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from actlab.callbacks.activation_plot import ActivationPlot
+
+    class Unplottable(nn.Module):
+        def forward(self, x):
+            raise RuntimeError("cannot evaluate here")
+
+    with pytest.warns(UserWarning, match="no activation/shape figure: .*cannot evaluate here"):
+        ActivationPlot.draw(SimpleNamespace(activations=[Unplottable()]), [TensorBoardLogger(tmp_path)])

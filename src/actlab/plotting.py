@@ -28,13 +28,16 @@ def save_figure(fig: Figure, path: str | Path) -> Path:
 
 
 def value_and_derivative(activation: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """f(x) and f'(x) by autograd, elementwise (activations act elementwise)."""
-    x = x.detach().clone().requires_grad_(True)
-    y = activation(x)
-    (dy,) = torch.autograd.grad(y.sum(), x, allow_unused=True)
+    """f(x) and f'(x) by autograd, elementwise (activations act elementwise), evaluated where the
+    activation's parameters live (a trained run's may be on the GPU) and returned where ``x`` is."""
+    state = next(iter([*activation.parameters(), *activation.buffers()]), None)
+    where = x.device if state is None else state.device
+    inputs = x.detach().to(where).requires_grad_(True)
+    y = activation(inputs)
+    (dy,) = torch.autograd.grad(y.sum(), inputs, allow_unused=True)
     if dy is None:  # no path from x to y (e.g. a constant output)
-        dy = torch.zeros_like(x)
-    return y.detach(), dy.detach()
+        dy = torch.zeros_like(inputs)
+    return y.detach().to(x.device), dy.detach().to(x.device)
 
 
 def _prepare(activation: nn.Module) -> nn.Module:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import lightning as L
 import torch
 from lightning.pytorch.loggers import Logger
@@ -25,5 +27,10 @@ class ActivationPlot(L.Callback):
             return
         from actlab.plotting import activation_figure
 
+        try:
+            figure = activation_figure(net.activations[0])
+        except Exception as error:  # a figure is a by-product: drawing it must not cost the run (or pack) its results
+            warnings.warn(f"ActivationPlot: no activation/shape figure: {error!r}", stacklevel=2)
+            return
         for writer in writers:
-            writer.add_figure("activation/shape", activation_figure(net.activations[0]), 0)
+            writer.add_figure("activation/shape", figure, 0)
