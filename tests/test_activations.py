@@ -155,6 +155,28 @@ def test_bspline_forward_is_the_cox_de_boor_sum(grid_size, grid_range):
     assert torch.isnan(act(torch.tensor([float("nan")], dtype=torch.float64))).all()
 
 
+def test_bspline_backward_takes_a_float32_gradient_for_bfloat16_inputs():
+    """What CUDA autocast hands a packed B-spline's backward (a bf16-mixed pack on an H200 failed
+    in index_add on it): the gradients come back in their inputs' dtypes, close to float32's."""
+    from types import SimpleNamespace
+
+    from actlab.activations.adaptive import _UniformCubicSpline
+
+    torch.manual_seed(0)
+    x, c = torch.randn(64).bfloat16().float(), torch.randn(8).bfloat16().float()  # the same points in both dtypes
+    grad = torch.randn(64)
+    wide = [_UniformCubicSpline.forward(x, c, -2.0, 2.0)]
+    narrow = [_UniformCubicSpline.forward(x.bfloat16(), c.bfloat16(), -2.0, 2.0)]
+    grads = []
+    for (_, u, index, inside, padded), g in [(wide[0], grad), (narrow[0], grad)]:
+        ctx = SimpleNamespace(saved_tensors=(u, index, inside, padded), needs_input_grad=(True, True), scale=2.0)
+        grads.append(_UniformCubicSpline.backward(ctx, g)[:2])
+    (gx, gc), (bx, bc) = grads
+    assert bx.dtype == torch.bfloat16 and bc.dtype == torch.bfloat16
+    # bf16 positions carry ~3 digits: the x-gradient's slopes move by up to ~0.1 here
+    assert torch.allclose(bx.float(), gx, rtol=0.05, atol=0.2) and torch.allclose(bc.float(), gc, rtol=0.05, atol=0.05)
+
+
 @pytest.mark.parametrize("name", sorted(set(ALL) - NOT_DIFFERENTIABLE))
 def test_gradcheck_in_float64(name):
     act = build(name).double()

@@ -237,16 +237,19 @@ class _UniformCubicSpline(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_output, *_unused):
         u, index, inside, padded = ctx.saved_tensors
+        # under CUDA autocast the incoming gradient can be float32 while x and c are bfloat16:
+        # sum in the wider of the two, return each gradient in its input's dtype
         g = torch.where(inside, grad_output, 0.0) / 6
         grad_x = grad_coefficients = None
         if ctx.needs_input_grad[0]:
             slope = sum(padded[index + j] * w for j, w in enumerate(_cubic_weight_slopes(u)))
-            grad_x = g * slope * ctx.scale
+            grad_x = (g * slope * ctx.scale).to(u.dtype)
         if ctx.needs_input_grad[1]:
             flat_index = torch.cat([(index + j).reshape(-1) for j in range(4)])
             contributions = torch.cat([(g * w).reshape(-1) for w in _cubic_weights(u)])
-            grad_padded = torch.zeros_like(padded).index_add(0, flat_index, contributions)
-            grad_coefficients = grad_padded[3:-3]
+            total = torch.promote_types(contributions.dtype, padded.dtype)
+            grad_padded = torch.zeros_like(padded, dtype=total).index_add(0, flat_index, contributions.to(total))
+            grad_coefficients = grad_padded[3:-3].to(padded.dtype)
         return grad_x, grad_coefficients, None, None
 
 
