@@ -123,10 +123,16 @@ def plot_activations(names: Sequence[str] | None, out_dir: str | Path, surfaces:
 def plot_layer_histograms(
     series: Mapping[str, Sequence[torch.Tensor]], layer_names: Sequence[str], xlabel: str, path: str | Path
 ) -> Path:
-    """One panel per layer, one histogram per series (e.g. 'at init' vs 'final')."""
+    """One panel per layer (four to a row), one histogram per series (e.g. 'at init' vs 'final').
+    Fixed margins rather than ``tight_layout``: measuring every label's extent cost more than
+    the drawing (~0.6 s of ~1.1 s for a depth-16 network, paid by each member of a pack)."""
     n = len(layer_names)
-    fig = Figure(figsize=(3.2 * n, 2.8))
-    axes = fig.subplots(1, n, squeeze=False)
+    columns = min(n, 4)
+    rows = math.ceil(n / columns)
+    fig = Figure(figsize=(3.2 * columns, 2.5 * rows + 0.3))
+    axes = fig.subplots(rows, columns, squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
     for i, (ax, name) in enumerate(zip(axes.flat, layer_names)):
         # a run that blew up has infinite or NaN values: histogram the finite ones, say how many were left out
         values = [v[i].float().flatten() for v in series.values()]
@@ -147,9 +153,12 @@ def plot_layer_histograms(
         ax.set_title(name, fontsize=9)
         ax.set_xlabel(xlabel, fontsize=8)
         ax.ticklabel_format(axis="x", style="sci", scilimits=(-2, 3))
-    axes.flat[0].set_ylabel("count", fontsize=8)
+    for row in axes:
+        row[0].set_ylabel("count", fontsize=8)
     axes.flat[0].legend(fontsize=8)
-    fig.tight_layout()
+    width, height = fig.get_size_inches()  # margins in inches: ~0.8 for the counts, ~0.45 for the x label
+    fig.subplots_adjust(left=0.8 / width, right=1 - 0.15 / width, bottom=0.45 / height, top=1 - 0.3 / height,
+                        wspace=0.35, hspace=0.55)  # fmt: skip
     return save_figure(fig, path)
 
 
