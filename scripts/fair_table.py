@@ -10,7 +10,9 @@ rate with early stopping and test the best checkpoint; optionally at several dep
     python scripts/fair_table.py --out outputs/fair --check-halving 3:1,5:2    # successive halving's regret
 
 Stage 1: `train.py -m experiment=fair_lr_search` (activation x depth x lr grid, seeds 101 and
-102, stage 2's epoch budget and early stopping), then a sweep per round with one more rate past
+102, stage 2's epoch budget and early stopping; after one epoch, the rates trailing their
+activation's best by more than 0.5 val points stop: successive halving, off with
+--full-budget), then a sweep per round with one more rate past
 every choice that sits on the edge of its grid, until every choice is interior or capped
 (`chosen_lr.json` says which). Stage 2: one `train.py -m experiment=fair_table` sweep of every
 (activation, depth) at its chosen rate, seeds 1-5; then `summarize.py` on stage 2 (95% CIs,
@@ -59,7 +61,8 @@ def choices(directory: Path, runs: dict[str, tuple[str, int, float]]) -> list[st
 
 def search(args: argparse.Namespace) -> dict:
     """Stage 1, extended round by round until no choice sits on an open edge of its grid."""
-    grid = ["experiment=fair_lr_search", f"model.depth={args.depths}", f"seed={args.search_seeds}"]
+    budget = ["callbacks.rate_halving=null"] if args.full_budget else []  # default: halving after one epoch
+    grid = ["experiment=fair_lr_search", f"model.depth={args.depths}", f"seed={args.search_seeds}", *budget]
     grid += [f"activation={args.activations}"] if args.activations else []
     grid += [f"optimizer.lr={args.rates}"] if args.rates else []
     sweep(grid, args.out / "lr_search" / "grid", args.launcher, args.extra)
@@ -73,7 +76,7 @@ def search(args: argparse.Namespace) -> dict:
             print(f"fair_table: depth {depth}, {','.join(activations)} chose the edge of the grid: trying lr {rate:g}")
             runs.update({f"{a}_depth{depth}_lr{rate:g}": (a, depth, rate) for a in activations})
         overrides = choices(args.out / "choices" / f"round{round_}", runs)
-        sweep(["experiment=fair_lr_search", *overrides, f"seed={args.search_seeds}"],
+        sweep(["experiment=fair_lr_search", *overrides, f"seed={args.search_seeds}", *budget],
               args.out / "lr_search" / f"round{round_}", args.launcher, args.extra)  # fmt: skip
     return choose_learning_rates(args.out / "lr_search", args.min_rate, args.max_rate)
 
@@ -131,6 +134,8 @@ def main() -> None:
     parser.add_argument("--floor-s", type=float, default=None,
                         help="the stacked hand loop's per-model epoch (scripts/benchmark.py --pack), measured the "
                              "same day: prints the protocol's efficiency")  # fmt: skip
+    parser.add_argument("--full-budget", action="store_true",
+                        help="stage 1 without successive halving: every rate gets stage 2's whole budget")  # fmt: skip
     parser.add_argument("--check-budgets", default=None, metavar="EPOCHS:PATIENCE,...",
                         help="only report, from <out>/lr_search's histories, whether stage 1 with these shorter "
                              "budgets would have chosen the same rates, and its model-epochs")  # fmt: skip

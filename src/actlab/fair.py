@@ -9,6 +9,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from actlab.callbacks.rate_halving import surviving_rates
 from actlab.summary import load_runs
 
 # the search stops extending a rate grid at these rates
@@ -196,8 +197,7 @@ def halving_check(search_dir: str | Path, rules: list[tuple[int, float]]) -> lis
                 early.setdefault(key, {}).setdefault(lr, []).append(score)
         kept: dict[tuple[int, str], set[float]] = {}
         for key, by_rate in early.items():
-            early_means = {lr: statistics.fmean(scores) for lr, scores in by_rate.items()}
-            kept[key] = {lr for lr, mean in early_means.items() if mean >= max(early_means.values()) - margin / 100}
+            kept[key] = surviving_rates(by_rate, margin)  # the rule a pack applies live (callbacks.rate_halving)
         choices = {}
         for key, by_rate in means.items():
             survivors = {lr: mean for lr, mean in by_rate.items() if lr in kept.get(key, set())}

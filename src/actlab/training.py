@@ -324,9 +324,12 @@ def fit_and_test(cfg: DictConfig, trainer: L.Trainer, module: Classifier, datamo
 
 def stop_fields(trainer: L.Trainer, stopper: EarlyStopping | None, history: RunHistory) -> dict[str, Any]:
     """How a fit that ended before its length (``max_epochs``; ``max_steps`` is a length too)
-    stopped: ``stopped_epoch``, the last epoch it ran, and ``stop_reason``: ``early_stopping``
-    or ``max_time`` (``trainer.max_time`` or a Timer callback). Both None for a fit that ran
-    its length."""
+    stopped: ``stopped_epoch``, the last epoch it ran, and ``stop_reason``: ``early_stopping``,
+    ``rate_halving`` (a pack member) or ``max_time`` (``trainer.max_time`` or a Timer callback).
+    Both None for a fit that ran its length."""
+    halved = getattr(stopper, "halved_epoch", None)  # a pack member stopped by rate halving
+    if halved is not None:
+        return {"stopped_epoch": halved, "stop_reason": "rate_halving"}
     if stopper is not None and stopper.stopped_epoch:
         return {"stopped_epoch": stopper.stopped_epoch, "stop_reason": "early_stopping"}
     timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)

@@ -10,6 +10,7 @@ from actlab.callbacks.gradient_flow import GradientFlow
 from actlab.callbacks.gradient_histograms import GradientHistograms, weight_gradients
 from actlab.callbacks.layer_outputs import LayerOutputHistograms
 from actlab.callbacks.lightning_callbacks import EarlyStopping, ModelCheckpoint
+from actlab.callbacks.rate_halving import RateHalving, surviving_rates
 from actlab.callbacks.run_history import RunHistory
 
 __all__ = [
@@ -23,9 +24,11 @@ __all__ = [
     "GradientHistograms",
     "LayerOutputHistograms",
     "ModelCheckpoint",
+    "RateHalving",
     "RunHistory",
     "dead_neuron_metrics",
     "early_stopping",
     "scan_dead_neurons",
+    "surviving_rates",
     "weight_gradients",
 ]

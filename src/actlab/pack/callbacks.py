@@ -17,7 +17,15 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Checkpoint, EarlyStopping, ModelCheckpoint
 
-from actlab.callbacks import ActivationPlot, DeadNeuronMonitor, GradientFlow, GradientHistograms, LayerOutputHistograms
+from actlab.callbacks import (
+    ActivationPlot,
+    DeadNeuronMonitor,
+    GradientFlow,
+    GradientHistograms,
+    LayerOutputHistograms,
+    RateHalving,
+    surviving_rates,
+)
 from actlab.callbacks.diagnostic import Diagnostic, DiagnosticSchedule, eval_mode
 from actlab.callbacks.divergence import DivergenceMonitor, divergence
 from actlab.callbacks.run_history import RunHistory
@@ -110,17 +118,90 @@ class MemberEarlyStopping(MemberCallback, EarlyStopping):
 
     def __init__(self, member: int, monitor: str, **kwargs) -> None:
         self.member = member
+        self.halving: PackRateHalving | None = None  # the pack's rate halving, where it has one
+        self.halved_epoch: int | None = None  # the epoch rate halving stopped this member at
         super().__init__(monitor=f"{member_prefix(member)}{monitor}", **kwargs)
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        return state if self.halved_epoch is None else {**state, "halved_epoch": self.halved_epoch}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self.halved_epoch = state_dict.get("halved_epoch")
 
     def _run_early_stopping_check(self, trainer: L.Trainer) -> None:
         module = trainer.lightning_module
         if self.monitor not in trainer.callback_metrics:  # a member's metrics exist while it trains
+            return
+        why = self.halving.verdict(trainer, self.member) if self.halving is not None else None
+        if why is not None:
+            self.halved_epoch = trainer.current_epoch
+            module.stop_member(self.member)
+            log.info("pack member %d stopped by rate halving after epoch %d: %s", self.member,
+                     trainer.current_epoch + 1, why)  # fmt: skip
             return
         should_stop, _ = self._evaluate_stopping_criteria(trainer.callback_metrics[self.monitor].squeeze())
         if should_stop:
             self.stopped_epoch = trainer.current_epoch
             module.stop_member(self.member)
             log.info("pack member %d stopped early at epoch %d", self.member, trainer.current_epoch)
+
+
+class PackRateHalving:
+    """:class:`~actlab.callbacks.RateHalving` applied to a pack: after ``after_epochs`` epochs
+    the members are grouped by activation (and weight decay), each group's rates compared by
+    :func:`~actlab.callbacks.surviving_rates` over their seeds' best validation accuracy so far
+    (a diverged seed counts 0, as in the rate choice), and the members of the rates that trail
+    stop through their early stopping (so a resumed pack keeps them stopped).
+
+    Fail-closed: a group is compared only when the pack holds every job of the sweep in it
+    (``complete``: the launcher keeps such groups in one pack); any other group trains its
+    full budget."""
+
+    def __init__(self, rule: RateHalving, groups: list[tuple], rates: list[float], stoppers: dict[int, EarlyStopping],
+                 complete: set[tuple]) -> None:  # fmt: skip
+        self.rule, self.groups, self.rates, self.stoppers = rule, groups, rates, stoppers
+        self.complete = complete
+        self._verdicts: dict[int, dict[int, str]] = {}
+
+    def verdict(self, trainer: L.Trainer, k: int) -> str | None:
+        """Why member ``k`` stops at this epoch's end (None: it goes on)."""
+        epoch = trainer.current_epoch
+        if epoch != self.rule.after_epochs - 1:
+            return None
+        if epoch not in self._verdicts:
+            self._verdicts = {epoch: self._decide(trainer)}
+        return self._verdicts[epoch].get(k)
+
+    def _score(self, trainer: L.Trainer, j: int) -> float:
+        module = trainer.lightning_module
+        metric = trainer.callback_metrics.get(f"{member_prefix(j)}val/acc")
+        if not module.live[j] or metric is None:  # diverged (or stopped): 0, as the rate choice counts it
+            return 0.0
+        stopper = self.stoppers.get(j)
+        best = stopper.best_score if stopper is not None and stopper.monitor.endswith("val/acc") else None
+        values = [float(metric)] + ([float(best)] if best is not None and torch.isfinite(best) else [])
+        return max(values)  # the best so far (the stopper's best may already hold this epoch's)
+
+    def _decide(self, trainer: L.Trainer) -> dict[int, str]:
+        verdicts = {}
+        for group in set(self.groups):
+            members = [j for j, g in enumerate(self.groups) if g == group]
+            if group not in self.complete or len({self.rates[j] for j in members}) < 2:
+                continue
+            scores: dict[float, list[float]] = {}
+            for j in members:
+                scores.setdefault(self.rates[j], []).append(self._score(trainer, j))
+            margin = self.rule.margin
+            kept = surviving_rates(scores, margin)
+            means = {rate: statistics.fmean(values) for rate, values in scores.items()}
+            best = max(means, key=means.get)
+            for j in members:
+                if self.rates[j] not in kept and trainer.lightning_module.live[j]:
+                    gap = 100 * (means[best] - means[self.rates[j]])
+                    verdicts[j] = f"lr {self.rates[j]:g} trails lr {best:g} by {gap:.2f} points (margin {margin:g})"
+        return verdicts
 
 
 class MemberCallbacks(Checkpoint):

@@ -150,8 +150,8 @@ class PackCheckpointIO(TorchCheckpointIO):
 
 
 def stopped_early(checkpoint: dict[str, Any]) -> bool:
-    """Whether a single run's checkpoint says its early stopping had ended it."""
-    return any(key.startswith("EarlyStopping") and state.get("stopped_epoch")
+    """Whether a single run's checkpoint says its early stopping (or a pack's rate halving) had ended it."""
+    return any(key.startswith("EarlyStopping") and (state.get("stopped_epoch") or state.get("halved_epoch") is not None)
                for key, state in checkpoint.get("callbacks", {}).items())  # fmt: skip
 
 

@@ -50,6 +50,8 @@ SHARED_CALLBACKS = {
 }  # fmt: skip
 # Lightning callbacks a pack cannot honour, with why
 CALLBACK_REFUSALS = {"lightning.pytorch.callbacks.Timer": MAX_TIME}
+# callbacks a pack applies across its members (actlab.pack.callbacks.PackRateHalving)
+PACK_WIDE_CALLBACKS = {"actlab.callbacks.RateHalving"}
 # callbacks a pack runs once per member
 # ModelCheckpoint, Lightning's or actlab's (the same, its state key built once)
 CHECKPOINT_TARGETS = {"lightning.pytorch.callbacks.ModelCheckpoint", "actlab.callbacks.ModelCheckpoint"}
@@ -81,6 +83,9 @@ class Member:
     activation: str | None = None
     overrides: list[str] = field(default_factory=list)
     exact: bool = False
+    # the jobs of the sweep in this member's rate-halving group (None: not counted); a pack
+    # compares a group's rates only when it holds all of them
+    halving_peers: int | None = None
 
 
 def member_settings(cfg: DictConfig) -> dict:
@@ -97,6 +102,17 @@ def settings_order(cfg: DictConfig) -> tuple:
                      for value in member_settings(cfg).values())  # fmt: skip
     activation = json.dumps(OmegaConf.to_container(cfg.activation, resolve=True), sort_keys=True, default=str)
     return (*settings, activation)
+
+
+def halving_group(cfg: DictConfig) -> str | None:
+    """The rate-halving group of a run: the rates of one activation (and weight decay) are
+    compared (None: the run asks for no rate halving)."""
+    entry = (cfg.get("callbacks") or {}).get("rate_halving")
+    if entry is None or "_target_" not in entry:
+        return None
+    activation = OmegaConf.to_container(cfg.activation, resolve=True)
+    weight_decay = (cfg.get("optimizer") or {}).get("weight_decay")
+    return json.dumps([pack_key(cfg), activation, weight_decay], sort_keys=True, default=str)
 
 
 def pack_key(cfg: DictConfig) -> str:
@@ -154,7 +170,7 @@ def _callbacks_refusal(cfg: DictConfig) -> str | None:
         target = _target(entry)
         if target in CALLBACK_REFUSALS:
             return f"callbacks.{name} ({target}) {CALLBACK_REFUSALS[target]}"
-        if target not in SHARED_CALLBACKS | PER_MEMBER_CALLBACKS:
+        if target not in SHARED_CALLBACKS | PER_MEMBER_CALLBACKS | PACK_WIDE_CALLBACKS:
             return f"callbacks.{name} ({target or 'no _target_'}) is not known to work per member in a pack"
         if target in CHECKPOINT_TARGETS:
             fields = {f for _, f, _, _ in string.Formatter().parse(str(entry.get("filename") or "")) if f}

@@ -36,11 +36,21 @@ from actlab.pack.callbacks import (
     MemberHistory,
     MemberModelCheckpoint,
     PackEpochLog,
+    PackRateHalving,
 )
 from actlab.pack.checkpoint import PackCheckpointIO, pack_checkpoint, save_atomically, stopped_early
 from actlab.pack.data import PackDataModule
 from actlab.pack.loggers import PackLogger
-from actlab.pack.members import CHECKPOINT_TARGETS, SHARED_CALLBACKS, Member, member_settings, pack_key, packing_refusal
+from actlab.pack.members import (
+    CHECKPOINT_TARGETS,
+    PACK_WIDE_CALLBACKS,
+    SHARED_CALLBACKS,
+    Member,
+    halving_group,
+    member_settings,
+    pack_key,
+    packing_refusal,
+)
 from actlab.pack.module import PackModule, member_prefix
 from actlab.pack.stacked import StackedNetwork
 from actlab.record import RESULTS, RunRecord, read_record
@@ -161,6 +171,8 @@ class PackRun:
             elif entry._target_ == "actlab.callbacks.early_stopping":
                 stopper = instantiate(entry, build=functools.partial(MemberEarlyStopping, k))
                 callbacks += [stopper] if stopper is not None else []
+            elif entry._target_ in PACK_WIDE_CALLBACKS:
+                continue  # the pack's own (see _rate_halving)
             elif not entry._target_.startswith("lightning."):
                 diagnostics.extend(instantiate_group({name: entry}))
         history = MemberHistory(k, record, [d for d in diagnostics if isinstance(d, Diagnostic)])
@@ -178,6 +190,7 @@ class PackRun:
         # history first, so each member's epoch time is the pack's epoch, whatever its place in the pack
         per_member.sort(key=lambda c: (not isinstance(c, MemberHistory), isinstance(c, ModelCheckpoint)))
         self.member_callbacks = per_member
+        self._rate_halving([c for c in per_member if isinstance(c, MemberEarlyStopping)])
         callbacks = [
             MemberDivergence(self.records),
             *configured_callbacks(self.cfg, SHARED_CALLBACKS),  # progress bar, learning-rate monitor
@@ -190,6 +203,30 @@ class PackRun:
         groups = [module.group_of(k) for k in range(module.size)] if len(module.runs) > 1 else None
         logger = PackLogger(member_loggers, str(self.pack_dir), groups, module.last_steps)
         return trainer_for(self.cfg, callbacks, [logger], default_root_dir=str(self.pack_dir), plugins=[io])
+
+    def _rate_halving(self, stoppers: list[MemberEarlyStopping]) -> None:
+        """Wire the members' early stopping to the pack's rate halving, where the members ask for it."""
+        entry = (self.cfg.get("callbacks") or {}).get("rate_halving")
+        if entry is None or "_target_" not in entry:
+            return
+        rule = instantiate(entry)
+        if len(stoppers) != len(self.members):
+            raise ConfigError("callbacks.rate_halving stops members through their early stopping: "
+                              "set callbacks.early_stopping.patience")  # fmt: skip
+        if rule.after_epochs > 1 and not all(s.monitor.endswith("val/acc") for s in stoppers):
+            raise ConfigError("callbacks.rate_halving.after_epochs > 1 compares the best val/acc so far: "
+                              "set callbacks.early_stopping.monitor=val/acc")  # fmt: skip
+        groups = [halving_group(m.cfg) for m in self.members]
+        peers = {g: {m.halving_peers for m, h in zip(self.members, groups) if h == g} for g in set(groups)}
+        complete = {g for g, counts in peers.items() if counts == {groups.count(g)}}
+        for group in set(groups) - complete:
+            names = [m.output_dir.name for m, h in zip(self.members, groups) if h == group]
+            log.info("pack %s: rate halving off for %s: the pack does not hold every job of their group, "
+                     "so they train their full budget", self.pack_id, ", ".join(names))  # fmt: skip
+        halving = PackRateHalving(rule, groups, [float(m.cfg.optimizer.lr) for m in self.members],
+                                  {s.member: s for s in stoppers}, complete)  # fmt: skip
+        for stopper in stoppers:
+            stopper.halving = halving
 
     # -- the whole run -----------------------------------------------------------------------
 

@@ -66,9 +66,10 @@ def group_into_packs(members: list, pack_size: int) -> tuple[list[list[int]], li
     at most ``pack_size`` each) and the indices that run alone: those alone in their group,
     and those with an option a pack cannot honour (one log line each, saying why). A group
     larger than ``pack_size`` is cut into packs of equal size (parallel workers then finish
-    together). Within a pack, members with equal optimiser settings (learning rate, weight
-    decay) sit side by side."""
-    from actlab.pack.members import pack_key, packing_refusal, settings_order
+    together), except that the runs of one rate-halving group (``callbacks.rate_halving``: an
+    activation's rates and seeds) are never cut apart. Within a pack, members with equal
+    optimiser settings (learning rate, weight decay) sit side by side."""
+    from actlab.pack.members import halving_group, pack_key, packing_refusal, settings_order
 
     groups: dict[str, list[int]] = {}
     alone = []
@@ -79,12 +80,13 @@ def group_into_packs(members: list, pack_size: int) -> tuple[list[list[int]], li
             alone.append(i)
             continue
         groups.setdefault(pack_key(member.cfg), []).append(i)
+    halving = {i: halving_group(members[i].cfg) for indices in groups.values() for i in indices}
+    for i, group in halving.items():  # how many jobs of the sweep each pack must hold to compare a group's rates
+        members[i].halving_peers = sum(g == group for g in halving.values()) if group is not None else None
     packs = []
     for indices in groups.values():
         indices.sort(key=lambda i: settings_order(members[i].cfg))
-        size = -(-len(indices) // -(-len(indices) // pack_size))  # packs of equal size, none over pack_size
-        for start in range(0, len(indices), size):
-            chunk = indices[start : start + size]
+        for chunk in _chunks(indices, pack_size, halving):
             if len(chunk) > 1:
                 packs.append(chunk)
                 continue
@@ -94,6 +96,28 @@ def group_into_packs(members: list, pack_size: int) -> tuple[list[list[int]], li
                          members[chunk[0]].output_dir.name)  # fmt: skip
             alone += chunk
     return packs, sorted(alone)
+
+
+def _chunks(indices: list[int], pack_size: int, halving: dict[int, str | None]) -> list[list[int]]:
+    """``indices`` (in pack order) cut into packs of equal size, none over ``pack_size``; where
+    runs ask for rate halving, a group's runs stay in one pack (packs filled group by group,
+    each pack in pack order), so that it can compare their rates."""
+    if all(halving[i] is None for i in indices):
+        size = -(-len(indices) // -(-len(indices) // pack_size))  # packs of equal size, none over pack_size
+        return [indices[start : start + size] for start in range(0, len(indices), size)]
+    by_group: dict[str | None, list[int]] = {}
+    for i in indices:
+        by_group.setdefault(halving[i], []).append(i)
+    target = -(-len(indices) // -(-len(indices) // pack_size))
+    chunks, current = [], []
+    for group in by_group.values():
+        if current and len(current) + len(group) > target:
+            chunks.append(current)
+            current = []
+        current += group  # a group larger than pack_size is one pack of its own (never cut)
+    chunks.append(current)
+    order = {i: n for n, i in enumerate(indices)}
+    return [sorted(chunk, key=order.get) for chunk in chunks if chunk]
 
 
 def _log_to(path: Path) -> logging.Handler:
