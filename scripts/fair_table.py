@@ -135,7 +135,8 @@ def main() -> None:
                         help="the stacked hand loop's per-model epoch (scripts/benchmark.py --pack), measured the "
                              "same day: prints the protocol's efficiency")  # fmt: skip
     parser.add_argument("--full-budget", action="store_true",
-                        help="stage 1 without successive halving: every rate gets stage 2's whole budget")  # fmt: skip
+                        help="stage 1 without successive halving: every rate gets stage 2's whole budget (in "
+                             "directories of their own: callbacks.rate_halving=null is in their names)")  # fmt: skip
     parser.add_argument("--check-budgets", default=None, metavar="EPOCHS:PATIENCE,...",
                         help="only report, from <out>/lr_search's histories, whether stage 1 with these shorter "
                              "budgets would have chosen the same rates, and its model-epochs")  # fmt: skip
