@@ -61,8 +61,15 @@ def assert_sets_only_known_keys(experiment: str, composed: DictConfig, tmp_path)
     base = compose_train(groups, output_dir=tmp_path, return_hydra_config=True)  # the same groups, no experiment
     absent = object()
     params = own.get("hydra", {}).get("sweeper", {}).get("params") or {}
+
+    def known(path: str) -> bool:  # in the config, or inside an entry it switches off (null) for experiments to fill
+        parts = path.split(".")
+        return OmegaConf.select(base, path, default=absent) is not absent or any(
+            OmegaConf.select(base, ".".join(parts[:i]), default=absent) is None for i in range(1, len(parts))
+        )
+
     unknown = [path for path in leaf_paths(own) if path != "defaults" and not path.startswith("hydra.sweeper.params.")
-               and OmegaConf.select(base, path, default=absent) is absent]  # fmt: skip
+               and not known(path)]  # fmt: skip
     for key, values in params.items():
         if key in base.hydra.runtime.choices:  # a group: each value one of its options
             unknown += [f"{key}={v}" for v in str(values).split(",") if v.strip() not in group_options(key)]
