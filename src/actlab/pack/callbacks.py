@@ -159,8 +159,8 @@ class PackRateHalving:
     (``complete``: the launcher keeps such groups in one pack); any other group trains its
     full budget."""
 
-    def __init__(self, rule: RateHalving, groups: list[tuple], rates: list[float], stoppers: dict[int, EarlyStopping],
-                 complete: set[tuple]) -> None:  # fmt: skip
+    def __init__(self, rule: RateHalving, groups: list[str | None], rates: list[float],
+                 stoppers: dict[int, EarlyStopping], complete: set[str | None]) -> None:  # fmt: skip
         self.rule, self.groups, self.rates, self.stoppers = rule, groups, rates, stoppers
         self.complete = complete
         self._verdicts: dict[int, dict[int, str]] = {}

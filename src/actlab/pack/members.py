@@ -105,14 +105,14 @@ def settings_order(cfg: DictConfig) -> tuple:
 
 
 def halving_group(cfg: DictConfig) -> str | None:
-    """The rate-halving group of a run: the rates of one activation (and weight decay) are
-    compared (None: the run asks for no rate halving)."""
+    """The rate-halving group of a run among the runs of its :func:`pack_key`: the rates of one
+    activation (and weight decay) are compared (None: the run asks for no rate halving)."""
     entry = (cfg.get("callbacks") or {}).get("rate_halving")
     if entry is None or "_target_" not in entry:
         return None
     activation = OmegaConf.to_container(cfg.activation, resolve=True)
     weight_decay = (cfg.get("optimizer") or {}).get("weight_decay")
-    return json.dumps([pack_key(cfg), activation, weight_decay], sort_keys=True, default=str)
+    return json.dumps([activation, weight_decay], sort_keys=True, default=str)
 
 
 def pack_key(cfg: DictConfig) -> str:

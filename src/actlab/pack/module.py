@@ -67,7 +67,6 @@ class PackModule(HookNameAttribute, L.LightningModule):
         self._present: torch.Tensor | None = None  # the members in the stack, once it is compacted
         self._grad_hooks: list = []
         self.live = [True] * net.size
-        self.all_live = True
         self.register_buffer("live_mask", torch.ones(net.size, dtype=torch.bool), persistent=False)
         self._stopped_before: list[int] = []  # resumed members that had stopped: frozen once restored
         # each stopped member's last step (its single run's final global step): what its loggers see after it
@@ -94,7 +93,6 @@ class PackModule(HookNameAttribute, L.LightningModule):
         if not self.live[k]:
             return
         self.live[k] = False
-        self.all_live = False
         if self._trainer is not None:
             self.last_steps.setdefault(k, self.trainer.global_step)
         self.live_mask[k] = False
@@ -202,7 +200,6 @@ class PackModule(HookNameAttribute, L.LightningModule):
         stack = checkpoint.get(PACK_STACK_KEY)
         if stack:  # before the weights are loaded and the optimiser is built: the saved stack's shape
             self.live = list(stack["live"])
-            self.all_live = all(self.live)
             self.last_steps.update({int(k): step for k, step in stack.get("last_steps", {}).items()})
             self.live_mask.copy_(torch.tensor(self.live))
             self.compact(stack["present"])  # no optimiser yet: the stack alone
@@ -228,7 +225,7 @@ class PackModule(HookNameAttribute, L.LightningModule):
                 raise RuntimeError(f"a training batch of members {rows.tolist()} for a stack of all {self.size}")
             losses = self._losses("train", self.net(x), y)
             self.member_losses = losses.detach()  # the step's loss of each member (divergence checks read it)
-            if self.all_live:  # the common case: no mask to apply (two operations, each a kernel launch on a GPU)
+            if all(self.live):  # the common case: no mask to apply (two operations, each a kernel launch on a GPU)
                 return losses.sum()
             return torch.where(self.live_mask, losses, 0.0).sum()
         if not torch.equal(rows, members):  # the loader's epoch began before the stack last shrank

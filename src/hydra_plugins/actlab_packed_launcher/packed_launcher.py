@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import signal
 import subprocess
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -81,10 +82,11 @@ def group_into_packs(members: list, pack_size: int) -> tuple[list[list[int]], li
             continue
         groups.setdefault(pack_key(member.cfg), []).append(i)
     halving = {i: halving_group(members[i].cfg) for indices in groups.values() for i in indices}
-    for i, group in halving.items():  # how many jobs of the sweep each pack must hold to compare a group's rates
-        members[i].halving_peers = sum(g == group for g in halving.values()) if group is not None else None
     packs = []
     for indices in groups.values():
+        sizes = Counter(halving[i] for i in indices)
+        for i in indices:  # how many jobs of the sweep a pack must hold to compare the rates of i's group
+            members[i].halving_peers = sizes[halving[i]] if halving[i] is not None else None
         indices.sort(key=lambda i: settings_order(members[i].cfg))
         for chunk in _chunks(indices, pack_size, halving):
             if len(chunk) > 1:
@@ -102,16 +104,15 @@ def _chunks(indices: list[int], pack_size: int, halving: dict[int, str | None]) 
     """``indices`` (in pack order) cut into packs of equal size, none over ``pack_size``; where
     runs ask for rate halving, a group's runs stay in one pack (packs filled group by group,
     each pack in pack order), so that it can compare their rates."""
+    size = -(-len(indices) // -(-len(indices) // pack_size))  # packs of equal size, none over pack_size
     if all(halving[i] is None for i in indices):
-        size = -(-len(indices) // -(-len(indices) // pack_size))  # packs of equal size, none over pack_size
         return [indices[start : start + size] for start in range(0, len(indices), size)]
     by_group: dict[str | None, list[int]] = {}
     for i in indices:
         by_group.setdefault(halving[i], []).append(i)
-    target = -(-len(indices) // -(-len(indices) // pack_size))
     chunks, current = [], []
     for group in by_group.values():
-        if current and len(current) + len(group) > target:
+        if current and len(current) + len(group) > size:
             chunks.append(current)
             current = []
         current += group  # a group larger than pack_size is one pack of its own (never cut)
