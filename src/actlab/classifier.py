@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from actlab.metrics import EpochMetrics
+from actlab.steps import GroupedSteps
 from actlab.tensorboard import log_confusion_matrix, tensorboard_writers
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -32,7 +33,7 @@ class HookNameAttribute:
             super().__setattr__(name, value)
 
 
-class Classifier(HookNameAttribute, L.LightningModule):
+class Classifier(HookNameAttribute, GroupedSteps, L.LightningModule):
     """Cross-entropy classification of ``net``'s logits.
 
     Logs once per epoch ``{train,val,test}/{loss,acc}``: the exact mean loss and accuracy over
@@ -51,12 +52,17 @@ class Classifier(HookNameAttribute, L.LightningModule):
         scheduler: a learning-rate schedule from ``actlab.schedulers`` (a ``_partial_``
             factory of the optimiser and the run's length), or None for a constant rate.
         compile: wrap ``net`` in ``torch.compile`` for the forward pass.
+        steps_per_call: optimiser steps per ``training_step`` call (:mod:`actlab.steps`; the
+            numbers do not depend on it).
     """
 
     def __init__(self, net: nn.Module, optimizer: OptimizerFactory, scheduler: Callable | None = None,
-                 compile: bool = False) -> None:  # fmt: skip
+                 compile: bool = False, steps_per_call: int = 1) -> None:  # fmt: skip
         super().__init__()
-        self.save_hyperparameters(logger=False, ignore=["net", "optimizer", "scheduler"])
+        self.save_hyperparameters(logger=False, ignore=["net", "optimizer", "scheduler", "steps_per_call"])
+        if steps_per_call < 1:
+            raise ValueError(f"steps_per_call must be >= 1, got {steps_per_call}")
+        self.steps_per_call = steps_per_call
         self.net = net
         if isinstance(getattr(net, "input_size", None), int):
             self.example_input_array = torch.zeros(1, net.input_size)
@@ -79,7 +85,7 @@ class Classifier(HookNameAttribute, L.LightningModule):
         self.epoch_metrics[f"{stage}_metrics"].update(loss.unsqueeze(0), logits.unsqueeze(0), y.unsqueeze(0))
         return loss
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+    def train_batch(self, batch) -> torch.Tensor:
         return self._step(batch, "train")
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -91,7 +97,9 @@ class Classifier(HookNameAttribute, L.LightningModule):
     def _log_epoch(self, stage: str, extra: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         metrics = {name: value[0] for name, value in self.epoch_metrics[f"{stage}_metrics"].compute_and_reset().items()}
         values = {name: metrics[name] for name in ("loss", "acc", "f1") if name in metrics}
-        self.log_dict({f"{stage}/{k}": v for k, v in {**values, **(extra or {})}.items()}, prog_bar=stage == "val")
+        # one value an epoch: batch_size (which weights per-step values) only says so to Lightning
+        self.log_dict({f"{stage}/{k}": v for k, v in {**values, **(extra or {})}.items()}, prog_bar=stage == "val",
+                      batch_size=1)  # fmt: skip
         return metrics
 
     def on_train_epoch_start(self) -> None:
@@ -102,6 +110,7 @@ class Classifier(HookNameAttribute, L.LightningModule):
         lr = getattr(self, "_epoch_lr", None)  # none when the fit resumed inside this epoch
         self._log_epoch("train", {"lr": lr} if lr is not None else None)
         self._epoch_lr = None
+        super().on_train_epoch_end()
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
@@ -118,7 +127,7 @@ class Classifier(HookNameAttribute, L.LightningModule):
         return optimizer_and_schedule(self, self.optimizer_factory, self.scheduler_factory)
 
 
-def optimizer_and_schedule(module: L.LightningModule, optimizer: OptimizerFactory, scheduler: Callable | None,
+def optimizer_and_schedule(module: GroupedSteps, optimizer: OptimizerFactory, scheduler: Callable | None,
                            params: Iterable[Any] | None = None) -> Any:  # fmt: skip
     """What ``configure_optimizers`` returns for ``module``'s parameters (or ``params``, e.g.
     parameter groups): the optimiser, with its learning-rate schedule sized to the trainer's
@@ -128,4 +137,4 @@ def optimizer_and_schedule(module: L.LightningModule, optimizer: OptimizerFactor
         return built
     epochs = max(1, module.trainer.max_epochs or 1)
     steps_per_epoch = max(1, module.trainer.estimated_stepping_batches // epochs)
-    return {"optimizer": built, "lr_scheduler": scheduler(built, epochs, steps_per_epoch)}
+    return {"optimizer": built, "lr_scheduler": module.lr_schedule(scheduler(built, epochs, steps_per_epoch))}

@@ -143,7 +143,8 @@ def build_data_and_classifier(cfg: DictConfig) -> tuple[L.LightningDataModule, C
     )
     scheduler = _build(cfg.scheduler) if cfg.get("scheduler") else None
     classifier = Classifier(net=net, optimizer=_build(cfg.optimizer), scheduler=scheduler,
-                            compile=cfg.get("compile", False))  # fmt: skip
+                            compile=cfg.get("compile", False),
+                            steps_per_call=cfg.get("train_steps_per_call", 1))  # fmt: skip
     return datamodule, classifier
 
 

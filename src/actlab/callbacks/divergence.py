@@ -14,7 +14,9 @@ class DivergenceMonitor(L.Callback):
 
     Checks the step's loss every ``check_every_n_steps`` steps and the epoch's last step
     (each check is one host sync on a GPU). Once weights are NaN every later loss is too, so
-    the epoch-end check catches any divergence the periodic ones skipped.
+    the epoch-end check catches any divergence the periodic ones skipped. Where a
+    ``training_step`` call takes several steps (:mod:`actlab.steps`), the check falls on the
+    call whose steps pass the multiple of ``check_every_n_steps``, with its last step's loss.
     """
 
     def __init__(self, check_every_n_steps: int = 50) -> None:
@@ -22,14 +24,20 @@ class DivergenceMonitor(L.Callback):
             raise ValueError(f"check_every_n_steps must be >= 1, got {check_every_n_steps}")
         self.check_every_n_steps = check_every_n_steps
         self._last_loss: torch.Tensor | None = None
+        self._last_step = 0  # the global step at the last call's end
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module) -> None:
+        self._last_step = trainer.global_step
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         loss = self.step_loss(outputs, pl_module)
         if loss is None:
             return
         self._last_loss = loss.detach()
-        if trainer.global_step % self.check_every_n_steps == 0:
+        step, n = trainer.global_step, self.check_every_n_steps
+        if step // n > self._last_step // n:  # a multiple of n among this call's steps
             self._check(trainer, pl_module)
+        self._last_step = step
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
         self._check(trainer, pl_module)

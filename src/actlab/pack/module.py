@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from actlab.classifier import STAGES, HookNameAttribute, OptimizerFactory, optimizer_and_schedule
 from actlab.metrics import EpochMetrics
 from actlab.pack.stacked import StackedNetwork
+from actlab.steps import GroupedSteps
 from actlab.tensorboard import log_confusion_matrix, tensorboard_writers
 
 MEMBER_SUFFIX = "@member"
@@ -29,7 +30,7 @@ def member_key(key: str, k: int) -> str:
     return f"{key}{MEMBER_SUFFIX}{k}"
 
 
-class PackModule(HookNameAttribute, L.LightningModule):
+class PackModule(HookNameAttribute, GroupedSteps, L.LightningModule):
     """K classifiers of one architecture as one LightningModule over a StackedNetwork.
 
     The loss is the sum of the live members' mean cross-entropies, so each member's
@@ -53,11 +54,14 @@ class PackModule(HookNameAttribute, L.LightningModule):
         scheduler: their learning-rate schedule factory (``actlab.schedulers``), or None.
         member_settings: per member, its optimiser settings that may differ from the others'
             (``{"lr": 0.1, "weight_decay": 0.0}``); None: all equal.
+        steps_per_call: optimiser steps per ``training_step`` call (:mod:`actlab.steps`), as
+            the members' single runs take them.
     """
 
     def __init__(self, net: StackedNetwork, optimizer: OptimizerFactory, scheduler: Callable | None = None,
-                 member_settings: list[dict[str, Any]] | None = None) -> None:  # fmt: skip
+                 member_settings: list[dict[str, Any]] | None = None, steps_per_call: int = 1) -> None:  # fmt: skip
         super().__init__()
+        self.steps_per_call = steps_per_call
         self.net = net
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.member_settings = member_settings or [{} for _ in range(net.size)]
@@ -217,7 +221,7 @@ class PackModule(HookNameAttribute, L.LightningModule):
         self.epoch_metrics[f"{stage}_metrics"].update(losses, logits, targets, members)
         return losses
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+    def train_batch(self, batch) -> torch.Tensor:
         x, y, rows = batch  # (R, B, ...), (R, B): the own batches of members ``rows`` (ascending)
         members = self._present
         if members is None:
@@ -266,7 +270,7 @@ class PackModule(HookNameAttribute, L.LightningModule):
             prefix = member_prefix(k)
             values.update({f"{prefix}{stage}/{name}": metrics[name][k] for name in names})
             values.update({f"{prefix}{stage}/{name}": v for name, v in (extra or {}).get(k, {}).items()})
-        self.log_dict(values)
+        self.log_dict(values, batch_size=1)  # one value an epoch (batch_size only weights per-step values)
         return metrics
 
     def on_train_epoch_end(self) -> None:
@@ -275,6 +279,7 @@ class PackModule(HookNameAttribute, L.LightningModule):
         extra = {k: {"lr": rates[self.group_of(k)]} for k in live} if rates is not None else None
         self._log_members("train", live, ("loss", "acc"), extra)
         self._epoch_lr = None
+        super().on_train_epoch_end()
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:

@@ -145,8 +145,8 @@ class PackRun:
                 for m in self.members]  # fmt: skip
         classifier, datamodule = built[0][1], built[0][2]
         stacked = StackedNetwork([c.net for _, c, _, _ in built], keys, exact=self.members[0].exact)
-        module = PackModule(stacked, classifier.optimizer_factory,
-                            classifier.scheduler_factory, [member_settings(m.cfg) for m in self.members])  # fmt: skip
+        module = PackModule(stacked, classifier.optimizer_factory, classifier.scheduler_factory,
+                            [member_settings(m.cfg) for m in self.members], classifier.steps_per_call)  # fmt: skip
         return module, PackDataModule(datamodule, [state for *_, state in built])
 
     def _keep(self, kept: list[int]) -> None:

@@ -1,0 +1,160 @@
+"""Several optimiser steps per Lightning call (actlab.steps) give the numbers of one step per
+call, bit for bit: in a single run and in a pack, with every kind of learning-rate schedule,
+across epochs, a resume and a step limit."""
+
+import csv
+import logging
+
+import lightning as L
+import pytest
+import torch
+from conftest import compose_train, data_overrides
+from test_pack import members_for
+
+from actlab.pack.training import train_pack
+from actlab.steps import GroupedSteps
+from actlab.training import run
+
+# 384 training images in batches of 16: 24 steps an epoch, groups of 5 end with one of 4
+SHORT = ["data.batch_size=16", "trainer.max_epochs=3", "logger=csv", "optimizer.lr=0.05"]
+COMPARED = ("train/loss", "train/acc", "train/lr", "val/loss", "val/acc", "val/f1")
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """How many ``training_step`` calls each fit made."""
+    made = []
+    original = GroupedSteps.training_step
+
+    def counted(self, dataloader_iter):
+        made.append(self.trainer.global_step)
+        return original(self, dataloader_iter)
+
+    monkeypatch.setattr(GroupedSteps, "training_step", counted)
+    return made
+
+
+def single(tmp_path, fake_data_dir, name, *overrides):
+    out = tmp_path / name
+    cfg = compose_train([*data_overrides(fake_data_dir), *SHORT, *overrides], output_dir=out)
+    record = run(cfg, out, activation="relu")
+    assert record["status"] == "completed", record.get("error")
+    return record, out
+
+
+def logged_steps(out):
+    with open(out / "csv" / "metrics.csv") as f:
+        return [(row["step"], row["epoch"]) for row in csv.DictReader(f) if row.get("val/acc")]
+
+
+def last_checkpoint(out):
+    return torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+
+
+def assert_same_run(a, a_dir, b, b_dir, plateau_lag=False):
+    for key in COMPARED:
+        assert a["history"][key] == b["history"][key], key
+    for key in ("test/loss", "test/acc", "test/f1", "epochs_completed", "partial_epochs"):
+        assert a[key] == b[key], key
+    assert logged_steps(a_dir) == logged_steps(b_dir)  # the epoch metrics' x axis: optimiser steps
+    ca, cb = last_checkpoint(a_dir), last_checkpoint(b_dir)
+    assert ca["global_step"] == cb["global_step"] and ca["epoch"] == cb["epoch"]
+    assert all(torch.equal(ca["state_dict"][k], cb["state_dict"][k]) for k in ca["state_dict"])
+    if not plateau_lag:
+        assert ca["lr_schedulers"] == cb["lr_schedulers"]
+    else:  # Lightning's automatic optimisation saves the epoch's checkpoint before it steps a plateau
+        # schedule (its last.ckpt holds the schedule one step behind); grouped steps step it first
+        assert ca["lr_schedulers"][0]["last_epoch"] + 1 == cb["lr_schedulers"][0]["last_epoch"]
+    momenta = [[s["momentum_buffer"] for s in c["optimizer_states"][0]["state"].values()] for c in (ca, cb)]
+    assert all(torch.equal(x, y) for x, y in zip(*momenta))
+
+
+@pytest.mark.parametrize("scheduler", ["onecycle", "cosine", "plateau"])
+def test_a_run_in_groups_of_steps_is_the_run_of_one_step_per_call(scheduler, tmp_path, fake_data_dir, calls):
+    """Step (one-cycle), epoch (cosine) and plateau schedules, with the default diagnostics
+    (their per-step gradient-norm samples included): groups of 16 and of 5 (a short group at
+    every epoch's end) against Lightning's automatic optimisation."""
+    overrides = [f"scheduler={scheduler}", "scheduler.patience=0"] if scheduler == "plateau" else \
+        [f"scheduler={scheduler}"]  # fmt: skip
+    alone, alone_dir = single(tmp_path, fake_data_dir, "one", *overrides, "train_steps_per_call=1")
+    assert len(calls) == 3 * 24  # one call a step
+    for group in (16, 5):
+        calls.clear()
+        grouped, grouped_dir = single(tmp_path, fake_data_dir, f"g{group}", *overrides, f"train_steps_per_call={group}")
+        assert len(calls) == 3 * -(-24 // group)  # groups, the last of each epoch shorter
+        assert_same_run(alone, alone_dir, grouped, grouped_dir, plateau_lag=scheduler == "plateau")
+        assert grouped["flow/grad_norm_first_step"] == alone["flow/grad_norm_first_step"]
+        assert grouped["history"]["flow/grad_norm/layer_0"] == alone["history"]["flow/grad_norm/layer_0"]
+    if scheduler == "plateau":  # the schedule did act: val/loss cannot improve every epoch at this rate
+        assert len(set(alone["history"]["train/lr"])) > 1, alone["history"]["train/lr"]
+
+
+def test_a_step_limit_in_groups_stops_where_one_step_per_call_does(tmp_path, fake_data_dir):
+    """``trainer.max_steps`` inside an epoch: a group ends there, not at its size."""
+    limited = ["+trainer.max_steps=40"]
+    a, a_dir = single(tmp_path, fake_data_dir, "one", *limited, "train_steps_per_call=1")
+    b, b_dir = single(tmp_path, fake_data_dir, "g16", *limited, "train_steps_per_call=16")
+    assert a["partial_epochs"] == [{"epoch": 1, "batches": 16, "of": 24}]  # 40 = 24 + 16
+    assert_same_run(a, a_dir, b, b_dir)
+
+
+class InterruptAtEpoch(L.Callback):
+    """Ctrl-C as epoch ``epoch`` starts (its checkpoints hold the epochs before it)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_a_run_in_groups_resumed_with_a_plateau_schedule_goes_on_as_the_uninterrupted_run(tmp_path, fake_data_dir):
+    """The plateau schedule a grouped run steps before its epoch's checkpoint is the one the
+    resumed run goes on with (the other schedules: tests/test_pack_resume.py, at the default
+    train_steps_per_call)."""
+    plateau = ["scheduler=plateau", "scheduler.patience=0", "train_steps_per_call=16"]
+    whole, whole_dir = single(tmp_path, fake_data_dir, "whole", *plateau)
+    with pytest.raises(SystemExit):
+        interrupt = ["+callbacks.interrupt._target_=test_steps.InterruptAtEpoch", "+callbacks.interrupt.epoch=2"]
+        single(tmp_path, fake_data_dir, "resumed", *plateau, *interrupt)
+    again, again_dir = single(tmp_path, fake_data_dir, "resumed", *plateau, "resume=true")
+    assert again["resumed_from"].endswith("last.ckpt") and again["epochs_completed"] == 3
+    assert len(set(whole["history"]["train/lr"])) > 1, whole["history"]["train/lr"]  # the schedule acted
+    assert_same_run(whole, whole_dir, again, again_dir)
+
+
+def test_a_setting_that_works_per_lightning_step_keeps_one_step_per_call_and_says_so(tmp_path, fake_data_dir,
+                                                                                     calls, caplog):  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="actlab.steps"):
+        single(tmp_path, fake_data_dir, "clipped", "+trainer.gradient_clip_val=0.5", "train_steps_per_call=16",
+               "trainer.max_epochs=1")  # fmt: skip
+    assert len(calls) == 24
+    assert any("train_steps_per_call=16 not applied): trainer.gradient_clip_val" in m for m in caplog.messages)
+
+
+def test_pack_members_in_groups_of_steps_are_the_pack_of_one_step_per_call(tmp_path, fake_data_dir, calls):
+    """A pack with a member stopped early (the stack compacts between epochs) and members of
+    two learning rates (two optimiser groups over views of the stacked parameters)."""
+    specs = [(1, "relu", "optimizer.lr=0.05"), (2, "relu", "optimizer.lr=0.05"), (3, "tanh", "optimizer.lr=0.02")]
+    extra = [*SHORT[:2], "trainer.max_epochs=4", "callbacks=none", "callbacks.early_stopping.patience=1",
+             "callbacks.early_stopping.min_delta=0.05"]  # fmt: skip
+    runs, made = {}, {}
+    for group in (1, 16):
+        calls.clear()
+        grouped = [*extra, f"train_steps_per_call={group}"]
+        members, _ = members_for(tmp_path / f"g{group}", fake_data_dir, specs, grouped)
+        runs[group] = (train_pack(members, f"p{group}"), members)
+        made[group] = len(calls)
+    assert made[16] <= made[1] / 8
+    records, grouped = runs[1][0], runs[16][0]
+    assert any(r.get("stop_reason") == "early_stopping" for r in records)  # a member left the stack
+    for a, b, ma, mb in zip(records, grouped, runs[1][1], runs[16][1]):
+        assert a["status"] == b["status"] == "completed"
+        for key in COMPARED[:-1]:
+            assert a["history"][key] == b["history"][key], key
+        for key in ("test/acc", "stop_reason", "stopped_epoch", "epochs_completed"):
+            assert a.get(key) == b.get(key), key
+        wa, wb = (torch.load(m.output_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+                  for m in (ma, mb))  # fmt: skip
+        assert all(torch.equal(wa[k], wb[k]) for k in wa)
