@@ -11,6 +11,7 @@ import torch
 from conftest import compose_train, data_overrides
 from test_pack import members_for
 
+from actlab.data.fashion_mnist import FashionMNISTDataModule
 from actlab.pack.training import train_pack
 from actlab.steps import GroupedSteps
 from actlab.training import run
@@ -158,3 +159,31 @@ def test_pack_members_in_groups_of_steps_are_the_pack_of_one_step_per_call(tmp_p
         wa, wb = (torch.load(m.output_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
                   for m in (ma, mb))  # fmt: skip
         assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_double_precision_runs_in_groups_on_float64_batches(tmp_path, fake_data_dir):
+    """``trainer.precision=64-true`` with the default diagnostics: the images are float64 once
+    for every batch and probe (float32 images into float64 weights would fail), the model
+    summary's example input too."""
+    record, out = single(tmp_path, fake_data_dir, "double", "trainer.precision=64-true", "trainer.max_epochs=1")
+    weights = last_checkpoint(out)["state_dict"]
+    assert all(w.dtype == torch.float64 for w in weights.values() if w.is_floating_point())
+    assert 0 < record["history"]["train/loss"][0] < 10
+
+
+class CountingDataModule(FashionMNISTDataModule):
+    """A DataModule with a batch hook: it must see every training batch, grouped or not."""
+
+    seen = 0
+
+    def on_after_batch_transfer(self, batch, dataloader_idx):
+        if self.trainer.training and isinstance(batch, tuple):  # (the model summary's example input is not)
+            CountingDataModule.seen += 1
+        return batch
+
+
+def test_a_batch_hook_sees_every_batch_of_a_group(tmp_path, fake_data_dir, calls):
+    CountingDataModule.seen = 0
+    single(tmp_path, fake_data_dir, "hooked", "data._target_=test_steps.CountingDataModule", "trainer.max_epochs=2",
+           "train_steps_per_call=16")  # fmt: skip
+    assert CountingDataModule.seen == 2 * 24 and len(calls) == 2 * 2

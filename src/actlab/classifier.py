@@ -64,8 +64,6 @@ class Classifier(HookNameAttribute, GroupedSteps, L.LightningModule):
             raise ValueError(f"steps_per_call must be >= 1, got {steps_per_call}")
         self.steps_per_call = steps_per_call
         self.net = net
-        if isinstance(getattr(net, "input_size", None), int):
-            self.example_input_array = torch.zeros(1, net.input_size)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         # in a list: the compiled wrapper is not a second copy of the net's weights in checkpoints
         self._compiled = [torch.compile(net)] if compile else []
@@ -74,6 +72,16 @@ class Classifier(HookNameAttribute, GroupedSteps, L.LightningModule):
         self.epoch_metrics = nn.ModuleDict(
             {f"{stage}_metrics": EpochMetrics(1, classes, keep_predictions=stage != "train") for stage in STAGES}
         )
+
+    @property
+    def example_input_array(self) -> torch.Tensor | None:
+        """The model summary's example input: one zero image in the weights' dtype (float64
+        under ``trainer.precision=64-true``), when the net says its input size."""
+        size = getattr(self.net, "input_size", None)
+        weight = next(self.net.parameters(), None)
+        if not isinstance(size, int):
+            return None
+        return torch.zeros(1, size, dtype=weight.dtype if weight is not None else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._compiled[0](x) if self._compiled else self.net(x)

@@ -26,6 +26,8 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.plugins.precision import Precision
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 log = logging.getLogger(__name__)
@@ -42,12 +44,24 @@ def grouping_refusal(trainer: L.Trainer) -> str | None:
     return None
 
 
+def batches_need_no_preparation(trainer: L.Trainer) -> bool:
+    """Whether Lightning's preparation of a batch already on the device is a no-op for this
+    fit: no batch hook overridden (module or DataModule), precision's input conversion the
+    identity (not 64-true or a half-precision ``*-true``)."""
+    owners = [trainer.lightning_module, trainer.datamodule]
+    hooks = ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
+    if any(owner is not None and is_overridden(hook, owner) for owner in owners for hook in hooks):
+        return False
+    return type(trainer.precision_plugin).convert_input is Precision.convert_input
+
+
 class GroupedSteps:
     """Mixin for a LightningModule whose :meth:`train_batch` gives one training batch's loss:
     its ``training_step`` takes up to ``steps_per_call`` optimiser steps (see the module
     docstring). Set ``steps_per_call`` before the fit; 1 is Lightning's automatic optimisation."""
 
     steps_per_call: int = 1
+    _plain_batches = False  # batches on the device need no preparation (set for each fit)
     _taken = 1  # the optimiser steps the last call took
     _monitors: dict[int, tuple[str, bool]] = {}  # per plateau schedule (by id): what it monitors, strictly or not
 
@@ -73,11 +87,17 @@ class GroupedSteps:
             log.info("one training step per Lightning call (train_steps_per_call=%d not applied): %s",
                      self.steps_per_call, reason)  # fmt: skip
         self.automatic_optimization = reason is not None
+        self._plain_batches = batches_need_no_preparation(self.trainer)
 
     def _batch_on_device(self, batch: Any) -> Any:
         """What Lightning's loop makes of a batch before ``training_step`` (with
         ``dataloader_iter`` the step's own task): precision's input conversion, the batch hooks,
-        the transfer to the device."""
+        the transfer to the device; nothing for a tuple of tensors already on the device where
+        none of these does anything (actlab's in-memory datasets: ~30 us a step saved)."""
+        if self._plain_batches and isinstance(batch, tuple):
+            device = self.device
+            if all(isinstance(t, torch.Tensor) and t.device == device for t in batch):
+                return batch
         trainer = self.trainer
         batch = trainer.precision_plugin.convert_input(batch)
         batch = self._on_before_batch_transfer(batch, dataloader_idx=0)

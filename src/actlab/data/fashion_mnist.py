@@ -213,6 +213,9 @@ class FashionMNISTDataModule(L.LightningDataModule):
             )
         device = self.trainer.strategy.root_device if self.trainer is not None else "cpu"
         train_x, test_x = normalise(train_x).to(device), normalise(test_x).to(device)
+        if self.trainer is not None:  # the precision's input dtype (float64 under 64-true), once for every batch
+            convert = self.trainer.precision_plugin.convert_input
+            train_x, test_x = convert(train_x), convert(test_x)
         train_y, test_y = train_y.to(device), test_y.to(device)
         if self.val_size:
             generator = torch.Generator().manual_seed(self.split_seed)
@@ -224,13 +227,6 @@ class FashionMNISTDataModule(L.LightningDataModule):
             self.train_x, self.train_y = train_x, train_y
             self.val_x, self.val_y = test_x, test_y
         self.test_x, self.test_y = test_x, test_y
-
-    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
-        # Batches are slices of tensors that already live on the training device: skip
-        # Lightning's generic collection walk, a measurable cost per CPU step.
-        if isinstance(batch, tuple) and all(isinstance(t, torch.Tensor) and t.device == device for t in batch):
-            return batch
-        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def probe_set(self, size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The first ``size`` training samples (all for None), on the training device: the

@@ -75,9 +75,6 @@ class PackDataModule(L.LightningDataModule):
     def test_dataloader(self):
         return self.members_data.test_dataloader()
 
-    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
-        return self.members_data.transfer_batch_to_device(batch, device, dataloader_idx)
-
     def state_dict(self) -> dict[str, Any]:
         return {"shuffle_generators": [g.get_state() for g in self.generators]}
 
