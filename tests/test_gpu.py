@@ -68,3 +68,17 @@ def test_the_shape_figure_of_an_activation_trained_on_the_gpu(name):
     y, dy = value_and_derivative(act, x)
     assert y.device.type == "cpu" and dy.device.type == "cpu" and torch.isfinite(dy).all()
     assert activation_figure(act) is not None
+
+
+@pytest.mark.parametrize("precision", ["32-true", "16-mixed", "bf16-mixed"])
+def test_a_run_in_groups_of_steps_on_the_gpu_is_the_run_of_one_step_per_call(precision, tmp_path, fake_data_dir):
+    """Grouped steps (actlab.steps) on CUDA, under each precision's plugin: 16-mixed scales the
+    loss and unscales before each optimiser step through Lightning's own calls, in a group as
+    in one step per call."""
+    from test_steps import SHORT, assert_same_run, single
+
+    extra = [*SHORT, "trainer=gpu", f"trainer.precision={precision}", "scheduler=cosine"]
+    alone, alone_dir = single(tmp_path, fake_data_dir, "one", *extra, "train_steps_per_call=1")
+    grouped, grouped_dir = single(tmp_path, fake_data_dir, "g16", *extra, "train_steps_per_call=16")
+    assert alone["accelerator"] == grouped["accelerator"] == "cuda"
+    assert_same_run(alone, alone_dir, grouped, grouped_dir)

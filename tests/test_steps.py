@@ -70,13 +70,16 @@ def assert_same_run(a, a_dir, b, b_dir, plateau_lag=False):
     assert all(torch.equal(x, y) for x, y in zip(*momenta))
 
 
-@pytest.mark.parametrize("scheduler", ["onecycle", "cosine", "plateau"])
+@pytest.mark.parametrize("scheduler", ["onecycle", "cosine", "plateau", "cosine bf16-mixed"])
 def test_a_run_in_groups_of_steps_is_the_run_of_one_step_per_call(scheduler, tmp_path, fake_data_dir, calls):
     """Step (one-cycle), epoch (cosine) and plateau schedules, with the default diagnostics
-    (their per-step gradient-norm samples included): groups of 16 and of 5 (a short group at
-    every epoch's end) against Lightning's automatic optimisation."""
-    overrides = [f"scheduler={scheduler}", "scheduler.patience=0"] if scheduler == "plateau" else \
-        [f"scheduler={scheduler}"]  # fmt: skip
+    (their per-step gradient-norm samples included), and under bf16 autocast (a group's
+    backward runs inside the training step): groups of 16 and of 5 (a short group at every
+    epoch's end) against Lightning's automatic optimisation."""
+    scheduler, *precision = scheduler.split()
+    overrides = [f"scheduler={scheduler}", *(f"trainer.precision={p}" for p in precision)]
+    if scheduler == "plateau":
+        overrides.append("scheduler.patience=0")
     alone, alone_dir = single(tmp_path, fake_data_dir, "one", *overrides, "train_steps_per_call=1")
     assert len(calls) == 3 * 24  # one call a step
     for group in (16, 5):
