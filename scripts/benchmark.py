@@ -173,9 +173,10 @@ def hand_loop(files: dict[str, Path], activation: str, device: torch.device, epo
 
 def actlab_epochs(data_dir: str | None, system_dir: str | None, activation: str, device: torch.device,
                   epochs: int, steps: int | None, callbacks: bool, hidden_shape: list[int] | None = None,
-                  val_steps: int | None = None) -> Timing:  # fmt: skip
-    """actlab's training exactly as ``train.py`` runs it (composed config, ``run``), timed by
-    the run record's own per-epoch times (training steps + validation + diagnostics)."""
+                  val_steps: int | None = None, extra: list[str] | None = None) -> Timing:  # fmt: skip
+    """actlab's training exactly as ``train.py`` runs it (composed config, ``run``, plus
+    ``extra`` overrides), timed by the run record's own per-epoch times (training steps +
+    validation + diagnostics)."""
     from hydra import compose, initialize_config_dir
 
     from actlab.training import run
@@ -201,6 +202,7 @@ def actlab_epochs(data_dir: str | None, system_dir: str | None, activation: str,
         ]
     if hidden_shape is not None:
         overrides.append(f"model.hidden_shape=[{','.join(map(str, hidden_shape))}]")
+    overrides += extra or []
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             cfg = compose("train", overrides=overrides)
@@ -539,14 +541,15 @@ def pack_phases(log: str, wall: float, started: float) -> tuple[float, float, fl
 def overhead_benchmark(device: str, members: int = 8, steps: int = 200, rounds: int = 3, epochs: int = 3,
                        data_dir: str | None = None, system_dir: str | None = None) -> str:  # fmt: skip
     """What is not arithmetic, on a tiny model (784-16-10, diagnostics off): per-step
-    milliseconds of the hand loop and a single run, of the stacked hand loop and a pack of
+    milliseconds of the hand loop and a single run (also with ``train_steps_per_call=1``,
+    Lightning's own one step per call), of the stacked hand loop and a pack of
     ``members``; and a packed sweep of ``members`` tiny runs: seconds before its first step,
     inside its epochs, after its last step, beside the time it takes to import the libraries."""
     from actlab.pack.training import train_pack  # noqa: F401  (imported before timing)
 
     torch_device = torch.device(device)
     files = find_files(data_dir, system_dir)
-    ms = {"hand": [], "lightning": [], "single": [], "stacked": [], "pack": []}
+    ms = {"hand": [], "lightning": [], "single": [], "single_1": [], "stacked": [], "pack": []}
     for _ in range(rounds):  # interleaved: the machine's drift hits every way alike
         ms["hand"] += [1e3 * t / steps for t in hand_loop(files, "relu", torch_device, 1, steps, hidden_shape=TINY
                                                           ).epoch_times]  # fmt: skip
@@ -554,6 +557,9 @@ def overhead_benchmark(device: str, members: int = 8, steps: int = 200, rounds: 
                                                                       hidden_shape=TINY).epoch_times]  # fmt: skip
         single = actlab_epochs(data_dir, system_dir, "relu", torch_device, 1, steps, False, TINY, val_steps=40)
         ms["single"] += [1e3 * t / steps for t in single.epoch_times]
+        single = actlab_epochs(data_dir, system_dir, "relu", torch_device, 1, steps, False, TINY, val_steps=40,
+                               extra=["train_steps_per_call=1"])  # fmt: skip
+        ms["single_1"] += [1e3 * t / steps for t in single.epoch_times]
         stacked = stacked_hand_loop(files, ["relu"], torch_device, members, 1, steps, hidden_shape=TINY)
         ms["stacked"] += [1e3 * t / steps for t in stacked.epoch_times]
         started = time.time()
@@ -575,6 +581,8 @@ def overhead_benchmark(device: str, members: int = 8, steps: int = 200, rounds: 
         f"{median['lightning'] / median['hand']:.2f}x",
         f"{'single run (Lightning)':<40} {median['single']:>8.2f}   {median['single'] / median['hand']:.2f}x"
         f"   ({median['single'] / median['lightning']:.2f}x the Lightning floor)",
+        f"{'  the same, one step per call':<40} {median['single_1']:>8.2f}   "
+        f"{median['single_1'] / median['hand']:.2f}x   (train_steps_per_call=1)",
         f"{f'stacked hand loop ({members} models)':<40} {median['stacked']:>8.2f}",
         f"{f'pack of {members} (Lightning)':<40} {median['pack']:>8.2f}   "
         f"{median['pack'] / median['stacked']:.2f}x", "",
