@@ -12,7 +12,9 @@ from conftest import compose_train, data_overrides
 from test_pack import members_for
 
 from actlab.data.fashion_mnist import FashionMNISTDataModule
+from actlab.errors import ConfigError
 from actlab.pack.training import train_pack
+from actlab.record import read_record
 from actlab.steps import GroupedSteps
 from actlab.training import run
 
@@ -190,3 +192,32 @@ def test_a_batch_hook_sees_every_batch_of_a_group(tmp_path, fake_data_dir, calls
     single(tmp_path, fake_data_dir, "hooked", "data._target_=test_steps.CountingDataModule", "trainer.max_epochs=2",
            "train_steps_per_call=16")  # fmt: skip
     assert CountingDataModule.seen == 2 * 24 and len(calls) == 2 * 2
+
+
+class UnsizedDataModule(FashionMNISTDataModule):
+    """Training batches from an iterable without a length: the epoch ends at StopIteration."""
+
+    def train_dataloader(self):
+        batches = super().train_dataloader()
+        return type("Unsized", (), {"__iter__": lambda _: iter(batches)})()
+
+
+def test_a_training_loader_without_a_length_is_one_clear_error(tmp_path, fake_data_dir):
+    """A training step that draws its own batches learns where an epoch ends from the loader's length."""
+    out = tmp_path / "unsized"
+    cfg = compose_train([*data_overrides(fake_data_dir), *SHORT, "data._target_=test_steps.UnsizedDataModule"], out)
+    with pytest.raises(ConfigError, match="the training loader has no length"):
+        run(cfg, out, activation="relu")
+    assert read_record(out)["status"] == "failed"
+
+
+def test_validation_counted_in_batches_keeps_one_step_per_call():
+    from types import SimpleNamespace
+
+    from actlab.steps import grouping_refusal
+
+    trainer = SimpleNamespace(accumulate_grad_batches=1, gradient_clip_val=None, val_check_interval=1.0)
+    assert grouping_refusal(trainer) is None
+    for interval in (1, 10, 0.5):  # an int counts batches (1: after every batch); a float < 1 is a share of the epoch
+        trainer.val_check_interval = interval
+        assert "val_check_interval" in grouping_refusal(trainer)

@@ -26,9 +26,12 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.data import has_len
 from lightning.pytorch.plugins.precision import Precision
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+from actlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +42,8 @@ def grouping_refusal(trainer: L.Trainer) -> str | None:
         return "trainer.accumulate_grad_batches accumulates per Lightning step"
     if trainer.gradient_clip_val:
         return "trainer.gradient_clip_val clips per Lightning step"
-    if trainer.val_check_interval != 1.0:
+    interval = trainer.val_check_interval
+    if not (isinstance(interval, float) and interval == 1.0):  # an int counts batches: 1 validates after each
         return "trainer.val_check_interval counts Lightning steps"
     return None
 
@@ -73,7 +77,8 @@ class GroupedSteps:
         if schedule.get("interval", "epoch") != "epoch":
             raise ValueError("a ReduceLROnPlateau schedule steps once an epoch with train_steps_per_call > 1; "
                              "set train_steps_per_call=1 for Lightning's own stepping")  # fmt: skip
-        self._monitors = {id(schedule["scheduler"]): (schedule["monitor"], schedule.get("strict", True))}
+        watched = (schedule["monitor"], schedule.get("strict", True))
+        self._monitors = {**self._monitors, id(schedule["scheduler"]): watched}
         return {key: value for key, value in schedule.items() if key not in ("monitor", "strict", "reduce_on_plateau")}
 
     def train_batch(self, batch: Any) -> torch.Tensor:
@@ -88,6 +93,11 @@ class GroupedSteps:
                      self.steps_per_call, reason)  # fmt: skip
         self.automatic_optimization = reason is not None
         self._plain_batches = batches_need_no_preparation(self.trainer)
+
+    def on_train_start(self) -> None:
+        if not has_len(self.trainer.train_dataloader):
+            raise ConfigError("the training loader has no length: actlab's training step draws its own batches "
+                              "(src/actlab/steps.py) and needs len() to know where an epoch ends")  # fmt: skip
 
     def _batch_on_device(self, batch: Any) -> Any:
         """What Lightning's loop makes of a batch before ``training_step`` (with
