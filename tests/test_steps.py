@@ -4,6 +4,7 @@ across epochs, a resume and a step limit."""
 
 import csv
 import logging
+from datetime import timedelta
 
 import lightning as L
 import pytest
@@ -25,15 +26,20 @@ COMPARED = ("train/loss", "train/acc", "train/lr", "val/loss", "val/acc", "val/f
 
 @pytest.fixture
 def calls(monkeypatch):
-    """How many ``training_step`` calls each fit made."""
+    """How many ``training_step`` calls each fit made (grouped, or one step per call: ``one_step``)."""
     made = []
-    original = GroupedSteps.training_step
+    grouped, one_step = GroupedSteps.training_step, GroupedSteps.one_step
 
     def counted(self, dataloader_iter):
         made.append(self.trainer.global_step)
-        return original(self, dataloader_iter)
+        return grouped(self, dataloader_iter)
+
+    def counted_one(self, batch, batch_idx):
+        made.append(self.trainer.global_step)
+        return one_step(self, batch, batch_idx)
 
     monkeypatch.setattr(GroupedSteps, "training_step", counted)
+    monkeypatch.setattr(GroupedSteps, "one_step", counted_one)
     return made
 
 
@@ -95,9 +101,11 @@ def test_a_run_in_groups_of_steps_is_the_run_of_one_step_per_call(scheduler, tmp
         assert len(set(alone["history"]["train/lr"])) > 1, alone["history"]["train/lr"]
 
 
-def test_a_step_limit_in_groups_stops_where_one_step_per_call_does(tmp_path, fake_data_dir):
-    """``trainer.max_steps`` inside an epoch: a group ends there, not at its size."""
-    limited = ["+trainer.max_steps=40"]
+@pytest.mark.parametrize("scheduler", ["none", "plateau"])
+def test_a_step_limit_in_groups_stops_where_one_step_per_call_does(scheduler, tmp_path, fake_data_dir):
+    """``trainer.max_steps`` inside an epoch: a group ends there, not at its size; a plateau
+    schedule does not step after the cut epoch, as Lightning's does not."""
+    limited = ["+trainer.max_steps=40", f"scheduler={scheduler}"]
     a, a_dir = single(tmp_path, fake_data_dir, "one", *limited, "train_steps_per_call=1")
     b, b_dir = single(tmp_path, fake_data_dir, "g16", *limited, "train_steps_per_call=16")
     assert a["partial_epochs"] == [{"epoch": 1, "batches": 16, "of": 24}]  # 40 = 24 + 16
@@ -135,7 +143,7 @@ def test_a_setting_that_works_per_lightning_step_keeps_one_step_per_call_and_say
     with caplog.at_level(logging.INFO, logger="actlab.steps"):
         single(tmp_path, fake_data_dir, "clipped", "+trainer.gradient_clip_val=0.5", "train_steps_per_call=16",
                "trainer.max_epochs=1")  # fmt: skip
-    assert len(calls) == 24
+    assert len(calls) == 24  # one_step: Lightning's own training_step(batch, batch_idx), its loop drawing the batches
     assert any("train_steps_per_call=16 not applied): trainer.gradient_clip_val" in m for m in caplog.messages)
 
 
@@ -216,8 +224,71 @@ def test_validation_counted_in_batches_keeps_one_step_per_call():
 
     from actlab.steps import grouping_refusal
 
-    trainer = SimpleNamespace(accumulate_grad_batches=1, gradient_clip_val=None, val_check_interval=1.0)
+    trainer = SimpleNamespace(accumulate_grad_batches=1, gradient_clip_val=None, val_check_interval=1.0, callbacks=[])
     assert grouping_refusal(trainer) is None
     for interval in (1, 10, 0.5):  # an int counts batches (1: after every batch); a float < 1 is a share of the epoch
         trainer.val_check_interval = interval
         assert "val_check_interval" in grouping_refusal(trainer)
+
+
+def test_accumulated_gradients_of_two_batches_are_the_gradient_of_their_union(tmp_path, fake_data_dir):
+    """``trainer.accumulate_grad_batches=2`` keeps one step per call and Lightning's own loop:
+    two accumulated batches of 16 step as one batch of 32 (the same samples, the same order)."""
+    a, a_dir = single(tmp_path, fake_data_dir, "accumulated", "+trainer.accumulate_grad_batches=2",
+                      "trainer.max_epochs=1", "train_steps_per_call=16")  # fmt: skip
+    b, b_dir = single(tmp_path, fake_data_dir, "union", "data.batch_size=32", "trainer.max_epochs=1")
+    wa, wb = (last_checkpoint(d)["state_dict"] for d in (a_dir, b_dir))
+    assert last_checkpoint(a_dir)["global_step"] == last_checkpoint(b_dir)["global_step"] == 12
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+
+
+class StepHooks(L.Callback):
+    """What a step's hooks see: the zero-grad and optimiser-step hooks of every step, and the
+    batches Lightning counts as completed when each optimiser step starts (what a checkpoint
+    written then, e.g. by SLURM's requeue signal, holds)."""
+
+    seen: dict = {}
+
+    def on_before_zero_grad(self, trainer, pl_module, optimizer):
+        StepHooks.seen.setdefault("zero_grad", []).append(trainer.global_step)
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        StepHooks.seen.setdefault("completed", []).append(progress)
+
+
+def test_every_step_runs_its_hooks_and_is_counted_as_it_completes(tmp_path, fake_data_dir):
+    hooks = ["+callbacks.step_hooks._target_=test_steps.StepHooks", "trainer.max_epochs=2", "callbacks=none"]
+    seen = {}
+    for group in (1, 16):
+        StepHooks.seen = {}
+        single(tmp_path, fake_data_dir, f"g{group}", *hooks, f"train_steps_per_call={group}")
+        seen[group] = StepHooks.seen
+    assert seen[1]["zero_grad"] == seen[16]["zero_grad"] == list(range(2 * 24))
+    assert seen[1]["completed"] == seen[16]["completed"] == [*range(24), *range(24)]
+
+
+def test_callbacks_that_act_on_every_lightning_step_keep_one_step_per_call():
+    from types import SimpleNamespace
+
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+
+    from actlab.callbacks import DivergenceMonitor
+    from actlab.steps import grouping_refusal
+
+    class PerBatch(L.Callback):
+        def on_train_batch_end(self, *args):
+            pass
+
+    def refusal(*callbacks):
+        trainer = SimpleNamespace(accumulate_grad_batches=1, gradient_clip_val=None, val_check_interval=1.0,
+                                  callbacks=list(callbacks))  # fmt: skip
+        return grouping_refusal(trainer)
+
+    fine = [ModelCheckpoint(monitor="val/acc"), TQDMProgressBar(), DivergenceMonitor(),
+            LearningRateMonitor(logging_interval="epoch")]  # fmt: skip
+    assert refusal(*fine) is None
+    assert "every N training steps" in refusal(ModelCheckpoint(every_n_train_steps=5))
+    assert "every N training steps or some time" in refusal(ModelCheckpoint(train_time_interval=timedelta(hours=1)))
+    assert "LearningRateMonitor logs the rate per Lightning step" in refusal(LearningRateMonitor())
+    assert "callback PerBatch acts on every Lightning step" in refusal(*fine, PerBatch())

@@ -4,18 +4,23 @@ Lightning's automatic optimisation costs ~0.3 ms of Python per step on a CPU (it
 progress counters, closure and result objects; more on a slow GPU host), as much as a whole
 step of a small MLP's arithmetic. :class:`GroupedSteps` pays it once per group: each
 ``training_step`` call draws up to ``steps_per_call`` batches from Lightning's data iterator
-and, for each, does exactly what automatic optimisation does for one (the module's
-``optimizer_zero_grad``, backward through Lightning's ``manual_backward``, the module's
-``optimizer_step`` through Lightning's optimiser wrapper, then the step-interval learning-rate
-schedules), so every callback hook of a step still runs per step and ``global_step`` counts
-steps. The numbers are the ones one step per call gives, bit for bit (tests/test_steps.py
-compares records, checkpoints and logged steps). One difference, in the checkpoint only: a
-ReduceLROnPlateau schedule steps before the epoch's checkpoint is written, where Lightning's
-automatic optimisation steps it after (its checkpoint holds the schedule one step behind).
+and, for each, does exactly what automatic optimisation does for one: the ``on_before_zero_grad``
+hooks and the module's ``optimizer_zero_grad``, backward through Lightning's ``manual_backward``
+(its backward hooks), the module's ``optimizer_step`` through Lightning's optimiser wrapper (its
+``on_before_optimizer_step`` hooks; ``global_step`` counts steps), then the step-interval
+learning-rate schedules. Lightning's batch progress and logging step are kept counting batches
+after every step. The batch hooks (``on_train_batch_start``/``_end``) run once per call, with
+the call's last batch: a callback that acts on them (other than a progress bar, a time limit,
+actlab's divergence check or an epoch-end checkpoint) keeps one step per call. The numbers are
+the ones one step per call gives, bit for bit (tests/test_steps.py compares records,
+checkpoints and logged steps). One difference, in the checkpoint: a ReduceLROnPlateau schedule
+steps before the epoch's checkpoint is written, where Lightning's automatic optimisation steps
+it after (its checkpoint holds the schedule one step behind, and a run resumed from it goes on
+one step behind).
 
-A trainer setting that works per Lightning step (gradient accumulation or clipping,
-validation inside an epoch) keeps the run on Lightning's automatic optimisation, one step per
-call, and says so in the log.
+A setting that works per Lightning step (gradient accumulation or clipping, validation or a
+checkpoint every N training steps) keeps the run on Lightning's automatic optimisation, with
+the ordinary ``training_step(batch, batch_idx)``, and says so in the log.
 """
 
 from __future__ import annotations
@@ -27,13 +32,19 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.utilities.data import has_len
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, Timer
 from lightning.pytorch.plugins.precision import Precision
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
+from actlab.callbacks.divergence import DivergenceMonitor
 from actlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+
+# callbacks whose batch hooks mean the same once per call: they read the progress, not each step
+PER_CALL_CALLBACKS = (ProgressBar, Timer, DivergenceMonitor)
 
 
 def grouping_refusal(trainer: L.Trainer) -> str | None:
@@ -45,6 +56,18 @@ def grouping_refusal(trainer: L.Trainer) -> str | None:
     interval = trainer.val_check_interval
     if not (isinstance(interval, float) and interval == 1.0):  # an int counts batches: 1 validates after each
         return "trainer.val_check_interval counts Lightning steps"
+    for callback in trainer.callbacks:
+        name = type(callback).__name__
+        if isinstance(callback, ModelCheckpoint):  # borrowed settings: tests/test_steps.py reads them too
+            if callback._every_n_train_steps or callback._train_time_interval:
+                return f"a {name} every N training steps or some time counts Lightning steps"
+        elif isinstance(callback, LearningRateMonitor):
+            if callback.logging_interval != "epoch":
+                return f"{name} logs the rate per Lightning step (logging_interval=epoch does not)"
+        elif not isinstance(callback, PER_CALL_CALLBACKS) and any(
+            is_overridden(hook, callback, L.Callback) for hook in ("on_train_batch_start", "on_train_batch_end")
+        ):
+            return f"callback {name} acts on every Lightning step (on_train_batch_start/end)"
     return None
 
 
@@ -66,7 +89,8 @@ class GroupedSteps:
 
     steps_per_call: int = 1
     _plain_batches = False  # batches on the device need no preparation (set for each fit)
-    _taken = 1  # the optimiser steps the last call took
+    _zero_grad_callbacks: list[L.Callback] = []  # the callbacks with an on_before_zero_grad hook (for each fit)
+    _finished_epoch = -1  # the last epoch whose last batch was trained (a plateau schedule steps after it)
     _monitors: dict[int, tuple[str, bool]] = {}  # per plateau schedule (by id): what it monitors, strictly or not
 
     def lr_schedule(self, schedule: dict[str, Any]) -> dict[str, Any]:
@@ -92,10 +116,20 @@ class GroupedSteps:
             log.info("one training step per Lightning call (train_steps_per_call=%d not applied): %s",
                      self.steps_per_call, reason)  # fmt: skip
         self.automatic_optimization = reason is not None
+        if reason:  # Lightning's own loop: batches prepared and counted by it, as for any LightningModule
+            self.training_step = self.one_step
+            return
+        self.__dict__.pop("training_step", None)  # the grouped step, drawing its own batches
         self._plain_batches = batches_need_no_preparation(self.trainer)
+        self._zero_grad_callbacks = [c for c in self.trainer.callbacks
+                                     if is_overridden("on_before_zero_grad", c, L.Callback)]  # fmt: skip
+
+    def one_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        """The ``training_step`` of one step per call (Lightning's automatic optimisation)."""
+        return self.train_batch(batch)
 
     def on_train_start(self) -> None:
-        if not has_len(self.trainer.train_dataloader):
+        if not self.automatic_optimization and not has_len(self.trainer.train_dataloader):
             raise ConfigError("the training loader has no length: actlab's training step draws its own batches "
                               "(src/actlab/steps.py) and needs len() to know where an epoch ends")  # fmt: skip
 
@@ -114,25 +148,32 @@ class GroupedSteps:
         return trainer.strategy.batch_to_device(batch, dataloader_idx=0)
 
     def training_step(self, dataloader_iter: Iterator) -> torch.Tensor:
-        batch, batch_idx, _ = next(dataloader_iter)
-        if self.automatic_optimization:
-            return self.train_batch(self._batch_on_device(batch))
         trainer, optimizer = self.trainer, self.optimizers()
+        epoch, loop = trainer.current_epoch, trainer.fit_loop.epoch_loop
+        progress = loop.batch_progress  # borrowed loop state: tests/test_steps.py fails the day it changes
         taken = 0
         while True:
+            batch, batch_idx, _ = next(dataloader_iter)
             loss = self.train_batch(self._batch_on_device(batch))
-            self.optimizer_zero_grad(trainer.current_epoch, batch_idx, optimizer.optimizer)
+            for callback in self._zero_grad_callbacks:
+                callback.on_before_zero_grad(trainer, self, optimizer.optimizer)
+            self.on_before_zero_grad(optimizer.optimizer)
+            self.optimizer_zero_grad(epoch, batch_idx, optimizer.optimizer)
             self.manual_backward(loss)
-            self.optimizer_step(trainer.current_epoch, batch_idx, optimizer)
+            self.optimizer_step(epoch, batch_idx, optimizer)
             self._step_schedules("step", batch_idx)
+            # each step counted as it completes, as Lightning counts one (its own count of the call, at
+            # its end, taken back below): a checkpoint taken in a signal handler mid-group resumes there
+            progress.increment_by(1, is_last_batch=progress.is_last_batch)
+            loop._batches_that_stepped += taken > 0  # the logging step: the batches before the call's last
             taken += 1
             if dataloader_iter.done:  # the epoch's last batch: epoch schedules step before validation, as Lightning's
-                self._step_schedules("epoch", trainer.current_epoch)
+                self._step_schedules("epoch", epoch)
+                self._finished_epoch = epoch
                 break
             if taken == self.steps_per_call or trainer.should_stop or 0 <= trainer.max_steps <= trainer.global_step:
                 break
-            batch, batch_idx, _ = next(dataloader_iter)
-        self._taken = taken
+        progress.increment_by(-1, is_last_batch=progress.is_last_batch)
         return loss.detach()
 
     def _step_schedules(self, interval: str, index: int, plateau: bool = False) -> None:
@@ -153,16 +194,7 @@ class GroupedSteps:
                     continue
             self.lr_scheduler_step(config.scheduler, value)
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if not self.automatic_optimization and self._taken > 1:
-            # Lightning counts one batch per call: its batch progress (a mid-epoch resume skips
-            # that many batches; a record's partial epoch says how many it trained) and its logging
-            # step (the epoch metrics' x axis) count the call's batches, as under automatic
-            # optimisation. Borrowed loop state: tests/test_steps.py fails the day it changes.
-            loop = self.trainer.fit_loop.epoch_loop
-            loop.batch_progress.increment_by(self._taken - 1, is_last_batch=loop.batch_progress.is_last_batch)
-            loop._batches_that_stepped += self._taken - 1
-
     def on_train_epoch_end(self) -> None:
-        if not self.automatic_optimization:  # after validation, as Lightning steps them
-            self._step_schedules("epoch", self.trainer.current_epoch, plateau=True)
+        epoch = self.trainer.current_epoch
+        if not self.automatic_optimization and self._finished_epoch == epoch:  # after validation, as Lightning's
+            self._step_schedules("epoch", epoch, plateau=True)
