@@ -431,3 +431,11 @@ def test_the_closing_line_points_to_what_the_loggers_wrote(tmp_path, fake_data_d
     line = summary_line(record)
     assert f"metrics: {out / 'csv' / 'metrics.csv'}" in line and "tensorboard" not in line
     assert (out / "csv" / "metrics.csv").is_file()
+
+
+def test_the_overfit_debug_config_memorises_its_batches(tmp_path, fake_data_dir):
+    """``debug=overfit``: the same few batches every epoch (the loader stops shuffling), and
+    the loss approaches zero, as the config promises a sound loop does."""
+    record, _ = train_in_process(tmp_path, fake_data_dir, ["debug=overfit", "callbacks=none", "logger=csv"])
+    assert record["status"] == "completed" and record["epochs_completed"] == 100
+    assert record["history"]["train/acc"][-1] == 1.0 and record["history"]["train/loss"][-1] < 0.05

@@ -20,6 +20,9 @@ _WARNINGS = (
     # every run with limit_train_batches below 50: actlab logs per epoch, so the step interval
     # only matters to per-step logs a user adds (and they set trainer.log_every_n_steps)
     r".*smaller than the logging interval Trainer\(log_every_n_steps.*",
+    # every resumed run: its checkpoints are in its own directory, which actlab checks belongs to
+    # the run (record.check_run_directory) before a fit starts
+    r".*Checkpoint directory .* exists and is not empty.*",
     # actlab's training_step draws its batches itself (actlab.steps): Lightning calls the
     # signature experimental; tests/test_steps.py proves the numbers equal one step per call
     r".*You are using the `dataloader_iter` step flavor.*",

@@ -238,7 +238,10 @@ class FashionMNISTDataModule(L.LightningDataModule):
     def train_dataloader(self) -> TensorBatchLoader:
         if self.shuffle_generator is None:  # the seeded global stream, from here on the loader's own
             self.shuffle_generator = torch.Generator().set_state(torch.get_rng_state())
-        return TensorBatchLoader(self.train_x, self.train_y, self.batch_size, shuffle=True,
+        # overfitting a few batches (debug=overfit) means the same batches every epoch: Lightning
+        # turns a DataLoader's shuffling off for it, and this loader is not one
+        shuffle = not (self.trainer is not None and self.trainer.overfit_batches)
+        return TensorBatchLoader(self.train_x, self.train_y, self.batch_size, shuffle=shuffle,
                                  generator=self.shuffle_generator)  # fmt: skip
 
     def state_dict(self) -> dict[str, Any]:
