@@ -292,3 +292,19 @@ def test_callbacks_that_act_on_every_lightning_step_keep_one_step_per_call():
     assert "every N training steps or some time" in refusal(ModelCheckpoint(train_time_interval=timedelta(hours=1)))
     assert "LearningRateMonitor logs the rate per Lightning step" in refusal(LearningRateMonitor())
     assert "callback PerBatch acts on every Lightning step" in refusal(*fine, PerBatch())
+
+
+@pytest.mark.parametrize(("before", "after"), [(1, 16), (16, 1)])
+def test_a_run_resumed_in_the_other_mode_counts_its_steps_on(before, after, tmp_path, fake_data_dir):
+    """Lightning keeps automatic and manual optimisation's step counts apart: a run interrupted
+    at one step per call and resumed in groups (or the other way) goes on from its step, as the
+    uninterrupted run (the one-cycle schedule sized to the run would fail past its last step)."""
+    schedule = ["scheduler=onecycle"]
+    whole, whole_dir = single(tmp_path, fake_data_dir, "whole", *schedule)
+    interrupt = ["+callbacks.interrupt._target_=test_steps.InterruptAtEpoch", "+callbacks.interrupt.epoch=2"]
+    with pytest.raises(SystemExit):
+        single(tmp_path, fake_data_dir, "resumed", *schedule, f"train_steps_per_call={before}", *interrupt)
+    again, again_dir = single(tmp_path, fake_data_dir, "resumed", *schedule, f"train_steps_per_call={after}",
+                              "resume=true")  # fmt: skip
+    assert last_checkpoint(again_dir)["global_step"] == 3 * 24
+    assert_same_run(whole, whole_dir, again, again_dir)

@@ -110,12 +110,16 @@ class Classifier(HookNameAttribute, GroupedSteps, L.LightningModule):
                       batch_size=1)  # fmt: skip
         return metrics
 
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        self.on_train_epoch_start()  # a fit resumed inside an epoch gets no on_train_epoch_start: its rate now
+
     def on_train_epoch_start(self) -> None:
         # the rate this epoch trains at (Lightning steps epoch schedules before on_train_epoch_end)
         self._epoch_lr = torch.tensor(float(self.trainer.optimizers[0].param_groups[0]["lr"]))
 
     def on_train_epoch_end(self) -> None:
-        lr = getattr(self, "_epoch_lr", None)  # none when the fit resumed inside this epoch
+        lr = getattr(self, "_epoch_lr", None)
         self._log_epoch("train", {"lr": lr} if lr is not None else None)
         self._epoch_lr = None
         super().on_train_epoch_end()

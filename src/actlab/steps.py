@@ -132,6 +132,20 @@ class GroupedSteps:
         if not self.automatic_optimization and not has_len(self.trainer.train_dataloader):
             raise ConfigError("the training loader has no length: actlab's training step draws its own batches "
                               "(src/actlab/steps.py) and needs len() to know where an epoch ends")  # fmt: skip
+        self._carry_step_count()
+
+    def _carry_step_count(self) -> None:
+        """A fit resumed from a checkpoint written in the other mode (its settings changed, e.g.
+        ``train_steps_per_call`` or accumulation) counts its steps on from there: Lightning keeps
+        automatic and manual optimisation's step counts apart, and ``global_step`` reads the
+        fit's own (borrowed loop state: tests/test_steps.py resumes across modes)."""
+        loop = self.trainer.fit_loop.epoch_loop
+        automatic = loop.automatic_optimization.optim_progress.optimizer.step.total
+        manual = loop.manual_optimization.optim_step_progress.total
+        mine, other = (automatic, manual) if self.automatic_optimization else (manual, automatic)
+        if mine.completed == 0 and other.completed > 0:
+            mine.ready, mine.completed = other.ready, other.completed
+            other.ready = other.completed = 0
 
     def _batch_on_device(self, batch: Any) -> Any:
         """What Lightning's loop makes of a batch before ``training_step`` (with

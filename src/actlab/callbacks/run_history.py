@@ -62,6 +62,9 @@ class RunHistory(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module, stage: str) -> None:
         self._trainer = trainer
 
+    def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
+        self._epoch_start = time.perf_counter()  # a fit resumed inside an epoch gets no on_train_epoch_start
+
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module) -> None:
         self._collect(trainer)
         self._epoch_start = time.perf_counter()

@@ -133,9 +133,16 @@ class PackModule(HookNameAttribute, GroupedSteps, L.LightningModule):
             self.stop_member(k)
         self._stopped_before = []
 
-    def on_train_epoch_start(self) -> None:
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        self._record_epoch_lr()  # a fit resumed inside an epoch gets no on_train_epoch_start
+
+    def _record_epoch_lr(self) -> None:
         # the rate this epoch trains at (Lightning steps epoch schedules before on_train_epoch_end)
         self._epoch_lr = [torch.tensor(float(group["lr"])) for group in self.trainer.optimizers[0].param_groups]
+
+    def on_train_epoch_start(self) -> None:
+        self._record_epoch_lr()
         live = [k for k in range(self.size) if self.live[k]]
         if live and live != self.net.present:
             self.compact(live)
@@ -275,7 +282,7 @@ class PackModule(HookNameAttribute, GroupedSteps, L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         live = [k for k in range(self.size) if self.live[k]]
-        rates = getattr(self, "_epoch_lr", None)  # none when the fit resumed inside this epoch
+        rates = getattr(self, "_epoch_lr", None)
         extra = {k: {"lr": rates[self.group_of(k)]} for k in live} if rates is not None else None
         self._log_members("train", live, ("loss", "acc"), extra)
         self._epoch_lr = None
