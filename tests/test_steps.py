@@ -249,6 +249,9 @@ class StepHooks(L.Callback):
 
     seen: dict = {}
 
+    def on_train_start(self, trainer, pl_module):
+        StepHooks.seen["plain_batches"] = pl_module._plain_batches
+
     def on_before_zero_grad(self, trainer, pl_module, optimizer):
         StepHooks.seen.setdefault("zero_grad", []).append(trainer.global_step)
 
@@ -264,6 +267,7 @@ def test_every_step_runs_its_hooks_and_is_counted_as_it_completes(tmp_path, fake
         StepHooks.seen = {}
         single(tmp_path, fake_data_dir, f"g{group}", *hooks, f"train_steps_per_call={group}")
         seen[group] = StepHooks.seen
+    assert seen[16]["plain_batches"]  # actlab's in-memory batches skip Lightning's batch preparation
     assert seen[1]["zero_grad"] == seen[16]["zero_grad"] == list(range(2 * 24))
     assert seen[1]["completed"] == seen[16]["completed"] == [*range(24), *range(24)]
 
