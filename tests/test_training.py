@@ -233,6 +233,8 @@ def test_a_run_cut_short_by_its_time_limit_says_so_and_counts_only_its_full_epoc
         ("data.batch_size=0", ValueError, "data.batch_size must be a positive integer"),
         ("data.val_size=100000", ValueError, "leaves no training data"),
         ("trainer.max_epochs=0", ConfigError, "max_epochs must be >= 1"),
+        ("train_steps_per_call=0", ConfigError, "train_steps_per_call must be an integer >= 1"),
+        ("train_steps_per_call=2.5", ConfigError, "train_steps_per_call must be an integer >= 1"),
         (
             "callbacks.early_stopping.patience=1 callbacks.early_stopping.monitor=val/acc_typo",
             ConfigError,

@@ -46,6 +46,10 @@ def validate_config(cfg: DictConfig) -> None:
     max_epochs = cfg.trainer.get("max_epochs")
     if max_epochs is not None and max_epochs != -1 and max_epochs < 1:
         raise ConfigError(f"trainer.max_epochs must be >= 1 (or -1 for no limit), got {max_epochs}")
+    steps = cfg.get("train_steps_per_call", 1)
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ConfigError(f"train_steps_per_call must be an integer >= 1 (1: one optimiser step per Lightning "
+                          f"call), got {steps!r}")  # fmt: skip
     check_accelerator(cfg.trainer.get("accelerator", "auto"))
     check_monitors(cfg.get("callbacks"))
 
