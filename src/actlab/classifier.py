@@ -119,9 +119,7 @@ class Classifier(HookNameAttribute, GroupedSteps, L.LightningModule):
         self._epoch_lr = torch.tensor(float(self.trainer.optimizers[0].param_groups[0]["lr"]))
 
     def on_train_epoch_end(self) -> None:
-        lr = getattr(self, "_epoch_lr", None)
-        self._log_epoch("train", {"lr": lr} if lr is not None else None)
-        self._epoch_lr = None
+        self._log_epoch("train", {"lr": self._epoch_lr})  # set at every fit's start and epoch's start
         super().on_train_epoch_end()
 
     def on_validation_epoch_end(self) -> None:

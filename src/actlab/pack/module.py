@@ -282,10 +282,8 @@ class PackModule(HookNameAttribute, GroupedSteps, L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         live = [k for k in range(self.size) if self.live[k]]
-        rates = getattr(self, "_epoch_lr", None)
-        extra = {k: {"lr": rates[self.group_of(k)]} for k in live} if rates is not None else None
+        extra = {k: {"lr": self._epoch_lr[self.group_of(k)]} for k in live}  # set at every fit's and epoch's start
         self._log_members("train", live, ("loss", "acc"), extra)
-        self._epoch_lr = None
         super().on_train_epoch_end()
 
     def on_validation_epoch_end(self) -> None:
