@@ -243,21 +243,38 @@ def test_accumulated_gradients_of_two_batches_are_the_gradient_of_their_union(tm
 
 
 class StepHooks(L.Callback):
-    """What a step's hooks see: the zero-grad and optimiser-step hooks of every step, and the
-    batches Lightning counts as completed when each optimiser step starts (what a checkpoint
-    written then, e.g. by SLURM's requeue signal, holds)."""
+    """What a step's hooks see: the zero-grad, backward and optimiser-step hooks of every step
+    (in their order, with the hook name the module has meanwhile, which ``self.log`` reads),
+    the gradient when the optimiser step starts, and the batches Lightning counts as completed
+    then (what a checkpoint written then, e.g. by SLURM's requeue signal, holds)."""
 
     seen: dict = {}
 
     def on_train_start(self, trainer, pl_module):
         StepHooks.seen["plain_batches"] = pl_module._plain_batches
+        StepHooks.seen["direct"] = pl_module._direct
+
+    def _saw(self, hook, trainer, pl_module):
+        StepHooks.seen.setdefault("order", []).append((hook, pl_module._current_fx_name, trainer.global_step))
 
     def on_before_zero_grad(self, trainer, pl_module, optimizer):
         StepHooks.seen.setdefault("zero_grad", []).append(trainer.global_step)
+        self._saw("on_before_zero_grad", trainer, pl_module)
+
+    def on_before_backward(self, trainer, pl_module, loss):
+        self._saw("on_before_backward", trainer, pl_module)
+
+    def on_after_backward(self, trainer, pl_module):
+        self._saw("on_after_backward", trainer, pl_module)
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
         progress = trainer.fit_loop.epoch_loop.batch_progress.current.completed
         StepHooks.seen.setdefault("completed", []).append(progress)
+        gradient = torch.cat([p.grad.flatten() for p in pl_module.parameters()])
+        StepHooks.seen.setdefault("grad_norm", []).append(float(gradient.norm()))
+        self._saw("on_before_optimizer_step", trainer, pl_module)
+        # a hook may log (grouped steps need batch_size, as any training_step(dataloader_iter) does)
+        pl_module.log("train/hooked_step", float(trainer.global_step), reduce_fx="max", batch_size=1)
 
 
 def test_every_step_runs_its_hooks_and_is_counted_as_it_completes(tmp_path, fake_data_dir):
@@ -268,8 +285,33 @@ def test_every_step_runs_its_hooks_and_is_counted_as_it_completes(tmp_path, fake
         single(tmp_path, fake_data_dir, f"g{group}", *hooks, f"train_steps_per_call={group}")
         seen[group] = StepHooks.seen
     assert seen[16]["plain_batches"]  # actlab's in-memory batches skip Lightning's batch preparation
+    assert seen[16]["direct"] and not seen[1]["direct"]  # hooks called directly, not through Lightning's wrappers
     assert seen[1]["zero_grad"] == seen[16]["zero_grad"] == list(range(2 * 24))
     assert seen[1]["completed"] == seen[16]["completed"] == [*range(24), *range(24)]
+    assert seen[1]["order"] == seen[16]["order"]
+    assert seen[16]["order"][:4] == [("on_before_zero_grad", "on_before_zero_grad", 0),
+                                     ("on_before_backward", "on_before_backward", 0),
+                                     ("on_after_backward", "on_after_backward", 0),
+                                     ("on_before_optimizer_step", "on_before_optimizer_step", 0)]  # fmt: skip
+    assert len(seen[16]["order"]) == 4 * 2 * 24
+    assert seen[1]["grad_norm"] == seen[16]["grad_norm"] and min(seen[16]["grad_norm"]) > 0
+    records = [read_record(tmp_path / f"g{group}") for group in (1, 16)]
+    assert records[0]["history"]["train/hooked_step"] == records[1]["history"]["train/hooked_step"] == [23.0, 47.0]
+
+
+def test_lightning_wrappers_step_where_they_do_more_than_call_hooks():
+    """Grouped steps call the step hooks directly only where Lightning's backward and optimiser
+    step would do nothing else: a gradient scaler, another strategy or a profiler keep them."""
+    from actlab.steps import steps_only_call_hooks
+
+    def direct(**settings):
+        return steps_only_call_hooks(L.Trainer(**{"accelerator": "cpu", "devices": 1, "logger": False, **settings}))
+
+    assert direct() and direct(precision="64-true") and direct(precision="bf16-true")
+    assert not direct(profiler="simple")  # it times every hook call
+    assert not direct(precision="16-mixed" if torch.cuda.is_available() else "bf16-mixed", **(
+        {"accelerator": "cuda"} if torch.cuda.is_available() else {}))  # fmt: skip
+    assert not direct(strategy="ddp_spawn", devices=2)
 
 
 def test_callbacks_that_act_on_every_lightning_step_keep_one_step_per_call():

@@ -1,26 +1,30 @@
 """Training steps in groups: several optimiser steps per Lightning ``training_step`` call.
 
 Lightning's automatic optimisation costs ~0.3 ms of Python per step on a CPU (its hooks,
-progress counters, closure and result objects; more on a slow GPU host), as much as a whole
-step of a small MLP's arithmetic. :class:`GroupedSteps` pays it once per group: each
+progress counters, closure and result objects; more on a slow GPU host), as much as a whole step
+of a small MLP's arithmetic. :class:`GroupedSteps` pays it once per group: each
 ``training_step`` call draws up to ``steps_per_call`` batches from Lightning's data iterator
-and, for each, does exactly what automatic optimisation does for one: the ``on_before_zero_grad``
-hooks and the module's ``optimizer_zero_grad``, backward through Lightning's ``manual_backward``
-(its backward hooks), the module's ``optimizer_step`` through Lightning's optimiser wrapper (its
-``on_before_optimizer_step`` hooks; ``global_step`` counts steps), then the step-interval
-learning-rate schedules. Lightning's batch progress and logging step are kept counting batches
-after every step. The batch hooks (``on_train_batch_start``/``_end``) run once per call, with
-the call's last batch: a callback that acts on them (other than a progress bar, a time limit,
+and, for each, does exactly what automatic optimisation does for one: the
+``on_before_zero_grad`` hooks and the module's ``optimizer_zero_grad``, backward through
+Lightning's ``manual_backward`` (its backward hooks), the module's ``optimizer_step`` through
+Lightning's optimiser wrapper (its ``on_before_optimizer_step`` hooks; ``global_step`` counts
+steps), then the step-interval learning-rate schedules. Lightning's batch progress and logging
+step are kept counting batches after every step. Where Lightning's backward and optimiser-step
+wrappers would do nothing but call those hooks (one device, no gradient scaler, no profiler:
+:func:`steps_only_call_hooks`), the step calls them itself, only on the callbacks that have them
+(Lightning calls every callback's, each under a profiler context: ~0.03 ms a step of a single
+run on a CPU). The batch hooks (``on_train_batch_start``/``_end``) run once per call, with the
+call's last batch: a callback that acts on them (other than a progress bar, a time limit,
 actlab's divergence check or an epoch-end checkpoint) keeps one step per call. The numbers are
-the ones one step per call gives, bit for bit (tests/test_steps.py compares records,
-checkpoints and logged steps). One difference, in the checkpoint: a ReduceLROnPlateau schedule
-steps before the epoch's checkpoint is written, where Lightning's automatic optimisation steps
-it after (its checkpoint holds the schedule one step behind, and a run resumed from it goes on
-one step behind).
+the ones one step per call gives, bit for bit (tests/test_steps.py compares records, checkpoints
+and logged steps). One difference, in the checkpoint: a ReduceLROnPlateau schedule steps before
+the epoch's checkpoint is written, where Lightning's automatic optimisation steps it after (its
+checkpoint holds the schedule one step behind, and a run resumed from it goes on one step
+behind).
 
 A setting that works per Lightning step (gradient accumulation or clipping, validation or a
-checkpoint every N training steps) keeps the run on Lightning's automatic optimisation, with
-the ordinary ``training_step(batch, batch_idx)``, and says so in the log.
+checkpoint every N training steps) keeps the run on Lightning's automatic optimisation, with the
+ordinary ``training_step(batch, batch_idx)``, and says so in the log.
 """
 
 from __future__ import annotations
@@ -33,7 +37,10 @@ import lightning as L
 import torch
 from lightning.fabric.utilities.data import has_len
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, Timer
+from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.plugins.precision import Precision
+from lightning.pytorch.profilers import PassThroughProfiler
+from lightning.pytorch.strategies import SingleDeviceStrategy
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
@@ -45,6 +52,11 @@ log = logging.getLogger(__name__)
 
 # callbacks whose batch hooks mean the same once per call: they read the progress, not each step
 PER_CALL_CALLBACKS = (ProgressBar, Timer, DivergenceMonitor)
+# the hooks of a training step's zero_grad, backward and optimiser step (callbacks' and the module's)
+STEP_HOOKS = ("on_before_zero_grad", "on_before_backward", "on_after_backward", "on_before_optimizer_step")
+# what Lightning's precision plugin does in a backward and an optimiser step: Precision's own only call hooks
+PRECISION_STEP_METHODS = ("pre_backward", "backward", "post_backward", "optimizer_step", "_wrap_closure",
+                          "_after_closure", "_clip_gradients")  # fmt: skip
 
 
 def grouping_refusal(trainer: L.Trainer) -> str | None:
@@ -82,6 +94,44 @@ def batches_need_no_preparation(trainer: L.Trainer) -> bool:
     return type(trainer.precision_plugin).convert_input is Precision.convert_input
 
 
+def steps_only_call_hooks(trainer: L.Trainer) -> bool:
+    """Whether Lightning's backward and optimiser step do nothing for this fit but call the step
+    hooks around ``loss.backward()`` and ``optimizer.step()``: one device, a precision plugin
+    that is Precision's own in these (32-true, 64-true, the ``*-true`` half precisions; not
+    mixed precision's gradient scaler) and no profiler (which times every hook call)."""
+    plugin = type(trainer.precision_plugin)
+    return (type(trainer.strategy) is SingleDeviceStrategy and isinstance(trainer.profiler, PassThroughProfiler)
+            and all(getattr(plugin, name) is getattr(Precision, name) for name in PRECISION_STEP_METHODS))  # fmt: skip
+
+
+class DirectOptimizer:
+    """The optimiser a module's ``optimizer_step`` hook steps in grouped steps where Lightning's
+    wrapper would only call hooks (:func:`steps_only_call_hooks`): the same step count, the
+    closure, then the ``on_before_optimizer_step`` hooks (callbacks', then the module's), inside
+    the optimiser's own ``step`` as Lightning's precision plugin calls them; only the callbacks
+    that have the hook are called (Lightning calls every callback's, most of them no-ops, each
+    under a profiler context: ~10 us a hook a step). Anything else is the LightningOptimizer's."""
+
+    def __init__(self, wrapped: LightningOptimizer, module: GroupedSteps) -> None:
+        self.wrapped, self.module = wrapped, module
+
+    def step(self, closure: Any = None, **kwargs: Any) -> Any:
+        wrapped, optimizer = self.wrapped, self.wrapped.optimizer
+
+        def closure_then_hooks() -> Any:
+            result = closure() if closure is not None else None
+            self.module._call_step_hook("on_before_optimizer_step", optimizer)
+            return result
+
+        wrapped._on_before_step()  # the fit's step count (Lightning's manual loop sets it for each call)
+        output = optimizer.step(closure=closure_then_hooks, **kwargs)
+        wrapped._on_after_step()
+        return output
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.wrapped, name)
+
+
 class GroupedSteps:
     """Mixin for a LightningModule whose :meth:`train_batch` gives one training batch's loss:
     its ``training_step`` takes up to ``steps_per_call`` optimiser steps (see the module
@@ -89,7 +139,8 @@ class GroupedSteps:
 
     steps_per_call: int = 1
     _plain_batches = False  # batches on the device need no preparation (set for each fit)
-    _zero_grad_callbacks: list[L.Callback] = []  # the callbacks with an on_before_zero_grad hook (for each fit)
+    _direct = False  # Lightning's backward and optimiser step would only call hooks: called directly (each fit)
+    _hook_callbacks: dict[str, list[L.Callback]] = {}  # per step hook, the callbacks that have it (each fit)
     _finished_epoch = -1  # the last epoch whose last batch was trained (a plateau schedule steps after it)
     _monitors: dict[int, tuple[str, bool]] = {}  # per plateau schedule (by id): what it monitors, strictly or not
 
@@ -121,8 +172,7 @@ class GroupedSteps:
             return
         self.__dict__.pop("training_step", None)  # the grouped step, drawing its own batches
         self._plain_batches = batches_need_no_preparation(self.trainer)
-        self._zero_grad_callbacks = [c for c in self.trainer.callbacks
-                                     if is_overridden("on_before_zero_grad", c, L.Callback)]  # fmt: skip
+        self._direct = steps_only_call_hooks(self.trainer)
 
     def one_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         """The ``training_step`` of one step per call (Lightning's automatic optimisation)."""
@@ -132,6 +182,8 @@ class GroupedSteps:
         if not self.automatic_optimization and not has_len(self.trainer.train_dataloader):
             raise ConfigError("the training loader has no length: actlab's training step draws its own batches "
                               "(src/actlab/steps.py) and needs len() to know where an epoch ends")  # fmt: skip
+        self._hook_callbacks = {hook: [c for c in self.trainer.callbacks if is_overridden(hook, c, L.Callback)]
+                                for hook in STEP_HOOKS}  # fmt: skip
         self._carry_step_count()
 
     def _carry_step_count(self) -> None:
@@ -161,20 +213,41 @@ class GroupedSteps:
         batch = self._on_before_batch_transfer(batch, dataloader_idx=0)
         return trainer.strategy.batch_to_device(batch, dataloader_idx=0)
 
+    def _call_step_hook(self, hook: str, *args: Any) -> None:
+        """``hook`` of the callbacks that have it, then the module's, as Lightning calls them
+        (the hook's name is the module's ``_current_fx_name`` meanwhile, for ``self.log``)."""
+        previous = self._current_fx_name
+        self._current_fx_name = hook
+        for callback in self._hook_callbacks[hook]:
+            getattr(callback, hook)(self.trainer, self, *args)
+        getattr(self, hook)(*args)
+        self._current_fx_name = previous
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        """``manual_backward``, or with :attr:`_direct` what it amounts to: the backward hooks
+        around the module's ``backward``."""
+        if not self._direct:
+            self.manual_backward(loss)
+            return
+        self._call_step_hook("on_before_backward", loss)
+        self._current_fx_name, previous = "backward", self._current_fx_name
+        self.backward(loss)
+        self._current_fx_name = previous
+        self._call_step_hook("on_after_backward")
+
     def training_step(self, dataloader_iter: Iterator) -> torch.Tensor:
         trainer, optimizer = self.trainer, self.optimizers()
+        stepped = DirectOptimizer(optimizer, self) if self._direct else optimizer
         epoch, loop = trainer.current_epoch, trainer.fit_loop.epoch_loop
         progress = loop.batch_progress  # borrowed loop state: tests/test_steps.py fails the day it changes
         taken = 0
         while True:
             batch, batch_idx, _ = next(dataloader_iter)
             loss = self.train_batch(self._batch_on_device(batch))
-            for callback in self._zero_grad_callbacks:
-                callback.on_before_zero_grad(trainer, self, optimizer.optimizer)
-            self.on_before_zero_grad(optimizer.optimizer)
+            self._call_step_hook("on_before_zero_grad", optimizer.optimizer)
             self.optimizer_zero_grad(epoch, batch_idx, optimizer.optimizer)
-            self.manual_backward(loss)
-            self.optimizer_step(epoch, batch_idx, optimizer)
+            self._backward(loss)
+            self.optimizer_step(epoch, batch_idx, stepped)
             self._step_schedules("step", batch_idx)
             # each step counted as it completes, as Lightning counts one (its own count of the call, at
             # its end, taken back below): a checkpoint taken in a signal handler mid-group resumes there
