@@ -394,6 +394,47 @@ def test_a_member_stopped_early_has_its_single_runs_checkpoints_record_and_closi
         assert closing_line(caplog.messages, member.output_dir) == closing_line(caplog.messages, single)
 
 
+def test_a_members_checkpoint_is_written_from_its_own_states_alone(tmp_path, fake_data_dir, monkeypatch):
+    """A member's checkpoint is dumped with that member's callback states and metrics only
+    (the pack's hold every member's: copying them all for each of K members' checkpoints cost
+    K² an epoch), and still equals its single run's in what it holds."""
+    from actlab.pack.callbacks import MemberModelCheckpoint
+    from actlab.pack.checkpoint import MEMBERS_KEY, PackCheckpointIO
+
+    dumped, candidates = [], []
+    save, monitor = PackCheckpointIO.save_checkpoint, MemberModelCheckpoint._monitor_candidates
+
+    def recording_save(self, checkpoint, path, storage_options=None):
+        owners = {int(key.rpartition("@member")[2]) for key in checkpoint["callbacks"].get(MEMBERS_KEY, {})}
+        dumped.append((self._member_of(path), owners))
+        save(self, checkpoint, path, storage_options)
+
+    def recording_monitor(self, trainer):
+        found = monitor(self, trainer)
+        candidates.append((self.member, sorted(found)))
+        return found
+
+    monkeypatch.setattr(PackCheckpointIO, "save_checkpoint", recording_save)
+    monkeypatch.setattr(MemberModelCheckpoint, "_monitor_candidates", recording_monitor)
+    specs = [(1, "relu"), (2, "tanh"), (3, "relu")]
+    members, base = members_for(tmp_path, fake_data_dir, specs, ["callbacks=none"])
+    train_pack(members, "p")
+    assert {k for k, _ in dumped} == {0, 1, 2} and len(dumped) >= 2 * 3  # last (and best when it improved) each epoch
+    assert all(owners == {k} for k, owners in dumped)
+    assert {k for k, _ in candidates} == {0, 1, 2}
+    for k, keys in candidates:
+        assert "epoch" in keys and "step" in keys and f"member/{k}/val/acc" in keys
+        assert all(key.startswith(f"member/{k}/") for key in keys if key.startswith("member/"))
+    _, alone = single_run(tmp_path, base, 2, "tanh", "callbacks=none")
+    mine = torch.load(members[1].output_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    theirs = torch.load(alone / "checkpoints" / "last.ckpt", weights_only=False)
+    assert sorted(mine["callbacks"]) == sorted(theirs["callbacks"])
+    for key, state in theirs["callbacks"].items():
+        if key.startswith("ModelCheckpoint"):
+            assert mine["callbacks"][key]["best_model_score"] == state["best_model_score"]
+            assert Path(mine["callbacks"][key]["best_model_path"]).name == Path(state["best_model_path"]).name
+
+
 def test_the_lightning_internals_a_pack_borrows_are_still_there():
     """MemberEarlyStopping stops one member with Lightning's own rule, through the two private
     methods below: EarlyStopping's public hooks must still call the one and it must still apply
@@ -412,6 +453,23 @@ def test_the_lightning_internals_a_pack_borrows_are_still_there():
     assert stopper._evaluate_stopping_criteria(torch.tensor(0.5)) == (False, mock.ANY)
     assert stopper._evaluate_stopping_criteria(torch.tensor(0.4))[0] is True
     assert stopper.wait_count == 1
+
+    # MemberModelCheckpoint writes through ModelCheckpoint's _save_checkpoint and narrows what its
+    # _monitor_candidates copies: the one must still be where a checkpoint is written, the other
+    # still Lightning's logged metrics with int epoch and step (which the member's copy repeats)
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from actlab.pack.callbacks import MemberModelCheckpoint
+
+    trainer = mock.MagicMock(current_epoch=4, global_step=40, loggers=[])
+    trainer.callback_metrics = {"val/acc": torch.tensor(0.5), "member/0/val/acc": torch.tensor(0.25)}
+    ModelCheckpoint(monitor="val/acc")._save_checkpoint(trainer, "somewhere.ckpt")
+    trainer.save_checkpoint.assert_called_once_with("somewhere.ckpt", False)
+    lightning = ModelCheckpoint(monitor="val/acc")._monitor_candidates(trainer)
+    member = MemberModelCheckpoint(0, monitor="val/acc")._monitor_candidates(trainer)
+    assert lightning.keys() == member.keys() == {"val/acc", "member/0/val/acc", "epoch", "step"}
+    assert all(torch.equal(lightning[key], member[key]) and lightning[key].dtype == member[key].dtype
+               for key in lightning)  # fmt: skip
 
 
 def test_the_library_state_a_pack_reads_is_still_shaped_as_it_expects():

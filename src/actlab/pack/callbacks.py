@@ -12,6 +12,7 @@ import functools
 import logging
 import statistics
 import time
+from copy import deepcopy
 
 import lightning as L
 import torch
@@ -31,7 +32,7 @@ from actlab.callbacks.divergence import DivergenceMonitor, divergence
 from actlab.callbacks.run_history import RunHistory
 from actlab.errors import DivergedError
 from actlab.pack.diagnostics import layer_names, member_layer_outputs, member_weight_gradients, scan_members
-from actlab.pack.module import PackModule, member_key, member_prefix
+from actlab.pack.module import MEMBER_METRICS, PackModule, member_key, member_prefix
 from actlab.record import RunRecord
 
 log = logging.getLogger(__name__)
@@ -93,10 +94,36 @@ class MemberModelCheckpoint(MemberCallback, ModelCheckpoint):
     has stopped, :class:`MemberCallbacks` gives it no more hooks."""
 
     single_run_class = ModelCheckpoint
+    members: MemberCallbacks | None = None  # the pack's member callbacks, which hold this one
 
     def __init__(self, member: int, monitor: str | None = None, **kwargs) -> None:
         self.member = member
         super().__init__(monitor=f"{member_prefix(member)}{monitor}" if monitor else None, **kwargs)
+
+    def _monitor_candidates(self, trainer: L.Trainer) -> dict[str, torch.Tensor]:
+        """Lightning's candidates (a deep copy of the logged metrics, ``epoch`` and ``step`` as
+        ints) of this member's metrics and the shared ones only: the pack's hold every member's,
+        and every member's checkpoints copying all of them cost K² copies an epoch."""
+        prefix = member_prefix(self.member)
+        candidates = deepcopy({key: value for key, value in trainer.callback_metrics.items()
+                               if key.startswith(prefix) or not key.startswith(MEMBER_METRICS)})  # fmt: skip
+        epoch, step = candidates.get("epoch"), candidates.get("step")
+        candidates["epoch"] = epoch.int() if isinstance(epoch, torch.Tensor) else torch.tensor(trainer.current_epoch)
+        candidates["step"] = step.int() if isinstance(step, torch.Tensor) else torch.tensor(trainer.global_step)
+        return candidates
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        """Lightning's save, of a checkpoint holding this member's callback states alone (its
+        file keeps no other member's: :func:`~actlab.pack.checkpoint.member_checkpoint`), so a
+        member's checkpoint costs the same in a pack of any size."""
+        if self.members is None:
+            super()._save_checkpoint(trainer, filepath)
+            return
+        self.members.saving = self.member
+        try:
+            super()._save_checkpoint(trainer, filepath)
+        finally:
+            self.members.saving = None
 
     def format_checkpoint_name(self, metrics, filename=None, ver=None, prefix=None) -> str:
         # the member's metric names, as in its single run's checkpoint names
@@ -226,9 +253,14 @@ class MemberCallbacks(Checkpoint):
 
     def __init__(self, callbacks: list[L.Callback]) -> None:
         self.callbacks = callbacks
+        self.saving: int | None = None  # the member whose own checkpoint is being written, if any
+        for callback in callbacks:
+            if isinstance(callback, MemberModelCheckpoint):
+                callback.members = self
 
     def state_dict(self) -> dict:
-        return {c.state_key: c.state_dict() for c in self.callbacks}
+        """Every member's callback states; while member k's own checkpoint is written, k's alone."""
+        return {c.state_key: c.state_dict() for c in self.callbacks if self.saving in (None, c.member)}
 
     def load_state_dict(self, state_dict: dict) -> None:
         for callback in self.callbacks:

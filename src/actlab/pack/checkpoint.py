@@ -136,10 +136,12 @@ class PackCheckpointIO(TorchCheckpointIO):
         super().__init__()
         self.module, self.data_key = module, data_key
         self.member_dirs = [Path(d).resolve() for d in member_dirs]
+        self._members = {d: k for k, d in reversed(list(enumerate(self.member_dirs)))}  # the first of equal dirs
 
     def _member_of(self, path: Path) -> int | None:
+        """The member whose run directory holds ``path`` (None: none's)."""
         path = Path(path).resolve()
-        return next((k for k, d in enumerate(self.member_dirs) if path.is_relative_to(d)), None)
+        return next((self._members[d] for d in (path, *path.parents) if d in self._members), None)
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         k = self._member_of(path)

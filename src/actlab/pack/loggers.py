@@ -8,7 +8,7 @@ from typing import Any
 
 from lightning.pytorch.loggers import Logger
 
-from actlab.pack.module import member_prefix
+from actlab.pack.module import MEMBER_METRICS, member_prefix
 
 
 class PackLogger(Logger):
@@ -49,7 +49,7 @@ class PackLogger(Logger):
         return [logger for loggers in self.member_loggers for logger in loggers]
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        shared = {key: value for key, value in metrics.items() if not key.startswith("member/")}
+        shared = {key: value for key, value in metrics.items() if not key.startswith(MEMBER_METRICS)}
         per_group: dict[int, dict[str, float]] = {}
         if self.groups is not None:
             for key in list(shared):
