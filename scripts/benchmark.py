@@ -144,8 +144,9 @@ def reference_loop(files: dict[str, Path], activation: str, device: torch.device
 def hand_loop(files: dict[str, Path], activation: str, device: torch.device, epochs: int,
               steps: int | None, batch_size: int = 128, val_size: int = 5000,
               hidden_shape: list[int] | None = None) -> Timing:  # fmt: skip
-    """The floor for eager PyTorch: in-memory tensors on the device, batches by indexing,
-    no framework; the same train/validation split sizes as actlab's default run."""
+    """The floor for eager PyTorch: in-memory tensors on the device, batches gathered by
+    ``index_select`` (~3x faster than ``x[idx]`` on a CPU; actlab's loaders gather so), no
+    framework; the same train/validation split sizes as actlab's default run."""
     train_x, train_y, val_x, val_y = load_data(files, device, val_size)
     net = _network(activation, device, hidden_shape)
     optimizer = _sgd(net)
@@ -155,8 +156,8 @@ def hand_loop(files: dict[str, Path], activation: str, device: torch.device, epo
         net.train()
         order = torch.randperm(len(train_y), device=device)
         for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
-            loss = F.cross_entropy(net(train_x[idx]), train_y[idx])
+            idx = order[start : start + batch_size]  # index_select: the fastest gather of rows on a CPU
+            loss = F.cross_entropy(net(train_x.index_select(0, idx)), train_y.index_select(0, idx))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -354,7 +355,7 @@ def lightning_floor(files: dict[str, Path], activation: str, device: torch.devic
             order = torch.randperm(len(train_y), device=device)
             for start in range(0, n, batch_size):
                 idx = order[start : start + batch_size]
-                yield train_x[idx], train_y[idx]
+                yield train_x.index_select(0, idx), train_y.index_select(0, idx)
 
     class Module(L.LightningModule):
         def __init__(self) -> None:
@@ -408,8 +409,9 @@ def stacked_hand_loop(files: dict[str, Path], activations: list[str], device: to
         orders = torch.stack([torch.randperm(len(train_y)) for _ in range(members)]).to(device)
         for start in range(0, n, batch_size):
             idx = orders[:, start : start + batch_size]
-            logits = net(train_x[idx])
-            loss = F.cross_entropy(logits.flatten(0, 1), train_y[idx].flatten(), reduction="none")
+            flat = idx.reshape(-1)  # index_select: the fastest gather of rows on a CPU
+            logits = net(train_x.index_select(0, flat).view(*idx.shape, *train_x.shape[1:]))
+            loss = F.cross_entropy(logits.flatten(0, 1), train_y.index_select(0, flat), reduction="none")
             optimizer.zero_grad(set_to_none=True)
             loss.view(members, -1).mean(1).sum().backward()
             optimizer.step()

@@ -79,3 +79,23 @@ def test_classes_never_predicted_or_never_present_count_as_torchmetrics_counts_t
             values["class_acc"][k], multiclass_accuracy(predictions[k], targets[k], classes, average=None)
         )
         assert float(values["acc"][k]) == pytest.approx(float((predictions[k] == targets[k]).float().mean()))
+
+
+def test_tied_logits_predict_the_first_class_for_one_run_and_for_several():
+    """A network that outputs equal logits (e.g. one whose units all died) predicts class 0, as
+    argmax does, whether its run is alone or in a pack: its accuracy is that of class 0."""
+    targets = torch.tensor([[0, 1, 2, 0], [3, 0, 0, 1]])
+    tied = torch.zeros(2, 4, 5)
+    tied[1, :, 3] = tied[1, :, 4] = 1.0  # run 1: classes 3 and 4 tie
+    together = EpochMetrics(2, 5, keep_predictions=True)
+    together.update(torch.zeros(2), tied, targets)
+    alone = [EpochMetrics(1, 5, keep_predictions=True) for _ in range(2)]
+    for k, metrics in enumerate(alone):
+        metrics.update(torch.zeros(1), tied[k : k + 1], targets[k : k + 1])
+    packed = together.compute_and_reset()
+    assert packed["acc"].tolist() == [0.5, 0.25]  # run 0 predicts class 0 (2 of 4), run 1 class 3 (1 of 4)
+    for k, metrics in enumerate(alone):
+        single = metrics.compute_and_reset()
+        assert torch.equal(single["acc"][0], packed["acc"][k]) and torch.equal(
+            single["confusion"][0], packed["confusion"][k]
+        )

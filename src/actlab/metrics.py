@@ -46,7 +46,9 @@ class EpochMetrics(nn.Module):
         """One batch: ``losses`` (R,) the mean loss of each run, ``logits`` (R, B, C),
         ``targets`` (R, B), for the runs ``rows`` (R of the K; None: all K)."""
         batch = targets.shape[1]
-        predictions = logits.argmax(-1)
+        # the first largest logit's class either way; on a CPU argmax is faster for one run's
+        # logits and max's indices for several runs' (14 against 6 us a step for 8 runs)
+        predictions = logits.argmax(-1) if logits.shape[0] == 1 else logits.max(-1).indices
         correct = (predictions == targets).sum(1)
         # mean x batch, summed in float64 (add_ promotes the float32 losses itself: one operation fewer a step)
         if rows is None:

