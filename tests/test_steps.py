@@ -354,3 +354,28 @@ def test_a_run_resumed_in_the_other_mode_counts_its_steps_on(before, after, tmp_
                               "resume=true")  # fmt: skip
     assert last_checkpoint(again_dir)["global_step"] == 3 * 24
     assert_same_run(whole, whole_dir, again, again_dir)
+
+
+def test_a_run_bounded_by_steps_does_not_resume_from_an_epochs_end(tmp_path, fake_data_dir):
+    """Lightning resumes a run with trainer.max_steps from an epoch-end checkpoint by running that
+    epoch's end again with no training (Lightning issue #19617): zero training metrics recorded
+    over the epoch's real CSV rows. A clear error instead, before the record is touched."""
+    from actlab.record import write_record
+
+    record, out = single(tmp_path, fake_data_dir, "bounded", "+trainer.max_steps=48")  # 2 epochs of 24 steps
+    assert record["epochs_completed"] == 2
+    write_record(out, {**record, "status": "interrupted"})  # as if it had stopped early
+    rows = (out / "csv" / "metrics.csv").read_text()
+    cfg = compose_train(
+        [*data_overrides(fake_data_dir), *SHORT, "+trainer.max_steps=72", "resume=true"], output_dir=out
+    )
+    with pytest.raises(ConfigError, match="19617"):
+        run(cfg, out, activation="relu")
+    assert read_record(out)["history"] == record["history"]
+    assert (out / "csv" / "metrics.csv").read_text() == rows
+    resumed = run(compose_train([*data_overrides(fake_data_dir), *SHORT, "resume=true"], output_dir=out), out, "relu")
+    assert resumed["status"] == "completed" and resumed["epochs_completed"] == 3
+    assert (
+        resumed["history"]["train/loss"][:2] == record["history"]["train/loss"]
+        and min(resumed["history"]["train/loss"]) > 0
+    )

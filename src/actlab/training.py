@@ -206,15 +206,31 @@ class Resume:
     previous: dict | None = None
 
 
-def resume_point(output_dir: Path) -> Resume:
+def ends_an_epoch(checkpoint: dict[str, Any]) -> bool:
+    """Whether ``checkpoint`` was taken at an epoch's end (where ModelCheckpoint saves: the epoch
+    processed, not yet completed), not inside an epoch."""
+    counts = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
+    return bool(counts) and counts["ready"] == counts["started"] == counts["processed"] == counts["completed"] + 1
+
+
+def resume_point(output_dir: Path, max_steps: int = -1) -> Resume:
     """What ``resume=true`` resumes from: ``last.ckpt``, else the newest other checkpoint of
-    the run that loads, else none (a fresh start, with a warning where there were some)."""
+    the run that loads, else none (a fresh start, with a warning where there were some).
+
+    A run bounded by ``trainer.max_steps`` does not resume from an epoch's end: Lightning would
+    run that epoch's end again with no training (Lightning issue #19617), logging zero training
+    metrics over the epoch's real rows and spending patience: a ConfigError says so first."""
     directory = output_dir / CHECKPOINT_DIR
     last = directory / "last.ckpt"
     others = sorted((p for p in directory.glob("*.ckpt") if p != last), key=lambda p: p.stat().st_mtime, reverse=True)
     candidates = ([last] if last.is_file() else []) + others
     for path in candidates:
         checkpoint = load_checkpoint(path)
+        if checkpoint is not None and max_steps != -1 and ends_an_epoch(checkpoint):
+            raise ConfigError(f"{path} was taken at an epoch's end, and Lightning resumes a run with "
+                              "trainer.max_steps from there by running that epoch's end again without training "
+                              "(Lightning issue #19617): resume without trainer.max_steps "
+                              "(trainer.max_epochs sets the length)")  # fmt: skip
         if checkpoint is not None:
             if path == last or not last.is_file():
                 return Resume(str(path), checkpoint)
@@ -404,7 +420,7 @@ def run(
         if previous and previous.get("status") in RESULTS:
             log.info("resume: %s already %s, skipping", output_dir, previous["status"])
             return previous
-        resume = resume_point(output_dir)
+        resume = resume_point(output_dir, cfg.trainer.get("max_steps", -1))
         if resume.warning:
             log.warning("resume: %s", resume.warning)
     record = open_record(cfg, output_dir, activation, overrides, resume)

@@ -342,7 +342,8 @@ def train_pack(members: list[Member], pack_id: str = "pack", parallel_jobs: int 
     pack_dir = Path(pack_dir) if pack_dir else members[0].output_dir.parent / ".packs" / pack_id
     groups: dict[Any, list[tuple[Member, Resume]]] = {}
     for member in todo:
-        resume = resume_point(member.output_dir) if member.cfg.get("resume") else Resume()
+        steps = member.cfg.trainer.get("max_steps", -1)
+        resume = resume_point(member.output_dir, steps) if member.cfg.get("resume") else Resume()
         if resume.warning:
             log.warning("resume: %s", resume.warning)
         groups.setdefault(resumes_as(resume), []).append((member, resume))
