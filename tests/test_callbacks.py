@@ -229,10 +229,11 @@ def test_run_history_checkpoint_taken_between_epochs_keeps_the_finished_epoch():
     epoch = SimpleNamespace(batch_progress=SimpleNamespace(current=SimpleNamespace(ready=3)))  # all its batches
     progress = SimpleNamespace(epoch_loop=epoch)
     trainer = SimpleNamespace(callback_metrics={}, current_epoch=0, callbacks=[], fit_loop=progress,
-                              num_training_batches=3)  # fmt: skip
+                              num_training_batches=3, sanity_checking=False)  # fmt: skip
     history = RunHistory()
     history.setup(trainer, None, "fit")
     history.on_train_epoch_start(trainer, None)
+    history.on_validation_end(trainer, None)  # the epoch was validated: its val/* are its own
     history.on_train_epoch_end(trainer, None)
     trainer.callback_metrics = {"train/loss": torch.tensor(0.5), "val/acc": torch.tensor(0.8)}  # logged after
     state = history.state_dict()  # e.g. SIGTERM before the next epoch starts

@@ -59,6 +59,8 @@ def test_a_shorter_budget_is_replayed_from_the_histories():
     assert within_budget(history, 10, 4) == (0.71, 6)  # never stalled for 4 epochs: ran out of history
     assert within_budget(history, 10, 2) == (0.6, 4)  # stalled at epochs 2 and 3: stopped after epoch 3
     assert within_budget(history, 3, 4) == (0.6, 3)  # the epoch budget ends first
+    # an epoch not validated (null in a record, NaN in memory) neither counts as a best nor breaks the replay
+    assert within_budget([None, 0.6, float("nan"), 0.7], 10, 4) == (0.7, 4)
 
 
 def test_the_budget_check_names_the_choices_a_shorter_stage_1_would_change(tmp_path):

@@ -441,3 +441,23 @@ def test_the_overfit_debug_config_memorises_its_batches(tmp_path, fake_data_dir)
     record, _ = train_in_process(tmp_path, fake_data_dir, ["debug=overfit", "callbacks=none", "logger=csv"])
     assert record["status"] == "completed" and record["epochs_completed"] == 100
     assert record["history"]["train/acc"][-1] == 1.0 and record["history"]["train/loss"][-1] < 0.05
+
+
+def test_an_epoch_without_validation_records_none_and_not_the_last_validations_values(tmp_path, fake_data_dir):
+    """With check_val_every_n_epoch=2, Lightning's logged val/* between validations are the
+    last validation's: the history has NaN (null in the record) there, one value per epoch in
+    every list, and the best and last validation accuracy are those of the epochs validated."""
+    record, _ = train_in_process(tmp_path, fake_data_dir, ["trainer.max_epochs=4", "trainer.check_val_every_n_epoch=2",
+                                                           "callbacks=none"])  # fmt: skip
+    history = record["history"]
+    assert {len(values) for values in history.values()} == {4}
+
+    def missing(value):
+        return value is None or math.isnan(value)
+
+    for key in ("val/acc", "val/loss", "val/f1"):
+        assert missing(history[key][0]) and missing(history[key][2]), key
+        assert not missing(history[key][1]) and not missing(history[key][3]), key
+    validated = {1: history["val/acc"][1], 3: history["val/acc"][3]}
+    assert record["val/acc_best"] == max(validated.values()) == validated[record["best_epoch"]]
+    assert record["val/acc_last"] == validated[3]

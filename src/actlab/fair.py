@@ -35,6 +35,8 @@ def within_budget(history: list[float], max_epochs: int, patience: int) -> tuple
     best, best_epoch, trained = None, 0, 0
     for epoch, accuracy in enumerate(history[:max_epochs]):
         trained = epoch + 1
+        if accuracy is None or accuracy != accuracy:  # an epoch not validated (null in the record, or NaN)
+            continue
         if best is None or accuracy > best:
             best, best_epoch = accuracy, epoch
         elif epoch - best_epoch >= patience:

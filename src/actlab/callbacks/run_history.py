@@ -30,8 +30,10 @@ class RunHistory(L.Callback):
     ``history[key]`` is a list over epochs: what the learning curves are made of.
 
     An epoch that ended before all its batches (a ``max_time`` / Timer or ``max_steps`` cut:
-    Lightning still validates it and ends it) keeps its place in the history but is no
-    completed epoch: ``partial_epochs`` says which, with how many of its batches it trained.
+    Lightning ends it) keeps its place in the history but is no completed epoch:
+    ``partial_epochs`` says which, with how many of its batches it trained. An epoch that was
+    not validated (``trainer.check_val_every_n_epoch`` > 1, such a cut) has NaN ``val/*`` values
+    (the logged ones are the last validation's); every list has one value per epoch.
 
     Args:
         record: the run record to keep up to date (None: only collect).
@@ -50,6 +52,8 @@ class RunHistory(L.Callback):
         self.partial_epochs: list[dict[str, int]] = []
         self._epoch_start = 0.0
         self._pending = False
+        self._validated = False  # this epoch ran its validation (its val/* metrics are its own)
+        self._pending_validated = False
         self._trainer: L.Trainer | None = None
         # the metrics logged when the checkpoint this run resumed from was taken: a checkpoint taken
         # inside an epoch after its validation (SLURM's requeue signal can land there) resumes with
@@ -67,7 +71,12 @@ class RunHistory(L.Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module) -> None:
         self._collect(trainer)
+        self._validated = False
         self._epoch_start = time.perf_counter()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self._validated = True
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
         self.epoch_times.append(time.perf_counter() - self._epoch_start)
@@ -77,7 +86,7 @@ class RunHistory(L.Callback):
         trained, batches = trainer.fit_loop.epoch_loop.batch_progress.current.ready, trainer.num_training_batches
         if math.isfinite(batches) and trained < batches:
             self.partial_epochs.append({"epoch": epoch, "batches": trained, "of": int(batches)})
-        self._pending = True
+        self._pending, self._pending_validated = True, self._validated
 
     def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
         self._collect(trainer)
@@ -96,7 +105,7 @@ class RunHistory(L.Callback):
         if not self._pending:
             return
         self._pending = False
-        metrics = {**self._restored_metrics, **self.epoch_metrics(trainer)}
+        metrics = {**self._restored_metrics, **self._own_metrics(trainer, self._pending_validated)}
         for diagnostic in self._diagnostics(trainer):
             metrics.update(diagnostic.epoch_values())
         self._restored_metrics = {}
@@ -105,6 +114,8 @@ class RunHistory(L.Callback):
             values = self.history[key]
             values.extend([float("nan")] * (epoch - len(values)))  # a metric first seen late keeps its epochs' places
             values.append(value if math.isfinite(value) else float("nan"))
+        for values in self.history.values():  # one not measured this epoch (not validated, say): NaN
+            values.extend([float("nan")] * (epoch + 1 - len(values)))
         if self.log_epochs:
             # the epoch's train/ and val/ metrics (the diagnostics' per-layer values stay in the record)
             metrics = "  ".join(f"{k} {v[-1]:.4f}" for k, v in sorted(self.history.items())
@@ -112,6 +123,12 @@ class RunHistory(L.Callback):
             log.info("epoch %d/%s  %s  (%.1f s)", len(self.epoch_times), trainer.max_epochs, metrics,
                      self.epoch_times[-1])  # fmt: skip
         self._write(trainer)
+
+    def _own_metrics(self, trainer: L.Trainer, validated: bool) -> dict[str, float]:
+        """The epoch's metrics as logged, without ``val/*`` when the epoch was not validated
+        (the logged ones are then an earlier epoch's)."""
+        metrics = self.epoch_metrics(trainer)
+        return metrics if validated else {k: v for k, v in metrics.items() if not k.startswith("val/")}
 
     def epoch_metrics(self, trainer: L.Trainer) -> dict[str, float]:
         """This run's epoch-level ``train/*`` and ``val/*`` metrics, as logged."""
@@ -124,7 +141,8 @@ class RunHistory(L.Callback):
 
     def record_fields(self, trainer: L.Trainer | None) -> dict:
         """The run record's history fields (and the diagnostics' own fields, e.g. dead ratios)."""
-        val_acc = self.history.get("val/acc", [])
+        validated = [(epoch, value) for epoch, value in enumerate(self.history.get("val/acc", [])) if value == value]
+        best = max(validated, key=lambda pair: pair[1], default=None)  # the first of equal bests
         fields = {
             "epochs_completed": len(self.epoch_times) - len(self.partial_epochs),
             "partial_epochs": self.partial_epochs,
@@ -132,10 +150,11 @@ class RunHistory(L.Callback):
             "epoch_time_s": statistics.median(self.epoch_times) if self.epoch_times else None,
             "diagnostics_epoch_s": self.diagnostics_times,
             "history": dict(self.history),
-            "val/acc_last": val_acc[-1] if val_acc else None,
-            "val/acc_best": max(val_acc) if val_acc else None,
+            # the last and best validations (an epoch not validated has NaN)
+            "val/acc_last": validated[-1][1] if validated else None,
+            "val/acc_best": best[1] if validated else None,
             # 0-based, as in Lightning's epoch numbers and the best_epoch=NNN.ckpt names
-            "best_epoch": max(range(len(val_acc)), key=val_acc.__getitem__) if val_acc else None,
+            "best_epoch": best[0] if validated else None,
         }
         fields.update(self._diagnostic_fields(trainer))
         return fields
@@ -151,7 +170,7 @@ class RunHistory(L.Callback):
         # lands there) must carry that finished epoch's metrics: they are logged by now.
         if self._trainer is not None:
             self._collect(self._trainer)
-        logged = self.epoch_metrics(self._trainer) if self._trainer is not None else {}
+        logged = self._own_metrics(self._trainer, self._validated) if self._trainer is not None else {}
         return {"epoch_times": self.epoch_times, "diagnostics_times": self.diagnostics_times,
                 "history": dict(self.history), "logged": logged, "partial_epochs": self.partial_epochs,
                 "diagnostic_fields": self._diagnostic_fields(self._trainer)}  # fmt: skip
