@@ -48,7 +48,8 @@ def test_each_run_gets_what_torchmetrics_computes_for_it_alone_over_the_epoch():
         assert torch.equal(second["f1"][k], kept[k].compute())
         assert abs(float(second["loss"][k]) - sums[k] / 13) < 1e-6  # the mean over every sample of the epoch
     assert float(second["f1"][1]) == 0.0 and float(second["loss"][1]) == 0.0  # run 1 left the stack: no batch
-    assert float(metrics.compute_and_reset()["loss"].sum()) == 0.0  # reset: a new epoch starts from nothing
+    # reset: a new epoch starts from nothing
+    assert metrics.count == 0 and float(metrics.loss_sum.sum()) == 0.0 and int(metrics.correct.sum()) == 0
 
 
 def test_training_keeps_sums_only():
@@ -99,3 +100,10 @@ def test_tied_logits_predict_the_first_class_for_one_run_and_for_several():
         assert torch.equal(single["acc"][0], packed["acc"][k]) and torch.equal(
             single["confusion"][0], packed["confusion"][k]
         )
+
+
+def test_an_epoch_without_a_batch_reads_nan_not_zero():
+    """A fit resumed at an epoch's end replays that end with no batch in its sums: its loss and
+    accuracy were not measured, and must not read as a perfect loss of 0."""
+    metrics = EpochMetrics(2, 5, keep_predictions=False).compute_and_reset()
+    assert torch.isnan(metrics["loss"]).all() and torch.isnan(metrics["acc"]).all()

@@ -1,6 +1,7 @@
 import subprocess
 import sys
 
+import pytest
 import torch
 from conftest import REPO
 from PIL import Image
@@ -120,3 +121,18 @@ def test_an_activation_figure_that_cannot_be_drawn_warns_and_spares_the_run(tmp_
 
     with pytest.warns(UserWarning, match="no activation/shape figure: .*cannot evaluate here"):
         ActivationPlot.draw(SimpleNamespace(activations=[Unplottable()]), [TensorBoardLogger(tmp_path)])
+
+
+def test_learning_curves_go_through_the_epochs_that_were_validated(tmp_path, monkeypatch):
+    """Validated every other epoch (null in a record, NaN in memory between): each line joins
+    the epochs measured instead of being broken into nothing by the gaps."""
+    import actlab.plotting as plotting
+
+    drawn = []
+    monkeypatch.setattr(plotting, "save_figure", lambda fig, path: drawn.append(fig) or path)
+    seeds = [[None, 0.6, None, 0.7], [float("nan"), 0.8, float("nan"), 0.9]]
+    plotting.plot_learning_curves({"relu": {2: seeds}}, "val/acc", tmp_path / "a.png")
+    plotting.plot_overlaid_curves({"relu": seeds}, "val/acc", tmp_path / "b.png")
+    for fig in drawn:
+        (line,) = fig.axes[0].lines
+        assert line.get_xydata().tolist() == [[2.0, pytest.approx(0.7)], [4.0, pytest.approx(0.8)]]

@@ -65,8 +65,10 @@ class EpochMetrics(nn.Module):
     def compute_and_reset(self) -> dict[str, torch.Tensor]:
         """Per run (dim 0, K): ``loss``, ``acc``; with kept predictions also ``f1`` (macro),
         ``class_acc`` (K, C) and ``confusion`` (K, C, C; rows true, columns predicted). Runs
-        that saw no batch this epoch read 0."""
-        count = max(1, self.count)
+        that saw no batch this epoch (left out of a compacted stack) read 0; an epoch in which
+        no batch was seen at all (a fit resumed at an epoch's end, whose batches were counted
+        before its checkpoint) reads NaN loss and accuracy: not measured, rather than 0."""
+        count = self.count if self.count else float("nan")
         metrics = {"loss": (self.loss_sum / count).float(), "acc": self.correct.double().div(count).float()}
         if self._predictions:
             predictions, targets = (torch.cat(parts, dim=1) for parts in zip(*self._predictions))

@@ -216,9 +216,8 @@ def plot_learning_curves(curves: Mapping[str, Mapping[int, Sequence[Sequence[flo
     for ax, (activation, by_depth) in zip(axes.flat, curves.items()):
         for depth, seeds in sorted(by_depth.items()):
             length = max(len(c) for c in seeds)
-            mean = [statistics.fmean(v) if (v := [c[e] for c in seeds if len(c) > e and c[e] is not None]) else math.nan
-                    for e in range(length)]  # fmt: skip
-            ax.plot(range(1, length + 1), mean, label=f"depth {depth} (n={len(seeds)})")
+            mean = [statistics.fmean(v) if (v := _measured(seeds, e)) else math.nan for e in range(length)]
+            ax.plot(*_drawn(range(1, length + 1), mean), label=f"depth {depth} (n={len(seeds)})", marker=".", ms=3)
         ax.set_title(activation, fontsize=10)
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
@@ -228,6 +227,19 @@ def plot_learning_curves(curves: Mapping[str, Mapping[int, Sequence[Sequence[flo
         ax.axis("off")
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def _measured(seeds: Sequence[Sequence[float | None]], epoch: int) -> list[float]:
+    """The seeds' values at ``epoch`` that were measured (an epoch not validated, say, has None
+    in a record and NaN in memory)."""
+    return [c[epoch] for c in seeds if len(c) > epoch and c[epoch] is not None and c[epoch] == c[epoch]]
+
+
+def _drawn(epochs: Sequence[int], values: Sequence[float], *bands: Sequence[float]) -> tuple[list, ...]:
+    """The epochs with a value, and their values (and bands): a line through the measured
+    epochs, which NaN gaps (every other epoch not validated) would break into nothing."""
+    kept = [i for i, v in enumerate(values) if v == v]
+    return tuple([column[i] for i in kept] for column in (list(epochs), values, *bands))
 
 
 def _palette(n: int) -> list:
@@ -244,11 +256,11 @@ def plot_overlaid_curves(curves: Mapping[str, Sequence[Sequence[float]]], metric
     ax = fig.add_subplot()
     for color, (label, seeds) in zip(_palette(len(curves)), curves.items()):
         length = max(len(c) for c in seeds)
-        columns = [[c[e] for c in seeds if len(c) > e and c[e] is not None] for e in range(length)]
+        columns = [_measured(seeds, e) for e in range(length)]
         mean = [statistics.fmean(v) if v else math.nan for v in columns]
         std = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in columns]
-        epochs = range(1, length + 1)
-        ax.plot(epochs, mean, color=color, label=f"{label} (n={len(seeds)})", lw=1.5)
+        epochs, mean, std = _drawn(range(1, length + 1), mean, std)
+        ax.plot(epochs, mean, color=color, label=f"{label} (n={len(seeds)})", lw=1.5, marker=".", ms=3)
         ax.fill_between(epochs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
                         color=color, alpha=0.15, lw=0)  # fmt: skip
     ax.set_xlabel("epoch")

@@ -117,9 +117,9 @@ class RunHistory(L.Callback):
         for values in self.history.values():  # one not measured this epoch (not validated, say): NaN
             values.extend([float("nan")] * (epoch + 1 - len(values)))
         if self.log_epochs:
-            # the epoch's train/ and val/ metrics (the diagnostics' per-layer values stay in the record)
+            # the epoch's train/ and val/ metrics measured (the diagnostics' per-layer values stay in the record)
             metrics = "  ".join(f"{k} {v[-1]:.4f}" for k, v in sorted(self.history.items())
-                                if v and k.startswith(("train/", "val/")))  # fmt: skip
+                                if v and v[-1] == v[-1] and k.startswith(("train/", "val/")))  # fmt: skip
             log.info("epoch %d/%s  %s  (%.1f s)", len(self.epoch_times), trainer.max_epochs, metrics,
                      self.epoch_times[-1])  # fmt: skip
         self._write(trainer)
