@@ -268,7 +268,7 @@ def test_a_pack_follows_the_fair_protocol_like_its_separate_runs(tmp_path, fake_
     """Early stopping per member (a stopped member leaves the stacked computation), a cosine
     schedule from each member's own rate, testing each member's best epoch."""
     protocol = ["callbacks=none", "trainer.max_epochs=6", "callbacks.early_stopping.patience=1", "test_ckpt=best",
-                "scheduler=cosine"]  # fmt: skip
+                "scheduler=cosine", "logger=csv"]  # fmt: skip
     specs = [(1, "relu", "optimizer.lr=0.05"), (2, "tanh", "optimizer.lr=0.2"), (3, "staf", "optimizer.lr=0.05")]
     members, base = members_for(tmp_path, fake_data_dir, specs, protocol)
     with caplog.at_level("INFO", logger="actlab.pack.callbacks"):
@@ -284,14 +284,25 @@ def test_a_pack_follows_the_fair_protocol_like_its_separate_runs(tmp_path, fake_
     for record in records:  # the summary's epoch time per model: the pack's epoch / the members it computed
         shares = [t / n for t, n in zip(record["epoch_times_s"], computed)]
         assert record["epoch_times_per_member_s"] == pytest.approx(shares)
-    for (seed, activation, lr), packed in zip(specs, records):
-        alone, _ = single_run(tmp_path, [*base, *protocol], seed, activation, lr)
+    for (seed, activation, lr), packed, member in zip(specs, records, members):
+        alone, alone_dir = single_run(tmp_path, [*base, *protocol], seed, activation, lr)
+        # its CSV rows at its own epochs and steps, the test row's too (the pack trains on after it stops)
+        assert csv_positions(member.output_dir) == csv_positions(alone_dir), activation
         for key in ("epochs_completed", "stopped_epoch", "best_epoch"):
             assert packed[key] == alone[key], (activation, key, packed[key], alone[key])
         assert packed["history"]["train/lr"] == pytest.approx(alone["history"]["train/lr"])
         assert packed["test_ckpt"]["epoch"] == alone["test_ckpt"]["epoch"] == alone["best_epoch"]
         for key in ("test/acc", "test/f1", "test/acc_class_3"):
             assert packed[key] == pytest.approx(alone[key], abs=1e-5), (activation, key)
+
+
+def csv_positions(run_dir):
+    """Each row of a run's metrics.csv: its epoch, its step and which metrics it holds."""
+    import csv
+
+    with open(run_dir / "csv" / "metrics.csv", newline="") as file:
+        return [(row["epoch"], row["step"], sorted(k for k, v in row.items() if v and "time" not in k))
+                for row in csv.DictReader(file)]  # fmt: skip
 
 
 def test_a_compacted_packs_own_checkpoint_rebuilds_the_same_stack():

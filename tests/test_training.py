@@ -461,3 +461,24 @@ def test_an_epoch_without_validation_records_none_and_not_the_last_validations_v
     validated = {1: history["val/acc"][1], 3: history["val/acc"][3]}
     assert record["val/acc_best"] == max(validated.values()) == validated[record["best_epoch"]]
     assert record["val/acc_last"] == validated[3]
+
+
+def test_a_resumed_run_keeps_its_diagnostics_csv_rows(tmp_path, fake_data_dir):
+    """The diagnostics' rows (gradient norms, layer outputs, dead units) carry a step but no
+    epoch: a run resumed with logger=csv keeps those of its earlier epochs too, and its
+    metrics.csv holds the rows of the uninterrupted run."""
+
+    def rows(run_dir):
+        with open(run_dir / "csv" / "metrics.csv", newline="") as file:
+            return sorted((r["step"], r["epoch"], tuple(sorted(k for k, v in r.items() if v and "time" not in k)))
+                          for r in csv.DictReader(file))  # fmt: skip
+
+    base = [*data_overrides(fake_data_dir), "logger=csv", "seed=3", "test_after_fit=false"]  # as if interrupted
+    out = tmp_path / "resumed"
+    first = run(compose_train([*base, "trainer.max_epochs=2"], output_dir=out), out, activation="relu")
+    write_record(out, {**first, "status": "interrupted"})
+    assert any(not r[1] and r[0] != "0" for r in rows(out))  # an epoch's diagnostics, after the first step
+    run(compose_train([*base, "trainer.max_epochs=3", "resume=true"], output_dir=out), out, activation="relu")
+    alone = tmp_path / "alone"
+    run(compose_train([*base, "trainer.max_epochs=3"], output_dir=alone), alone, activation="relu")
+    assert rows(out) == rows(alone)

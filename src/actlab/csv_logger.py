@@ -3,9 +3,10 @@
 Lightning's writer deletes ``metrics.csv`` whenever its directory already holds files, so a run
 resumed with ``logger=csv`` (``resume=true``, a SLURM requeue) would lose every epoch before its
 checkpoint. Here the earlier rows are read first and written back; once the resumed run writes
-its first rows, the earlier rows of the epochs it trains again (those after its checkpoint's
-epoch: a partial epoch, or the epochs after the best one when it falls back to that) are dropped,
-so each epoch appears once.
+its first rows, the earlier rows from its first row's step on (those of the epochs it trains
+again: after its checkpoint, or after the best epoch when it falls back to that) are dropped, so
+each epoch appears once. Rows are told apart by step, not epoch: the diagnostics' rows carry no
+epoch, and an epoch's own rows come before the step its resumed run logs first.
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 
-def _epoch(row: dict[str, Any]) -> float:
+def _step(row: dict[str, Any]) -> float:
     try:
-        return float(row.get("epoch"))
+        return float(row.get("step"))
     except (TypeError, ValueError):
-        return math.inf  # a row without an epoch: superseded by any new one
+        return math.inf  # a row without a step: superseded by any new one
 
 
 class _ResumingWriter(ExperimentWriter):
@@ -48,8 +49,8 @@ class _ResumingWriter(ExperimentWriter):
 
     def save(self) -> None:
         if self.earlier and self.metrics:
-            first_new = min(_epoch(row) for row in self.metrics)
-            self._write([row for row in self.earlier if _epoch(row) < first_new])
+            first_new = min(_step(row) for row in self.metrics)
+            self._write([row for row in self.earlier if _step(row) < first_new])
             self.earlier = None
         super().save()
 

@@ -21,15 +21,18 @@ class PackLogger(Logger):
 
     A member that has stopped (``last_steps[k]``: the step it stopped at) gets no more of the
     shared values, only its own (the epoch it stopped in, its test), at a step no later than
-    its last, as its single run logs them."""
+    its last and an ``epoch`` no later than the epochs it completed (``last_epochs[k]``), as its
+    single run logs them."""
 
     GROUP_SUFFIX = re.compile(r"^(.*)/pg(\d+)$")
 
     def __init__(self, member_loggers: list[list[Logger]], save_dir: str, groups: list[int] | None = None,
-                 last_steps: dict[int, int] | None = None) -> None:  # fmt: skip
+                 last_steps: dict[int, int] | None = None,
+                 last_epochs: dict[int, int] | None = None) -> None:  # fmt: skip
         super().__init__()
         self.member_loggers = member_loggers
         self.last_steps = {} if last_steps is None else last_steps
+        self.last_epochs = {} if last_epochs is None else last_epochs
         self._save_dir = save_dir
         self.groups = groups
 
@@ -63,8 +66,11 @@ class PackLogger(Logger):
                 mine.update(per_group.get(self.groups[k], {}))
             stopped = self.last_steps.get(k)
             if mine or (shared and stopped is None):
+                row = {**shared, **mine}
+                if stopped is not None and k in self.last_epochs and "epoch" in row:
+                    row["epoch"] = min(row["epoch"], self.last_epochs[k])
                 for logger in loggers:
-                    logger.log_metrics({**shared, **mine}, step=step if stopped is None or step is None
+                    logger.log_metrics(row, step=step if stopped is None or step is None
                                        else min(step, stopped))  # fmt: skip
 
     def log_hyperparams(self, params: dict[str, Any] | Namespace, *args: Any, **kwargs: Any) -> None:

@@ -78,6 +78,8 @@ class PackModule(HookNameAttribute, GroupedSteps, L.LightningModule):
         self._stopped_before: list[int] = []  # resumed members that had stopped: frozen once restored
         # each stopped member's last step (its single run's final global step): what its loggers see after it
         self.last_steps: dict[int, int] = {}
+        # and the epochs its single run completed (its test row's epoch; rows of the epoch it stopped in are before)
+        self.last_epochs: dict[int, int] = {}
         self.tested = [True] * net.size  # the members the test stage reports
         self._frozen: dict[int, list[tuple[torch.Tensor, int, torch.Tensor]]] = {}
         self.member_losses: torch.Tensor | None = None
@@ -102,6 +104,7 @@ class PackModule(HookNameAttribute, GroupedSteps, L.LightningModule):
         self.live[k] = False
         if self._trainer is not None:
             self.last_steps.setdefault(k, self.trainer.global_step)
+            self.last_epochs.setdefault(k, self.trainer.current_epoch + 1)  # it stops at this epoch's end
         self.live_mask[k] = False
         self._frozen[k] = [(v, j, v[j].clone()) for v, j in self.net.member_slots(k).values() if j is not None]
         if not any(self.live) and self._trainer is not None:
@@ -121,11 +124,12 @@ class PackModule(HookNameAttribute, GroupedSteps, L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    def keep_stopped(self, members: dict[int, int]) -> None:
+    def keep_stopped(self, members: dict[int, tuple[int, int]]) -> None:
         """Members that had stopped before this fit (a resumed pack), with the step each had
-        stopped at: they stay frozen."""
+        stopped at and the epochs it had completed: they stay frozen."""
         self._stopped_before = list(members)
-        self.last_steps.update(members)
+        self.last_steps.update({k: step for k, (step, _) in members.items()})
+        self.last_epochs.update({k: epochs for k, (_, epochs) in members.items()})
 
     def member_step(self, k: int) -> int:
         """Member k's global step: the pack's, or the one it stopped at."""
@@ -208,13 +212,15 @@ class PackModule(HookNameAttribute, GroupedSteps, L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.net.stash:  # a compacted pack: what a resume needs to rebuild the same stack
             checkpoint[PACK_STACK_KEY] = {"present": list(self.net.present), "stash": self.net.stash,
-                                          "live": list(self.live), "last_steps": dict(self.last_steps)}  # fmt: skip
+                                          "live": list(self.live), "last_steps": dict(self.last_steps),
+                                          "last_epochs": dict(self.last_epochs)}  # fmt: skip
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         stack = checkpoint.get(PACK_STACK_KEY)
         if stack:  # before the weights are loaded and the optimiser is built: the saved stack's shape
             self.live = list(stack["live"])
             self.last_steps.update({int(k): step for k, step in stack.get("last_steps", {}).items()})
+            self.last_epochs.update({int(k): epochs for k, epochs in stack.get("last_epochs", {}).items()})
             self.live_mask.copy_(torch.tensor(self.live))
             self.compact(stack["present"])  # no optimiser yet: the stack alone
             self.net.stash = {int(k): v for k, v in stack["stash"].items()}

@@ -201,7 +201,7 @@ class PackRun:
         io = PackCheckpointIO(module, [m.output_dir for m in self.members], type(data.members_data).__qualname__)
         self.member_loggers = member_loggers
         groups = [module.group_of(k) for k in range(module.size)] if len(module.runs) > 1 else None
-        logger = PackLogger(member_loggers, str(self.pack_dir), groups, module.last_steps)
+        logger = PackLogger(member_loggers, str(self.pack_dir), groups, module.last_steps, module.last_epochs)
         return trainer_for(self.cfg, callbacks, [logger], default_root_dir=str(self.pack_dir), plugins=[io])
 
     def _rate_halving(self, stoppers: list[MemberEarlyStopping]) -> None:
@@ -261,7 +261,8 @@ class PackRun:
             return None
         checkpoints = [r.checkpoint for r in self.resumes]
         checkpoint, stopped = pack_checkpoint(checkpoints, module, type(data.members_data).__qualname__)
-        module.keep_stopped({k: checkpoints[k]["global_step"] for k in stopped})
+        # a member's checkpoint at the end of the epoch it stopped in: that epoch done
+        module.keep_stopped({k: (checkpoints[k]["global_step"], checkpoints[k]["epoch"] + 1) for k in stopped})
         path = self.pack_dir / "resume.ckpt"
         save_atomically(checkpoint, path)
         return str(path)
