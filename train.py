@@ -1,6 +1,5 @@
 """Train one model (or, with -m, a sweep of models): `python train.py activation=telu`."""
 
-import json
 import logging
 import os
 import sys
@@ -32,26 +31,19 @@ def main(cfg: DictConfig) -> float | None:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         line = f"error: {error}"
-        record_path = os.path.join(hydra_cfg.runtime.output_dir, "metrics.json")
-        if not isinstance(error, RunDirectoryError) and traceback_recorded(record_path):  # not another run's record
-            line += f" (traceback in {record_path}; HYDRA_FULL_ERROR=1 shows it here)"
-        elif not isinstance(error, RunDirectoryError):  # raised before this attempt's record was written
-            line += " (HYDRA_FULL_ERROR=1 shows the traceback)"
+        if not isinstance(error, RunDirectoryError):  # that directory's record is another run's
+            from actlab.record import read_record  # (imported with Lightning by now)
+
+            # an error before the record was opened (a resume refused) leaves the earlier record as it was
+            recorded = (read_record(hydra_cfg.runtime.output_dir) or {}).get("traceback")
+            record_path = os.path.join(hydra_cfg.runtime.output_dir, "metrics.json")
+            line += f" (traceback in {record_path}; HYDRA_FULL_ERROR=1 shows it here)" if recorded else \
+                " (HYDRA_FULL_ERROR=1 shows the traceback)"  # fmt: skip
         if hydra_cfg.mode == RunMode.MULTIRUN:
             log.error(line)
             raise  # the sweep goes on, and names every failed job at its end
         sys.exit(line)
     return record.get("val/acc_best")  # what a sweeper optimises: validation, never test
-
-
-def traceback_recorded(record_path: str) -> bool:
-    """Whether the run record at ``record_path`` holds a traceback (an error before the record
-    was opened, e.g. a resume refused, leaves the earlier record as it was)."""
-    try:
-        with open(record_path) as file:
-            return bool(json.load(file).get("traceback"))
-    except (OSError, ValueError):
-        return False
 
 
 def check_command_line(args: list[str]) -> None:

@@ -440,6 +440,8 @@ def test_a_members_checkpoint_is_written_from_its_own_states_alone(tmp_path, fak
     mine = torch.load(members[1].output_dir / "checkpoints" / "last.ckpt", weights_only=False)
     theirs = torch.load(alone / "checkpoints" / "last.ckpt", weights_only=False)
     assert sorted(mine["callbacks"]) == sorted(theirs["callbacks"])
+    for key in ("loss_sum", "correct"):  # its row of the training epoch's sums, shaped as its single run's
+        assert mine["train_epoch_sums"][key].shape == theirs["train_epoch_sums"][key].shape == (1,)
     for key, state in theirs["callbacks"].items():
         if key.startswith("ModelCheckpoint"):
             assert mine["callbacks"][key]["best_model_score"] == state["best_model_score"]

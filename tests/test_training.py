@@ -482,3 +482,21 @@ def test_a_resumed_run_keeps_its_diagnostics_csv_rows(tmp_path, fake_data_dir):
     alone = tmp_path / "alone"
     run(compose_train([*base, "trainer.max_epochs=3"], output_dir=alone), alone, activation="relu")
     assert rows(out) == rows(alone)
+
+
+def test_a_run_resumed_inside_an_epoch_keeps_that_epochs_training_metrics(tmp_path, fake_data_dir):
+    """With check_val_every_n_epoch=2 the checkpoints are taken at validation's end, inside the
+    epoch: the resumed fit ends that epoch without training it again. The checkpoint keeps the
+    epoch's running sums, so its training loss and accuracy are those of all its batches (they
+    read 0 before, NaN if the sums were lost), and the resumed run's history is the uninterrupted
+    run's."""
+    base = [*data_overrides(fake_data_dir), "trainer.check_val_every_n_epoch=2", "callbacks=none", "seed=4"]
+    out = tmp_path / "resumed"
+    first = run(compose_train([*base, "trainer.max_epochs=4"], output_dir=out), out, activation="relu")
+    write_record(out, {**first, "status": "interrupted"})
+    resumed = run(compose_train([*base, "trainer.max_epochs=6", "resume=true"], output_dir=out), out, "relu")
+    alone = tmp_path / "alone"
+    uninterrupted = run(compose_train([*base, "trainer.max_epochs=6"], output_dir=alone), alone, "relu")
+    assert resumed["history"]["train/loss"][3] == pytest.approx(first["history"]["train/loss"][3], abs=1e-6)
+    for key, values in uninterrupted["history"].items():
+        assert resumed["history"][key] == pytest.approx(values, abs=1e-5, nan_ok=True), key

@@ -18,6 +18,8 @@ OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 STAGES = ("train", "val", "test")
 # what a run logs every training epoch: what early stopping or a checkpoint can monitor
 EPOCH_METRICS = ("train/loss", "train/acc", "train/lr", "val/loss", "val/acc", "val/f1")
+# where a checkpoint keeps the training epoch's running sums (one taken inside an epoch resumes them)
+EPOCH_SUMS_KEY = "train_epoch_sums"
 
 
 class HookNameAttribute:
@@ -132,6 +134,15 @@ class Classifier(HookNameAttribute, GroupedSteps, L.LightningModule):
         metrics = self._log_epoch("test")
         self.log_dict({f"test/acc_class_{k}": v for k, v in enumerate(metrics["class_acc"])})
         log_confusion_matrix(tensorboard_writers(self.loggers), metrics["confusion"].cpu(), self.global_step)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # inside an epoch (SLURM's requeue signal, a checkpoint at validation's end) the sums so far
+        checkpoint[EPOCH_SUMS_KEY] = self.epoch_metrics["train_metrics"].sums()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        if EPOCH_SUMS_KEY in checkpoint:  # a resumed epoch's metrics cover its batches before the checkpoint too
+            self.epoch_metrics["train_metrics"].load_sums(checkpoint[EPOCH_SUMS_KEY])
 
     def configure_optimizers(self) -> Any:
         return optimizer_and_schedule(self, self.optimizer_factory, self.scheduler_factory)

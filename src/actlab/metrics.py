@@ -62,6 +62,18 @@ class EpochMetrics(nn.Module):
             self._predictions.append((predictions, targets))
             self._rows = rows
 
+    def sums(self) -> dict[str, torch.Tensor | int]:
+        """The epoch's running sums so far (what a checkpoint taken inside an epoch keeps, so
+        that the resumed epoch's mean covers every batch of it): per run ``loss_sum`` and
+        ``correct`` (on the CPU), and ``count``."""
+        return {"loss_sum": self.loss_sum.cpu().clone(), "correct": self.correct.cpu().clone(), "count": self.count}
+
+    def load_sums(self, sums: dict[str, torch.Tensor | int]) -> None:
+        """Go on from :meth:`sums` (a resumed epoch)."""
+        self.loss_sum.copy_(sums["loss_sum"])
+        self.correct.copy_(sums["correct"])
+        self.count = int(sums["count"])
+
     def compute_and_reset(self) -> dict[str, torch.Tensor]:
         """Per run (dim 0, K): ``loss``, ``acc``; with kept predictions also ``f1`` (macro),
         ``class_acc`` (K, C) and ``confusion`` (K, C, C; rows true, columns predicted). Runs

@@ -184,20 +184,24 @@ class GroupedSteps:
                               "(src/actlab/steps.py) and needs len() to know where an epoch ends")  # fmt: skip
         self._hook_callbacks = {hook: [c for c in self.trainer.callbacks if is_overridden(hook, c, L.Callback)]
                                 for hook in STEP_HOOKS}  # fmt: skip
-        self._carry_step_count()
 
-    def _carry_step_count(self) -> None:
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """A fit resumed from a checkpoint written in the other mode (its settings changed, e.g.
         ``train_steps_per_call`` or accumulation) counts its steps on from there: Lightning keeps
         automatic and manual optimisation's step counts apart, and ``global_step`` reads the
-        fit's own (borrowed loop state: tests/test_steps.py resumes across modes)."""
-        loop = self.trainer.fit_loop.epoch_loop
-        automatic = loop.automatic_optimization.optim_progress.optimizer.step.total
-        manual = loop.manual_optimization.optim_step_progress.total
-        mine, other = (automatic, manual) if self.automatic_optimization else (manual, automatic)
-        if mine.completed == 0 and other.completed > 0:
-            mine.ready, mine.completed = other.ready, other.completed
-            other.ready = other.completed = 0
+        fit's own. Carried over in the checkpoint before Lightning restores its loops from it, so
+        ``global_step`` is right from the first hook on (a diagnostic measuring "at init" where it
+        reads 0 would measure again). Borrowed loop state: tests/test_steps.py resumes across modes."""
+        loops = checkpoint.get("loops", {}).get("fit_loop", {})
+        automatic = loops.get("epoch_loop.automatic_optimization.optim_progress", {}).get("optimizer", {}).get("step")
+        manual = loops.get("epoch_loop.manual_optimization.optim_step_progress")
+        if automatic is None or manual is None:
+            return
+        mine, other = (automatic["total"], manual["total"]) if self.automatic_optimization else \
+            (manual["total"], automatic["total"])  # fmt: skip
+        if mine["completed"] == 0 and other["completed"] > 0:
+            mine["ready"], mine["completed"] = other["ready"], other["completed"]
+            other["ready"] = other["completed"] = 0
 
     def _batch_on_device(self, batch: Any) -> Any:
         """What Lightning's loop makes of a batch before ``training_step`` (with

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins import TorchCheckpointIO
 
+from actlab.classifier import EPOCH_SUMS_KEY
 from actlab.errors import ConfigError
 from actlab.pack.callbacks import MEMBER_CALLBACK_CLASSES, MemberCallbacks
 from actlab.pack.module import MEMBER_SUFFIX, PACK_STACK_KEY, PackModule, member_key, member_prefix
@@ -116,6 +117,9 @@ def member_checkpoint(checkpoint: dict[str, Any], module: PackModule, k: int, da
     member["callbacks"] = _member_callbacks(checkpoint.get("callbacks", {}), k)
     if PACK_DATA_KEY in checkpoint:
         member[data_key] = {"shuffle_generator": checkpoint[PACK_DATA_KEY]["shuffle_generators"][k]}
+    if EPOCH_SUMS_KEY in checkpoint:  # member k's row of the training epoch's sums
+        sums = checkpoint[EPOCH_SUMS_KEY]
+        member[EPOCH_SUMS_KEY] = {**sums, **{key: sums[key][k : k + 1] for key in ("loss_sum", "correct")}}
     member.update(CLASSIFIER_HPARAMS)
     return member
 
@@ -169,7 +173,8 @@ def pack_checkpoint(checkpoints: list[dict[str, Any]], module: PackModule, data_
                           "they cannot resume as one pack")  # fmt: skip
     reference = checkpoints[live[0] if live else 0]
     joined = {key: value for key, value in reference.items()
-              if key not in ("state_dict", "optimizer_states", "callbacks", data_key, *CLASSIFIER_HPARAMS)}  # fmt: skip
+              if key not in ("state_dict", "optimizer_states", "callbacks", data_key, EPOCH_SUMS_KEY,
+                             *CLASSIFIER_HPARAMS)}  # fmt: skip
     for k, checkpoint in enumerate(checkpoints):
         module.load_member_weights(k, checkpoint["state_dict"])
     joined["state_dict"] = {name: value.detach().clone() for name, value in module.state_dict().items()}
@@ -183,6 +188,11 @@ def pack_checkpoint(checkpoints: list[dict[str, Any]], module: PackModule, data_
             for key, state in checkpoint["callbacks"].items() if key.startswith(MEMBER_STATE_PREFIXES)}  # fmt: skip
     joined["callbacks"] = {**shared, MEMBERS_KEY: mine}
     joined[PACK_DATA_KEY] = {"shuffle_generators": [c[data_key]["shuffle_generator"] for c in checkpoints]}
+    if all(EPOCH_SUMS_KEY in c for c in checkpoints):  # the members resume at one point: one count
+        sums = [c[EPOCH_SUMS_KEY] for c in checkpoints]
+        joined[EPOCH_SUMS_KEY] = {"loss_sum": torch.cat([s["loss_sum"] for s in sums]),
+                                  "correct": torch.cat([s["correct"] for s in sums]),
+                                  "count": reference[EPOCH_SUMS_KEY]["count"]}  # fmt: skip
     return joined, stopped
 
 

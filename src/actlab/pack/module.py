@@ -9,7 +9,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from actlab.classifier import STAGES, HookNameAttribute, OptimizerFactory, optimizer_and_schedule
+from actlab.classifier import EPOCH_SUMS_KEY, STAGES, HookNameAttribute, OptimizerFactory, optimizer_and_schedule
 from actlab.metrics import EpochMetrics
 from actlab.pack.stacked import StackedNetwork
 from actlab.steps import GroupedSteps
@@ -210,12 +210,16 @@ class PackModule(HookNameAttribute, GroupedSteps, L.LightningModule):
         self._present = None
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[EPOCH_SUMS_KEY] = self.epoch_metrics["train_metrics"].sums()  # every member's, as a single run's
         if self.net.stash:  # a compacted pack: what a resume needs to rebuild the same stack
             checkpoint[PACK_STACK_KEY] = {"present": list(self.net.present), "stash": self.net.stash,
                                           "live": list(self.live), "last_steps": dict(self.last_steps),
                                           "last_epochs": dict(self.last_epochs)}  # fmt: skip
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        if EPOCH_SUMS_KEY in checkpoint:  # a resumed epoch's metrics cover its batches before the checkpoint too
+            self.epoch_metrics["train_metrics"].load_sums(checkpoint[EPOCH_SUMS_KEY])
         stack = checkpoint.get(PACK_STACK_KEY)
         if stack:  # before the weights are loaded and the optimiser is built: the saved stack's shape
             self.live = list(stack["live"])
