@@ -379,3 +379,32 @@ def test_a_run_bounded_by_steps_does_not_resume_from_an_epochs_end(tmp_path, fak
         resumed["history"]["train/loss"][:2] == record["history"]["train/loss"]
         and min(resumed["history"]["train/loss"]) > 0
     )
+
+
+class ProfiledHooks(L.Callback):
+    """A profiler's record of the step hooks (Lightning's SimpleProfiler names each call)."""
+
+    seen: dict = {}
+
+    def on_before_zero_grad(self, trainer, pl_module, optimizer):
+        pass
+
+    def on_train_end(self, trainer, pl_module):
+        ProfiledHooks.seen = {name: len(times) for name, times in trainer.profiler.recorded_durations.items()}
+
+
+def test_a_profiler_sees_every_step_hook_of_a_grouped_run(tmp_path, fake_data_dir):
+    """Under a profiler the grouped step calls the step hooks through Lightning's own hook calls
+    (which time each), so the profile counts what one step per call's does."""
+    profiled = ["+callbacks.profiled._target_=test_steps.ProfiledHooks", "callbacks=none", "trainer.max_epochs=1",
+                "+trainer.profiler=simple"]  # fmt: skip
+    counts = {}
+    for group in (1, 16):
+        ProfiledHooks.seen = {}
+        single(tmp_path, fake_data_dir, f"p{group}", *profiled, f"train_steps_per_call={group}")
+        counts[group] = ProfiledHooks.seen
+    hooks = ["[Callback]ProfiledHooks.on_before_zero_grad", "[Callback]ProfiledHooks.on_before_optimizer_step",
+             *(f"[LightningModule]Classifier.{hook}" for hook in ("on_before_zero_grad", "optimizer_zero_grad",
+                                                                 "optimizer_step", "on_before_backward"))]  # fmt: skip
+    for hook in hooks:
+        assert counts[1].get(hook) == counts[16].get(hook) == 24, (hook, counts[1].get(hook), counts[16].get(hook))

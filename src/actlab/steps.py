@@ -13,7 +13,8 @@ step are kept counting batches after every step. Where Lightning's backward and 
 wrappers would do nothing but call those hooks (one device, no gradient scaler, no profiler:
 :func:`steps_only_call_hooks`), the step calls them itself, only on the callbacks that have them
 (Lightning calls every callback's, each under a profiler context: ~0.03 ms a step of a single
-run on a CPU). The batch hooks (``on_train_batch_start``/``_end``) run once per call, with the
+run on a CPU); elsewhere every step hook goes through Lightning's own hook calls, which a
+profiler times. The batch hooks (``on_train_batch_start``/``_end``) run once per call, with the
 call's last batch: a callback that acts on them (other than a progress bar, a time limit,
 actlab's divergence check or an epoch-end checkpoint) keeps one step per call. The numbers are
 the ones one step per call gives, bit for bit (tests/test_steps.py compares records, checkpoints
@@ -41,6 +42,7 @@ from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.plugins.precision import Precision
 from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.strategies import SingleDeviceStrategy
+from lightning.pytorch.trainer import call
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
@@ -227,6 +229,26 @@ class GroupedSteps:
         getattr(self, hook)(*args)
         self._current_fx_name = previous
 
+    def _zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
+        """The ``on_before_zero_grad`` hooks and the module's ``optimizer_zero_grad``: directly,
+        or with :attr:`_direct` off through Lightning's hook calls (a profiler times each)."""
+        if self._direct:
+            self._call_step_hook("on_before_zero_grad", optimizer)
+            self.optimizer_zero_grad(epoch, batch_idx, optimizer)
+            return
+        trainer = self.trainer  # Lightning's own hook calls (borrowed: tests/test_steps.py profiles them)
+        call._call_callback_hooks(trainer, "on_before_zero_grad", optimizer)
+        call._call_lightning_module_hook(trainer, "on_before_zero_grad", optimizer)
+        call._call_lightning_module_hook(trainer, "optimizer_zero_grad", epoch, batch_idx, optimizer)
+
+    def _optimizer_step(self, epoch: int, batch_idx: int, optimizer: LightningOptimizer | DirectOptimizer) -> None:
+        """The module's ``optimizer_step`` hook: directly, stepping a :class:`DirectOptimizer`,
+        or through Lightning's hook call with its own optimiser wrapper."""
+        if isinstance(optimizer, DirectOptimizer):
+            self.optimizer_step(epoch, batch_idx, optimizer)
+        else:
+            call._call_lightning_module_hook(self.trainer, "optimizer_step", epoch, batch_idx, optimizer)
+
     def _backward(self, loss: torch.Tensor) -> None:
         """``manual_backward``, or with :attr:`_direct` what it amounts to: the backward hooks
         around the module's ``backward``."""
@@ -248,10 +270,9 @@ class GroupedSteps:
         while True:
             batch, batch_idx, _ = next(dataloader_iter)
             loss = self.train_batch(self._batch_on_device(batch))
-            self._call_step_hook("on_before_zero_grad", optimizer.optimizer)
-            self.optimizer_zero_grad(epoch, batch_idx, optimizer.optimizer)
+            self._zero_grad(epoch, batch_idx, optimizer.optimizer)
             self._backward(loss)
-            self.optimizer_step(epoch, batch_idx, stepped)
+            self._optimizer_step(epoch, batch_idx, stepped)
             self._step_schedules("step", batch_idx)
             # each step counted as it completes, as Lightning counts one (its own count of the call, at
             # its end, taken back below): a checkpoint taken in a signal handler mid-group resumes there
