@@ -26,10 +26,13 @@ class HookNameAttribute:
     """Mixin for a LightningModule: Lightning sets ``_current_fx_name`` on the module around
     every hook call, ~40 times a training step; through ``nn.Module.__setattr__`` (which looks
     for a parameter, a module or a buffer of that name first) that costs ~1 us each, 0.04 ms
-    a step of a tiny model. That one plain attribute is set as the plain attribute it is."""
+    a step of a tiny model. That plain attribute (and any other a subclass names in
+    ``plain_attributes``, set every step) is set as the plain attribute it is."""
+
+    plain_attributes = frozenset({"_current_fx_name"})
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name == "_current_fx_name":
+        if name in self.plain_attributes:
             self.__dict__[name] = value
         else:
             super().__setattr__(name, value)

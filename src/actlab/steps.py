@@ -266,10 +266,16 @@ class GroupedSteps:
         stepped = DirectOptimizer(optimizer, self) if self._direct else optimizer
         epoch, loop = trainer.current_epoch, trainer.fit_loop.epoch_loop
         progress = loop.batch_progress  # borrowed loop state: tests/test_steps.py fails the day it changes
+        fetcher = getattr(dataloader_iter, "data_fetcher", None)  # borrowed: Lightning's, which keeps the last batch
         taken = 0
         while True:
+            if taken and fetcher is not None:
+                # the last batch let go before the next is drawn (Lightning reads the call's last one after it): the
+                # next is gathered into its memory, still in cache (~25 us a step of a pack of 8 tiny MLPs on a CPU)
+                fetcher._batch = None
             batch, batch_idx, _ = next(dataloader_iter)
             loss = self.train_batch(self._batch_on_device(batch))
+            del batch
             self._zero_grad(epoch, batch_idx, optimizer.optimizer)
             self._backward(loss)
             self._optimizer_step(epoch, batch_idx, stepped)

@@ -32,14 +32,20 @@ class MemberBatchLoader:
         n = len(self.labels)
         orders = torch.stack([torch.randperm(n, generator=g) for g in self.generators])
         rows = self.rows()
-        rows = torch.arange(len(self.generators)) if rows is None else torch.tensor(rows, dtype=torch.long)
-        orders = orders[rows].to(self.labels.device, non_blocking=True)
+        if rows is None:  # every member's (no copy of the orders)
+            rows = torch.arange(len(self.generators))
+        else:
+            rows = torch.tensor(rows, dtype=torch.long)
+            orders = orders[rows]
+        orders = orders.to(self.labels.device, non_blocking=True)
         rows = rows.to(self.labels.device)
         for start in range(0, n, self.batch_size):
             index = orders[:, start : start + self.batch_size]
             flat = index.reshape(-1)  # index_select, not images[index]: the same rows, gathered ~3x faster on a CPU
-            images = self.images.index_select(0, flat).view(*index.shape, *self.images.shape[1:])
-            yield images, self.labels.index_select(0, flat).view(index.shape), rows
+            # no reference kept here: once the step lets go of a batch, the next is gathered into its memory,
+            # still in cache (~25 us a step of a pack of 8 tiny MLPs on a CPU)
+            yield (self.images.index_select(0, flat).view(*index.shape, *self.images.shape[1:]),
+                   self.labels.index_select(0, flat).view(index.shape), rows)  # fmt: skip
 
 
 class PackDataModule(L.LightningDataModule):

@@ -61,6 +61,9 @@ class PackModule(HookNameAttribute, GroupedSteps, L.LightningModule):
             the members' single runs take them.
     """
 
+    # set every step: plain attributes, not through nn.Module's __setattr__ (see HookNameAttribute)
+    plain_attributes = HookNameAttribute.plain_attributes | {"member_losses"}
+
     def __init__(self, net: StackedNetwork, optimizer: OptimizerFactory, scheduler: Callable | None = None,
                  member_settings: list[dict[str, Any]] | None = None, steps_per_call: int = 1) -> None:  # fmt: skip
         super().__init__()
@@ -238,16 +241,16 @@ class PackModule(HookNameAttribute, GroupedSteps, L.LightningModule):
         else:
             k, batch = targets.shape
             losses = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(k, batch).mean(1)
-        self.epoch_metrics[f"{stage}_metrics"].update(losses, logits, targets, members)
+        self.epoch_metrics[stage + "_metrics"].update(losses, logits, targets, members)
         return losses
 
     def train_batch(self, batch) -> torch.Tensor:
         x, y, rows = batch  # (R, B, ...), (R, B): the own batches of members ``rows`` (ascending)
-        members = self._present
+        members, net = self._present, self.net
         if members is None:
-            if len(rows) != self.size:
-                raise RuntimeError(f"a training batch of members {rows.tolist()} for a stack of all {self.size}")
-            losses = self._losses("train", self.net(x), y)
+            if len(rows) != net.size:
+                raise RuntimeError(f"a training batch of members {rows.tolist()} for a stack of all {net.size}")
+            losses = self._losses("train", net(x), y)
             self.member_losses = losses.detach()  # the step's loss of each member (divergence checks read it)
             if all(self.live):  # the common case: no mask to apply (two operations, each a kernel launch on a GPU)
                 return losses.sum()
