@@ -353,3 +353,34 @@ def test_gradient_flow_samples_the_training_gradients_and_keeps_the_first_step()
     fields = resumed.record_fields(None)
     assert fields["flow/grad_norm_first_step"] == pytest.approx(norms[0])
     assert fields["flow/saturated_at_init"] == flow.record_fields()["flow/saturated_at_init"] is not None
+
+
+def test_gradient_flow_samples_gathered_before_a_checkpoint_count_in_the_resumed_measurement():
+    """A checkpoint taken between two measurements (inside an epoch, or between measuring
+    epochs) keeps the gradient-norm samples gathered so far: the resumed fit's next
+    ``flow/grad_norm`` is the mean over every sample, as the uninterrupted fit's."""
+    from actlab.callbacks import GradientFlow, RunHistory
+
+    torch.manual_seed(0)
+    net = SimpleNetwork(nn.Tanh, hidden_shape=[8, 4])
+    data = SimpleNamespace(probe_set=lambda size: (torch.randn(size, 784), torch.zeros(size, dtype=torch.long)))
+    steps = [torch.rand(2) for _ in range(6)]
+    alone = GradientFlow(probe_size=16)
+    for norms in steps:
+        alone.add_gradient_norms(norms, first=False)
+    alone.measure(net, data, [], 6)
+
+    before = GradientFlow(probe_size=16)
+    for norms in steps[:4]:
+        before.add_gradient_norms(norms, first=False)
+    state = RunHistory(diagnostics=[GradientFlow(), before]).state_dict()  # a second flow: kept apart by name
+    after = GradientFlow(probe_size=16)
+    history = RunHistory(diagnostics=[GradientFlow(), after])
+    history.load_state_dict(state)
+    for norms in steps[4:]:
+        after.add_gradient_norms(norms, first=False)
+    after.measure(net, data, [], 6)
+    resumed, uninterrupted = after.epoch_values(), alone.epoch_values()
+    for i in range(2):
+        key = f"flow/grad_norm/layer_{i}"
+        assert resumed[key] == pytest.approx(uninterrupted[key]) == pytest.approx(float(sum(s[i] for s in steps) / 6))

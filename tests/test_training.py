@@ -500,3 +500,23 @@ def test_a_run_resumed_inside_an_epoch_keeps_that_epochs_training_metrics(tmp_pa
     assert resumed["history"]["train/loss"][3] == pytest.approx(first["history"]["train/loss"][3], abs=1e-6)
     for key, values in uninterrupted["history"].items():
         assert resumed["history"][key] == pytest.approx(values, abs=1e-5, nan_ok=True), key
+
+
+def test_a_run_resumed_inside_an_epoch_keeps_that_epochs_gradient_flow(tmp_path, fake_data_dir):
+    """The same resume inside an epoch (checkpoints at validation's end, before the epoch's
+    diagnostics): the gradient norms sampled in that epoch before the checkpoint count in its
+    ``flow/grad_norm``, which is the uninterrupted run's (it was NaN before)."""
+    only_flow = ["callbacks.gradient_histograms=null", "callbacks.layer_outputs=null", "callbacks.dead_neurons=null",
+                 "callbacks.activation_parameters=null", "callbacks.activation_plot=null",
+                 "callbacks.gradient_flow.every_n_steps=3"]  # fmt: skip
+    base = [*data_overrides(fake_data_dir), "trainer.check_val_every_n_epoch=2", *only_flow, "seed=4"]
+    out = tmp_path / "resumed"
+    first = run(compose_train([*base, "trainer.max_epochs=2"], output_dir=out), out, activation="tanh")
+    write_record(out, {**first, "status": "interrupted"})
+    resumed = run(compose_train([*base, "trainer.max_epochs=3", "resume=true"], output_dir=out), out, "tanh")
+    alone = tmp_path / "alone"
+    uninterrupted = run(compose_train([*base, "trainer.max_epochs=3"], output_dir=alone), alone, "tanh")
+    flow = [key for key in uninterrupted["history"] if key.startswith("flow/grad_norm/")]
+    assert flow and not math.isnan(uninterrupted["history"][flow[0]][1])
+    for key in flow:
+        assert resumed["history"][key] == pytest.approx(uninterrupted["history"][key], rel=1e-5), key

@@ -98,6 +98,16 @@ class Diagnostic(DiagnosticSchedule):
         (optional; asked once an epoch)."""
         return {}
 
+    def running_state(self) -> dict:
+        """What this diagnostic has gathered toward its next measurement (optional): the run's
+        checkpoints keep it, so that a fit resumed before that measurement (from a checkpoint
+        inside an epoch, or between two measuring epochs) measures what the uninterrupted one
+        would. Plain Python values."""
+        return {}
+
+    def load_running_state(self, state: dict) -> None:
+        """Go on from :meth:`running_state` (a resumed fit)."""
+
     @staticmethod
     def log_scalars(loggers: list[Logger], metrics: dict[str, float], step: int) -> None:
         for logger in loggers:

@@ -124,8 +124,23 @@ class GradientFlow(Diagnostic):
         norms = norms.detach().float()
         if first and self.first_step is None:
             self.first_step = norms.tolist()
-        self._norm_sum = norms.clone() if self._norm_sum is None else self._norm_sum.add_(norms)
+        if self._norm_sum is None:
+            self._norm_sum = norms.clone()
+        elif self._norm_sum.device != norms.device:  # restored from a checkpoint (on the CPU)
+            self._norm_sum = self._norm_sum.to(norms.device).add_(norms)
+        else:
+            self._norm_sum.add_(norms)
         self._norm_count += 1
+
+    def running_state(self) -> dict:
+        """The gradient-norm samples since the last measurement (their sum and count)."""
+        if self._norm_sum is None:
+            return {}
+        return {"norm_sum": self._norm_sum.tolist(), "norm_count": self._norm_count}
+
+    def load_running_state(self, state: dict) -> None:
+        if state.get("norm_sum") is not None:
+            self._norm_sum, self._norm_count = torch.tensor(state["norm_sum"]), int(state["norm_count"])
 
     # -- the probe, per measurement -----------------------------------------------------------
 

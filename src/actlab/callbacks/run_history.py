@@ -62,12 +62,15 @@ class RunHistory(L.Callback):
         # the diagnostics' record fields as the checkpoint this run resumed from held them (what a
         # diagnostic measured once, before the first step, is not measured again)
         self._restored_fields: dict = {}
+        # the diagnostics' running states there (what they had gathered toward their next measurement)
+        self._restored_states: dict[str, dict] = {}
 
     def setup(self, trainer: L.Trainer, pl_module, stage: str) -> None:
         self._trainer = trainer
 
     def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
         self._epoch_start = time.perf_counter()  # a fit resumed inside an epoch gets no on_train_epoch_start
+        self._restore_states(trainer)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module) -> None:
         self._collect(trainer)
@@ -173,7 +176,9 @@ class RunHistory(L.Callback):
         logged = self._own_metrics(self._trainer, self._validated) if self._trainer is not None else {}
         return {"epoch_times": self.epoch_times, "diagnostics_times": self.diagnostics_times,
                 "history": dict(self.history), "logged": logged, "partial_epochs": self.partial_epochs,
-                "diagnostic_fields": self._diagnostic_fields(self._trainer)}  # fmt: skip
+                "diagnostic_fields": self._diagnostic_fields(self._trainer),
+                "diagnostic_states": {name: d.running_state()
+                                      for name, d in _state_names(self._diagnostics(self._trainer))}}  # fmt: skip
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.epoch_times = list(state_dict.get("epoch_times", []))
@@ -182,3 +187,26 @@ class RunHistory(L.Callback):
         self.partial_epochs = list(state_dict.get("partial_epochs", []))
         self._restored_metrics = dict(state_dict.get("logged", {}))
         self._restored_fields = dict(state_dict.get("diagnostic_fields", {}))
+        self._restored_states = dict(state_dict.get("diagnostic_states", {}))
+        if self._trainer is not None or self.diagnostics is not None:  # else once the fit starts
+            self._restore_states(self._trainer)
+
+    def _restore_states(self, trainer: L.Trainer | None) -> None:
+        """The diagnostics' running states, as the checkpoint this fit resumed from held them."""
+        for name, diagnostic in _state_names(self._diagnostics(trainer)):
+            state = self._restored_states.pop(name, None)
+            if state:
+                diagnostic.load_running_state(state)
+
+
+def _state_names(diagnostics: list[Diagnostic]) -> list[tuple[str, Diagnostic]]:
+    """Where a checkpoint keeps each diagnostic's running state: its class's name (and its place
+    among the run's diagnostics of that class, from the second on), the same in a single run's
+    checkpoint and in a pack member's."""
+    seen: dict[str, int] = {}
+    named = []
+    for diagnostic in diagnostics:
+        name = type(diagnostic).__qualname__
+        seen[name] = seen.get(name, 0) + 1
+        named.append((name if seen[name] == 1 else f"{name}#{seen[name]}", diagnostic))
+    return named
