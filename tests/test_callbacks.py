@@ -384,3 +384,18 @@ def test_gradient_flow_samples_gathered_before_a_checkpoint_count_in_the_resumed
     for i in range(2):
         key = f"flow/grad_norm/layer_{i}"
         assert resumed[key] == pytest.approx(uninterrupted[key]) == pytest.approx(float(sum(s[i] for s in steps) / 6))
+
+
+def test_a_resumed_fits_histogram_figure_does_not_call_its_first_measurement_the_initial_network(tmp_path):
+    """A checkpoint keeps no distribution: a resumed fit's first measured one is named by its
+    step in the figure, not "at init"; a fit from the start names the initial network's."""
+    from actlab.callbacks import LayerOutputHistograms
+
+    fresh, resumed = LayerOutputHistograms(), LayerOutputHistograms()
+    for diagnostic, first_step in ((fresh, 0), (resumed, 40)):
+        for step in (first_step, first_step + 20):
+            diagnostic.remember(["layer_0_784x8"], [torch.randn(64)], step)
+    assert fresh.first_label == "at init"
+    assert "40" in resumed.first_label and "init" not in resumed.first_label
+    resumed.save_figure(tmp_path)
+    assert (tmp_path / resumed.figure_name).is_file()

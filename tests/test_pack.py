@@ -521,15 +521,17 @@ def test_the_library_state_a_pack_reads_is_still_shaped_as_it_expects():
         assert all(len(inner[key]) == 2 for key in PER_GROUP_SCHEDULER_KEYS)  # one entry per parameter group
 
 
-def test_a_resumed_pack_keeps_each_members_gradient_flow_samples_between_measurements(tmp_path, fake_data_dir):
+def test_a_resumed_pack_keeps_each_members_diagnostics_state(tmp_path, fake_data_dir):
     """As a single run's: with gradient flow measured every second epoch, a checkpoint between
     two measurements keeps each member's gradient-norm samples since the last one, and the
-    resumed pack's ``flow/grad_norm`` history is the uninterrupted pack's, member by member."""
+    resumed pack's ``flow/grad_norm`` history is the uninterrupted pack's, member by member;
+    so is each member's ``dead/at_init`` (the initial network's, not measured again)."""
     from actlab.record import write_record
 
-    only_flow = ["callbacks.gradient_histograms=null", "callbacks.layer_outputs=null", "callbacks.dead_neurons=null",
-                 "callbacks.activation_parameters=null", "callbacks.activation_plot=null",
-                 "callbacks.gradient_flow.every_n_steps=3", "callbacks.gradient_flow.every_n_epochs=2"]  # fmt: skip
+    only_flow = ["callbacks.gradient_histograms=null", "callbacks.layer_outputs=null",
+                 "callbacks.dead_neurons.probe_size=256", "callbacks.activation_parameters=null",
+                 "callbacks.activation_plot=null", "callbacks.gradient_flow.every_n_steps=3",
+                 "callbacks.gradient_flow.every_n_epochs=2"]  # fmt: skip
     specs = [(1, "relu"), (2, "tanh")]
     first, _ = members_for(tmp_path / "resumed", fake_data_dir, specs, [*only_flow, "trainer.max_epochs=3"])
     for member, record in zip(first, train_pack(first, "p")):
@@ -540,6 +542,7 @@ def test_a_resumed_pack_keeps_each_members_gradient_flow_samples_between_measure
     alone, _ = members_for(tmp_path / "alone", fake_data_dir, specs, [*only_flow, "trainer.max_epochs=4"])
     for mine, theirs in zip(resumed, train_pack(alone, "p")):
         assert mine["resumed_from"] and mine["epochs_completed"] == theirs["epochs_completed"] == 4
+        assert mine["dead/at_init"] == pytest.approx(theirs["dead/at_init"], abs=1e-6)
         flow = [key for key in theirs["history"] if key.startswith("flow/grad_norm/")]
         assert flow and not math.isnan(theirs["history"][flow[0]][3])  # measured at epoch 3 (0-based)
         for key in flow:

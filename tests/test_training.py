@@ -520,3 +520,21 @@ def test_a_run_resumed_inside_an_epoch_keeps_that_epochs_gradient_flow(tmp_path,
     assert flow and not math.isnan(uninterrupted["history"][flow[0]][1])
     for key in flow:
         assert resumed["history"][key] == pytest.approx(uninterrupted["history"][key], rel=1e-5), key
+
+
+def test_a_resumed_run_records_the_initial_networks_dead_ratios_and_figures_not_its_first_measurement(
+        tmp_path, fake_data_dir):  # fmt: skip
+    """``dead/at_init`` is the network's before its first step: a resumed run records the
+    uninterrupted run's, not the first epoch it measured after the resume; and its histogram
+    figures name their first series for what it is."""
+    diagnostics = ["callbacks.activation_parameters=null", "callbacks.activation_plot=null",
+                   "callbacks.dead_neurons.probe_size=256", "callbacks.gradient_flow=null"]  # fmt: skip
+    base = [*data_overrides(fake_data_dir), *diagnostics, "seed=5"]
+    out = tmp_path / "resumed"
+    first = run(compose_train([*base, "trainer.max_epochs=2"], output_dir=out), out, activation="relu")
+    write_record(out, {**first, "status": "interrupted"})
+    resumed = run(compose_train([*base, "trainer.max_epochs=3", "resume=true"], output_dir=out), out, "relu")
+    alone = tmp_path / "alone"
+    uninterrupted = run(compose_train([*base, "trainer.max_epochs=3"], output_dir=alone), alone, "relu")
+    assert resumed["resumed_from"] and resumed["dead/at_init"] == uninterrupted["dead/at_init"] == first["dead/at_init"]
+    assert (out / "figures" / "dead_neurons.png").is_file()

@@ -157,6 +157,13 @@ class DeadNeuronMonitor(Diagnostic):
         self.measurements += 1
         self.log_scalars(loggers, metrics, step)
 
+    def checkpoint_state(self) -> dict:
+        """The dead ratios of the initial network (a resumed fit does not measure it again)."""
+        return {"at_init": self.at_init} if self.at_init is not None else {}
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        self.at_init = state.get("at_init", self.at_init)
+
     def record_fields(self) -> dict:
         """The last measurement and the per-layer dead ratios at initialisation."""
         return {**self.latest, "dead/at_init": self.at_init} if self.latest else {}

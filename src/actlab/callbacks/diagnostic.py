@@ -98,15 +98,15 @@ class Diagnostic(DiagnosticSchedule):
         (optional; asked once an epoch)."""
         return {}
 
-    def running_state(self) -> dict:
-        """What this diagnostic has gathered toward its next measurement (optional): the run's
-        checkpoints keep it, so that a fit resumed before that measurement (from a checkpoint
-        inside an epoch, or between two measuring epochs) measures what the uninterrupted one
-        would. Plain Python values."""
+    def checkpoint_state(self) -> dict:
+        """What this diagnostic needs from before a checkpoint to go on as the uninterrupted
+        run would (optional; plain Python values, kept in the run's checkpoints): what it has
+        gathered toward its next measurement (a fit resumed inside an epoch, or between two
+        measuring epochs), what it measured on the initial network."""
         return {}
 
-    def load_running_state(self, state: dict) -> None:
-        """Go on from :meth:`running_state` (a resumed fit)."""
+    def load_checkpoint_state(self, state: dict) -> None:
+        """Go on from :meth:`checkpoint_state` (a resumed fit)."""
 
     @staticmethod
     def log_scalars(loggers: list[Logger], metrics: dict[str, float], step: int) -> None:
@@ -144,23 +144,31 @@ class LayerDistributions(Diagnostic):
         super().__init__(every_n_epochs, figures_dir)
         self.names: list[str] = []
         self.first: list[torch.Tensor] | None = None
+        self.first_step = 0  # the step the first measurement kept was taken at (0: the initial network)
         self.last: list[torch.Tensor] | None = None
         self.measurements = 0
 
-    def remember(self, names: list[str], values: list[torch.Tensor]) -> None:
+    def remember(self, names: list[str], values: list[torch.Tensor], step: int) -> None:
         """Keep this measurement (flattened, on the CPU) as the latest, and the first one."""
         snapshot = [v.detach().flatten().float().cpu() for v in values]
         self.names = names
-        self.first = snapshot if self.first is None else self.first
+        if self.first is None:
+            self.first, self.first_step = snapshot, step
         self.last = snapshot
         self.measurements += 1
+
+    @property
+    def first_label(self) -> str:
+        """The first measurement's name in the figure: the initial network's, or (a fit resumed
+        from a checkpoint, which keeps no distribution) the first this fit measured."""
+        return "at init" if self.first_step == 0 else f"step {self.first_step} (resumed fit's first)"
 
     def save_figure(self, directory: Path) -> None:
         if self.first is None:
             return
         from actlab.plotting import plot_layer_histograms
 
-        series = {"at init": self.first}
+        series = {self.first_label: self.first}
         if self.measurements > 1:
             series["final"] = self.last
         plot_layer_histograms(series, self.names, self.xlabel, directory / self.figure_name)

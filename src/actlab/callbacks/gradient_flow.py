@@ -132,13 +132,13 @@ class GradientFlow(Diagnostic):
             self._norm_sum.add_(norms)
         self._norm_count += 1
 
-    def running_state(self) -> dict:
+    def checkpoint_state(self) -> dict:
         """The gradient-norm samples since the last measurement (their sum and count)."""
         if self._norm_sum is None:
             return {}
         return {"norm_sum": self._norm_sum.tolist(), "norm_count": self._norm_count}
 
-    def load_running_state(self, state: dict) -> None:
+    def load_checkpoint_state(self, state: dict) -> None:
         if state.get("norm_sum") is not None:
             self._norm_sum, self._norm_count = torch.tensor(state["norm_sum"]), int(state["norm_count"])
 

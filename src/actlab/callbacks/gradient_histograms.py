@@ -42,4 +42,4 @@ class GradientHistograms(LayerDistributions):
         self.log_scalars(loggers, {f"grad_norm/layer_{i}": float(g.norm()) for i, g in enumerate(grads)}, step)
         for name, grad in zip(names, grads):
             self.log_histogram(loggers, f"grad/{name}", grad, step)
-        self.remember(names, grads)
+        self.remember(names, grads, step)

@@ -34,4 +34,4 @@ class LayerOutputHistograms(LayerDistributions):
             scalars[f"output_std/layer_{i}"] = float(out.std())
             self.log_histogram(loggers, f"outputs/{name}", out, step)
         self.log_scalars(loggers, scalars, step)
-        self.remember(names, outputs)
+        self.remember(names, outputs, step)

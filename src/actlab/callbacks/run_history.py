@@ -177,7 +177,7 @@ class RunHistory(L.Callback):
         return {"epoch_times": self.epoch_times, "diagnostics_times": self.diagnostics_times,
                 "history": dict(self.history), "logged": logged, "partial_epochs": self.partial_epochs,
                 "diagnostic_fields": self._diagnostic_fields(self._trainer),
-                "diagnostic_states": {name: d.running_state()
+                "diagnostic_states": {name: d.checkpoint_state()
                                       for name, d in _state_names(self._diagnostics(self._trainer))}}  # fmt: skip
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -196,7 +196,7 @@ class RunHistory(L.Callback):
         for name, diagnostic in _state_names(self._diagnostics(trainer)):
             state = self._restored_states.pop(name, None)
             if state:
-                diagnostic.load_running_state(state)
+                diagnostic.load_checkpoint_state(state)
 
 
 def _state_names(diagnostics: list[Diagnostic]) -> list[tuple[str, Diagnostic]]:
