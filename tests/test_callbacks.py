@@ -228,7 +228,7 @@ def test_run_history_checkpoint_taken_between_epochs_keeps_the_finished_epoch():
 
     epoch = SimpleNamespace(batch_progress=SimpleNamespace(current=SimpleNamespace(ready=3)))  # all its batches
     progress = SimpleNamespace(epoch_loop=epoch)
-    trainer = SimpleNamespace(callback_metrics={}, current_epoch=0, callbacks=[], fit_loop=progress,
+    trainer = SimpleNamespace(callback_metrics={}, current_epoch=0, callbacks=[], loggers=[], fit_loop=progress,
                               num_training_batches=3, sanity_checking=False)  # fmt: skip
     history = RunHistory()
     history.setup(trainer, None, "fit")

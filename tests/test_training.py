@@ -538,3 +538,42 @@ def test_a_resumed_run_records_the_initial_networks_dead_ratios_and_figures_not_
     uninterrupted = run(compose_train([*base, "trainer.max_epochs=3"], output_dir=alone), alone, "relu")
     assert resumed["resumed_from"] and resumed["dead/at_init"] == uninterrupted["dead/at_init"] == first["dead/at_init"]
     assert (out / "figures" / "dead_neurons.png").is_file()
+
+
+def csv_rows(run_dir):
+    """``run_dir``'s metrics.csv rows in file order, as (step, epoch, the keys with a value)."""
+    with open(run_dir / "csv" / "metrics.csv", newline="") as file:
+        return [(r["step"], r["epoch"], tuple(sorted(k for k, v in r.items() if v and "time" not in k)))
+                for r in csv.DictReader(file)]  # fmt: skip
+
+
+def test_a_run_resumed_inside_an_epoch_keeps_the_csv_row_of_its_validation(tmp_path, fake_data_dir):
+    """With check_val_every_n_epoch=2 the checkpoint is taken at validation's end, after that
+    validation's row and before the epoch's training row: the resumed run logs the training
+    row again and not the validation's, so the earlier validation row stays (it was dropped,
+    as every earlier row from the resumed run's first step on), and the resumed metrics.csv
+    holds the uninterrupted run's rows."""
+    base = [*data_overrides(fake_data_dir), "trainer.check_val_every_n_epoch=2", "callbacks=none", "logger=csv",
+            "seed=4", "test_after_fit=false"]  # fmt: skip
+    out = tmp_path / "resumed"
+    first = run(compose_train([*base, "trainer.max_epochs=2"], output_dir=out), out, activation="relu")
+    write_record(out, {**first, "status": "interrupted"})
+    run(compose_train([*base, "trainer.max_epochs=4", "resume=true"], output_dir=out), out, "relu")
+    alone = tmp_path / "alone"
+    run(compose_train([*base, "trainer.max_epochs=4"], output_dir=alone), alone, "relu")
+    assert sum("val/acc" in keys for _, _, keys in csv_rows(alone)) == 2
+    assert csv_rows(out) == csv_rows(alone)
+
+
+def test_a_run_killed_between_its_test_and_its_record_has_one_test_row_after_the_resume(tmp_path, fake_data_dir):
+    """A run stopped after its test row was written but before its record said completed is
+    tested again on resume: its metrics.csv has the one test row of that second test."""
+    base = [*data_overrides(fake_data_dir), "callbacks=none", "logger=csv", "seed=6", "trainer.max_epochs=2"]
+    out = tmp_path / "run"
+    first = run(compose_train(base, output_dir=out), out, activation="relu")
+    write_record(out, {**first, "status": "interrupted"})  # as if killed before the record was completed
+    before = csv_rows(out)
+    again = run(compose_train([*base, "resume=true"], output_dir=out), out, "relu")
+    assert again["status"] == "completed" and again["resumed_from"] and again["test/acc"] == first["test/acc"]
+    assert sum("test/acc" in keys for _, _, keys in before) == 1
+    assert csv_rows(out) == before

@@ -3,10 +3,13 @@
 Lightning's writer deletes ``metrics.csv`` whenever its directory already holds files, so a run
 resumed with ``logger=csv`` (``resume=true``, a SLURM requeue) would lose every epoch before its
 checkpoint. Here the earlier rows are read first and written back; once the resumed run writes
-its first rows, the earlier rows from its first row's step on (those of the epochs it trains
-again: after its checkpoint, or after the best epoch when it falls back to that) are dropped, so
-each epoch appears once. Rows are told apart by step, not epoch: the diagnostics' rows carry no
-epoch, and an epoch's own rows come before the step its resumed run logs first.
+its first row, the earlier rows it logs again are dropped, so each appears once: those from its
+first row's step on (the epochs it trains again: after its checkpoint, or after the best epoch
+when it falls back to that), except the rows logged before the checkpoint it resumed from (a
+validation inside the epoch the checkpoint was taken in, which the resumed run does not run
+again). Rows are told apart by step, not epoch (the diagnostics' rows carry no epoch), and by
+their place in the file: the run's checkpoints keep how many rows were logged before them
+(:class:`~actlab.callbacks.RunHistory`).
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ class _ResumingWriter(ExperimentWriter):
             warnings.filterwarnings("ignore", message=r".*Previous log files in this directory will be deleted.*")
             super().__init__(log_dir)
         self.earlier: list[dict[str, str]] | None = earlier or None
+        self.rows_written = 0
+        # how many of the earlier rows were logged before the checkpoint this run resumed from (None: none)
+        self.logged_before_checkpoint: int | None = None
         if self.earlier:
             self._write(self.earlier)
 
@@ -46,12 +52,21 @@ class _ResumingWriter(ExperimentWriter):
             writer = csv.DictWriter(file, fieldnames=self.metrics_keys)
             writer.writeheader()
             writer.writerows(rows)
+        self.rows_written = len(rows)
+
+    def rows_logged(self) -> int:
+        """How many rows this file holds, or will once saved, before what is logged next."""
+        if self.earlier:  # nothing logged since the resume: the rows before its checkpoint
+            return self.logged_before_checkpoint or 0
+        return self.rows_written + len(self.metrics)
 
     def save(self) -> None:
         if self.earlier and self.metrics:
             first_new = min(_step(row) for row in self.metrics)
-            self._write([row for row in self.earlier if _step(row) < first_new])
+            before = self.logged_before_checkpoint or 0
+            self._write([row for i, row in enumerate(self.earlier) if i < before or _step(row) < first_new])
             self.earlier = None
+        self.rows_written += len(self.metrics)
         super().save()
 
 
@@ -71,3 +86,12 @@ class CSVLogger(LightningCSVLogger):
                 earlier = list(csv.DictReader(file))
         self._experiment = _ResumingWriter(self.log_dir, earlier)
         return self._experiment
+
+    def rows_logged(self) -> int:
+        """How many rows of ``metrics.csv`` have been logged so far (what a checkpoint keeps)."""
+        return self.experiment.rows_logged()
+
+    def resume_after(self, rows: int) -> None:
+        """The run resumes from a checkpoint taken after the file's first ``rows`` rows were
+        logged: those stay, whatever their step (see the module)."""
+        self.experiment.logged_before_checkpoint = rows

@@ -178,7 +178,9 @@ class RunHistory(L.Callback):
                 "history": dict(self.history), "logged": logged, "partial_epochs": self.partial_epochs,
                 "diagnostic_fields": self._diagnostic_fields(self._trainer),
                 "diagnostic_states": {name: d.checkpoint_state()
-                                      for name, d in _state_names(self._diagnostics(self._trainer))}}  # fmt: skip
+                                      for name, d in _state_names(self._diagnostics(self._trainer))},
+                # the CSV rows logged by now: a fit resumed from this checkpoint keeps them (actlab.csv_logger)
+                "csv_rows": [logger.rows_logged() for logger in self._csv_loggers(self._trainer)]}  # fmt: skip
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.epoch_times = list(state_dict.get("epoch_times", []))
@@ -190,6 +192,16 @@ class RunHistory(L.Callback):
         self._restored_states = dict(state_dict.get("diagnostic_states", {}))
         if self._trainer is not None or self.diagnostics is not None:  # else once the fit starts
             self._restore_states(self._trainer)
+        for logger, rows in zip(self._csv_loggers(self._trainer), state_dict.get("csv_rows", [])):
+            logger.resume_after(rows)
+
+    def _loggers(self, trainer: L.Trainer | None) -> list:
+        """The loggers this run's metrics go to."""
+        return list(trainer.loggers) if trainer is not None else []
+
+    def _csv_loggers(self, trainer: L.Trainer | None) -> list:
+        """Those that keep an earlier attempt's rows (:class:`actlab.csv_logger.CSVLogger`)."""
+        return [logger for logger in self._loggers(trainer) if hasattr(logger, "resume_after")]
 
     def _restore_states(self, trainer: L.Trainer | None) -> None:
         """The diagnostics' running states, as the checkpoint this fit resumed from held them."""

@@ -32,6 +32,7 @@ from actlab.callbacks.divergence import DivergenceMonitor, divergence
 from actlab.callbacks.run_history import RunHistory
 from actlab.errors import DivergedError
 from actlab.pack.diagnostics import layer_names, member_layer_outputs, member_weight_gradients, scan_members
+from actlab.pack.loggers import PackLogger
 from actlab.pack.module import MEMBER_METRICS, PackModule, member_key, member_prefix
 from actlab.record import RunRecord
 
@@ -74,6 +75,12 @@ class MemberHistory(MemberCallback, RunHistory):
         # MemberCallbacks runs after the module has logged the epoch (a single run's history waits
         # for the next epoch's start): collected now, so the epoch a member stops in is its own
         self._collect(trainer)
+
+    def _loggers(self, trainer: L.Trainer | None) -> list:
+        """The member's own loggers (those the pack's logger routes its metrics to)."""
+        loggers = trainer.loggers if trainer is not None else []
+        packs = [logger for logger in loggers if isinstance(logger, PackLogger)]
+        return list(packs[0].member_loggers[self.member]) if packs else []
 
     def record_fields(self, trainer: L.Trainer | None) -> dict:
         times = self.member_epoch_times
