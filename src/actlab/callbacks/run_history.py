@@ -62,7 +62,7 @@ class RunHistory(L.Callback):
         # the diagnostics' record fields as the checkpoint this run resumed from held them (what a
         # diagnostic measured once, before the first step, is not measured again)
         self._restored_fields: dict = {}
-        # the diagnostics' running states there (what they had gathered toward their next measurement)
+        # the diagnostics' checkpoint states there (what they need from before it: see Diagnostic.checkpoint_state)
         self._restored_states: dict[str, dict] = {}
 
     def setup(self, trainer: L.Trainer, pl_module, stage: str) -> None:
@@ -204,7 +204,7 @@ class RunHistory(L.Callback):
         return [logger for logger in self._loggers(trainer) if hasattr(logger, "resume_after")]
 
     def _restore_states(self, trainer: L.Trainer | None) -> None:
-        """The diagnostics' running states, as the checkpoint this fit resumed from held them."""
+        """The diagnostics' checkpoint states, as the checkpoint this fit resumed from held them."""
         for name, diagnostic in _state_names(self._diagnostics(trainer)):
             state = self._restored_states.pop(name, None)
             if state:
@@ -212,7 +212,7 @@ class RunHistory(L.Callback):
 
 
 def _state_names(diagnostics: list[Diagnostic]) -> list[tuple[str, Diagnostic]]:
-    """Where a checkpoint keeps each diagnostic's running state: its class's name (and its place
+    """Where a checkpoint keeps each diagnostic's state: its class's name (and its place
     among the run's diagnostics of that class, from the second on), the same in a single run's
     checkpoint and in a pack member's."""
     seen: dict[str, int] = {}
