@@ -392,12 +392,15 @@ def lightning_floor(files: dict[str, Path], activation: str, device: torch.devic
 
 def stacked_hand_loop(files: dict[str, Path], activations: list[str], device: torch.device, members: int,
                       epochs: int, steps: int | None, batch_size: int = 128,
-                      val_size: int = 5000, depth: int = 4, hidden_shape: list[int] | None = None
-                      ) -> Timing:  # fmt: skip
+                      val_size: int = 5000, depth: int = 4, hidden_shape: list[int] | None = None,
+                      with_metrics: bool = False) -> Timing:  # fmt: skip
     """The floor for training ``members`` models at once in eager PyTorch: the pack's stacked
     network (batched matrix products; each run of members with one activation one call), one
     SGD over the stacked tensors, each member its own batches; plus the validation pass. No
-    framework, no bookkeeping. Members cycle through ``activations``, side by side as in a pack."""
+    framework, no bookkeeping. Members cycle through ``activations``, side by side as in a pack.
+    ``with_metrics``: each member's epoch metrics too, as a pack computes them (actlab's
+    ``EpochMetrics``: training loss and accuracy, validation loss, accuracy and F1), so that
+    what a pack costs beyond it is the framework's alone."""
     train_x, train_y, val_x, val_y = load_data(files, device, val_size)
     names = sorted((activations[k % len(activations)] for k in range(members)), key=activations.index)
     net = StackedNetwork([_member_network(name, k, depth, hidden_shape) for k, name in enumerate(names)], names)
@@ -411,19 +414,39 @@ def stacked_hand_loop(files: dict[str, Path], activations: list[str], device: to
             idx = orders[:, start : start + batch_size]
             flat = idx.reshape(-1)  # index_select: the fastest gather of rows on a CPU
             logits = net(train_x.index_select(0, flat).view(*idx.shape, *train_x.shape[1:]))
-            loss = F.cross_entropy(logits.flatten(0, 1), train_y.index_select(0, flat), reduction="none")
+            targets = train_y.index_select(0, flat)
+            losses = F.cross_entropy(logits.flatten(0, 1), targets, reduction="none").view(members, -1).mean(1)
+            if metrics is not None:
+                metrics["train"].update(losses, logits, targets.view(idx.shape))
             optimizer.zero_grad(set_to_none=True)
-            loss.view(members, -1).mean(1).sum().backward()
+            losses.sum().backward()
             optimizer.step()
         with torch.inference_mode():
             correct = torch.zeros(members, device=device, dtype=torch.long)
             for start in range(0, len(val_y), 1024):
-                xb = val_x[start : start + 1024]
-                correct += (net(xb.expand(members, *xb.shape)).argmax(-1) == val_y[start : start + 1024]).sum(1)
-            correct.tolist()
+                xb, yb = val_x[start : start + 1024], val_y[start : start + 1024]
+                logits = net(xb.expand(members, *xb.shape))
+                if metrics is None:
+                    correct += (logits.argmax(-1) == yb).sum(1)
+                    continue
+                yb = yb.expand(members, -1)
+                losses = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none").view(members, -1)
+                metrics["val"].update(losses.mean(1), logits, yb)
+            if metrics is None:
+                correct.tolist()
+            else:  # the epoch's values, read once, as a pack logs them
+                values = [metrics[stage].compute_and_reset() for stage in ("train", "val")]
+                torch.cat([v[name].flatten() for v in values for name in ("loss", "acc")] + [values[1]["f1"]]).tolist()
 
+    metrics = None
+    if with_metrics:
+        from actlab.metrics import EpochMetrics
+
+        metrics = {stage: EpochMetrics(members, 10, keep_predictions=stage == "val").to(device)
+                   for stage in ("train", "val")}  # fmt: skip
     label = ",".join(activations) if len(activations) < 4 else f"{len(activations)} activations"
     label += "" if depth == 4 else f", depth {depth}"
+    label += ", with the epoch metrics" if with_metrics else ""
     return Timing(f"stacked hand loop ({members} models, {label})", _time_epochs(epoch, epochs, device))
 
 
@@ -551,7 +574,7 @@ def overhead_benchmark(device: str, members: int = 8, steps: int = 200, rounds: 
 
     torch_device = torch.device(device)
     files = find_files(data_dir, system_dir)
-    ms = {"hand": [], "lightning": [], "single": [], "single_1": [], "stacked": [], "pack": []}
+    ms = {"hand": [], "lightning": [], "single": [], "single_1": [], "stacked": [], "stacked_metrics": [], "pack": []}
     for _ in range(rounds):  # interleaved: the machine's drift hits every way alike
         ms["hand"] += [1e3 * t / steps for t in hand_loop(files, "relu", torch_device, 1, steps, hidden_shape=TINY
                                                           ).epoch_times]  # fmt: skip
@@ -564,6 +587,9 @@ def overhead_benchmark(device: str, members: int = 8, steps: int = 200, rounds: 
         ms["single_1"] += [1e3 * t / steps for t in single.epoch_times]
         stacked = stacked_hand_loop(files, ["relu"], torch_device, members, 1, steps, hidden_shape=TINY)
         ms["stacked"] += [1e3 * t / steps for t in stacked.epoch_times]
+        stacked = stacked_hand_loop(files, ["relu"], torch_device, members, 1, steps, hidden_shape=TINY,
+                                    with_metrics=True)  # fmt: skip
+        ms["stacked_metrics"] += [1e3 * t / steps for t in stacked.epoch_times]
         started = time.time()
         wall, records, log = sweep_wall_time(["hydra/launcher=packed"], members, "relu", torch_device, epochs + 1,
                                              steps, data_dir, system_dir,
@@ -586,8 +612,11 @@ def overhead_benchmark(device: str, members: int = 8, steps: int = 200, rounds: 
         f"{'  the same, one step per call':<40} {median['single_1']:>8.2f}   "
         f"{median['single_1'] / median['hand']:.2f}x   (train_steps_per_call=1)",
         f"{f'stacked hand loop ({members} models)':<40} {median['stacked']:>8.2f}",
+        f"{'  the same, with the epoch metrics':<40} {median['stacked_metrics']:>8.2f}   "
+        f"{median['stacked_metrics'] / median['stacked']:.2f}x   (a pack's train/val loss, accuracy, F1)",
         f"{f'pack of {members} (Lightning)':<40} {median['pack']:>8.2f}   "
-        f"{median['pack'] / median['stacked']:.2f}x", "",
+        f"{median['pack'] / median['stacked']:.2f}x   ({median['pack'] / median['stacked_metrics']:.2f}x the "
+        f"stacked loop with the metrics)", "",
         f"packed sweep of {members} tiny runs x {epochs + 1} epochs (last round): {wall:.1f} s wall",
         f"{'  importing the libraries':<40} {imports:>8.1f} s  (a fresh interpreter, alone)",
         f"{'  before the first step':<40} {before:>8.1f} s  (imports included)",
