@@ -41,7 +41,13 @@ def test_a_failure_is_recorded_with_its_traceback_and_re_raised(tmp_path):
 def test_an_interruption_is_recorded_and_exits_with_the_signal_code(tmp_path, error, code):
     with pytest.raises(SystemExit) as exit_info, RunRecord(tmp_path):
         raise error
-    assert exit_info.value.code == code and read_record(tmp_path)["status"] == "interrupted"
+    record = read_record(tmp_path)
+    assert exit_info.value.code == code and record["status"] == "interrupted"
+    # what stopped it and how to go on, not an error with an empty message
+    assert record["error"].startswith("stopped by SIG") and "resume=true" in record["error"]
+    from actlab.console import summary_line
+
+    assert summary_line(record).startswith(f"run interrupted | {record['error']} |")
 
 
 def test_a_running_record_gone_silent_is_lost():

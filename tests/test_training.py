@@ -577,3 +577,18 @@ def test_a_run_killed_between_its_test_and_its_record_has_one_test_row_after_the
     assert again["status"] == "completed" and again["resumed_from"] and again["test/acc"] == first["test/acc"]
     assert sum("test/acc" in keys for _, _, keys in before) == 1
     assert csv_rows(out) == before
+
+
+def test_a_resume_says_where_it_goes_on_from(tmp_path, fake_data_dir, caplog):
+    """One log line: the run, how its record had ended, and the checkpoint, epoch and step it
+    goes on from (or inside which epoch, for a checkpoint taken inside one)."""
+    base = [*data_overrides(fake_data_dir), "callbacks=none", "seed=7"]
+    out = tmp_path / "run"
+    first = run(compose_train([*base, "trainer.max_epochs=2"], output_dir=out), out, activation="relu")
+    write_record(out, {**first, "status": "interrupted"})
+    last = out / "checkpoints" / "last.ckpt"
+    step = torch.load(last, weights_only=False)["global_step"]
+    with caplog.at_level("INFO"):
+        run(compose_train([*base, "trainer.max_epochs=3", "resume=true"], output_dir=out), out, "relu")
+    (line,) = [m for m in caplog.messages if m.startswith("resume:")]
+    assert step > 0 and line == f"resume: {out} (interrupted) from {last} (after epoch 2, step {step})"

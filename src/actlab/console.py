@@ -82,8 +82,9 @@ def summary_line(record: dict[str, Any]) -> str:
         f"record {output_dir / 'metrics.json'}",
         *_views(record, output_dir),
     ]
-    if record.get("error"):
-        parts.insert(1, f"error: {record['error'].splitlines()[0][:200]}")
+    if record.get("error"):  # an interruption says what stopped it, not an error
+        label = "" if record.get("status") == "interrupted" else "error: "
+        parts.insert(1, f"{label}{record['error'].splitlines()[0][:200]}")
     return " | ".join(parts)
 
 

@@ -21,4 +21,4 @@ class DivergedError(RuntimeError):
 
 class RunNotCompleted(Exception):
     """What a sweep's launcher reports for a job its record says did not complete: the
-    record's status and error, e.g. ``interrupted: SIGTERMException: ...``."""
+    record's status and error, e.g. ``interrupted: stopped by SIGTERM; ...``."""

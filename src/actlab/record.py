@@ -232,8 +232,14 @@ class RunRecord:
             self.update(status="diverged", error=str(error))
             swallow = True
         elif isinstance(error, (KeyboardInterrupt, SIGTERMException)):
-            self.update(status="interrupted", error=f"{type(error).__name__}: {error}")
-            exit_code = 128 + (signal.SIGTERM if isinstance(error, SIGTERMException) else signal.SIGINT)
+            terminated = isinstance(error, SIGTERMException)
+            signal_name = "SIGTERM" if terminated else "SIGINT (Ctrl-C)"
+            self.update(
+                status="interrupted",
+                error=f"stopped by {signal_name}; resume=true continues it from its "
+                f"last checkpoint" + (f" ({error})" if str(error) else ""),
+            )
+            exit_code = 128 + (signal.SIGTERM if terminated else signal.SIGINT)
         else:
             self.update(status="failed", error=f"{type(error).__name__}: {error}")
             self.data["traceback"] = "".join(traceback.format_exception(error_type, error, tb))

@@ -242,6 +242,17 @@ def resume_point(output_dir: Path, max_steps: int = -1) -> Resume:
     return Resume()
 
 
+def resume_description(resume: Resume) -> str:
+    """Where a resume goes on from, in words: ``from <checkpoint> (after epoch 3, step 1290)``,
+    ``inside epoch 4`` for a checkpoint taken inside an epoch, or a fresh start."""
+    if resume.path is None or resume.checkpoint is None:
+        return "from the start (no checkpoint)"
+    checkpoint = resume.checkpoint
+    epoch, step = checkpoint.get("epoch", 0) + 1, checkpoint.get("global_step")
+    where = f"after epoch {epoch}" if ends_an_epoch(checkpoint) else f"inside epoch {epoch}"
+    return f"from {resume.path} ({where}, step {step})"
+
+
 def open_record(cfg: DictConfig, output_dir: Path, activation: str | None, overrides: list[str] | None,
                 resume: Resume, **fields: Any) -> RunRecord:  # fmt: skip
     """The record of a run (or pack member) about to start or resume: its config, and what a
@@ -423,6 +434,8 @@ def run(
         resume = resume_point(output_dir, cfg.trainer.get("max_steps", -1))
         if resume.warning:
             log.warning("resume: %s", resume.warning)
+        status = f" ({previous['status']})" if previous and previous.get("status") else ""
+        log.info("resume: %s%s %s", output_dir, status, resume_description(resume))
     record = open_record(cfg, output_dir, activation, overrides, resume)
     resume.checkpoint = None  # Lightning loads it again for the fit: not kept in memory meanwhile
     trainer = None

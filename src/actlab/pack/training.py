@@ -66,6 +66,7 @@ from actlab.training import (
     load_checkpoint,
     model_fields,
     open_record,
+    resume_description,
     resume_point,
     seed_run,
     stop_fields,
@@ -352,6 +353,11 @@ def train_pack(members: list[Member], pack_id: str = "pack", parallel_jobs: int 
         name = pack_id if len(groups) == 1 else f"{pack_id}.{i}"
         if len(groups) > 1:
             log.info("pack %s: %d members resume from their own point, as pack %s", pack_id, len(group), name)
+        if group[0][0].cfg.get("resume"):
+            where = resume_description(group[0][1])
+            if group[0][1].path is not None:  # each member from its own checkpoint, all at one point
+                where = where.replace(f"from {group[0][1].path} ", "from each member's checkpoint ")
+            log.info("resume: pack %s: %d members %s", name, len(group), where)
         run = PackRun([m for m, _ in group], name, parallel_jobs, log_file, pack_dir.with_name(name),
                       [r for _, r in group])  # fmt: skip
         records.update((m.output_dir, record) for (m, _), record in zip(group, run.run()))
