@@ -592,3 +592,38 @@ def test_a_resume_says_where_it_goes_on_from(tmp_path, fake_data_dir, caplog):
         run(compose_train([*base, "trainer.max_epochs=3", "resume=true"], output_dir=out), out, "relu")
     (line,) = [m for m in caplog.messages if m.startswith("resume:")]
     assert step > 0 and line == f"resume: {out} (interrupted) from {last} (after epoch 2, step {step})"
+
+
+def tensorboard_scalars(run_dir):
+    """Every scalar tag's (step, value) pairs as TensorBoard shows the run's event files (the
+    earlier attempt's purged where a resume asked for it)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0}).Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_a_resumed_runs_tensorboard_shows_each_step_once(tmp_path, fake_data_dir):
+    """A run resumed from a checkpoint older than what it had logged (here its best epoch's,
+    the last one gone) logs those epochs again: TensorBoard shows each step once, the
+    uninterrupted run's scalars (the earlier attempt's events after the checkpoint are purged)."""
+    diagnostics = ["callbacks.activation_parameters=null", "callbacks.activation_plot=null",
+                   "callbacks.dead_neurons.probe_size=256", "callbacks.gradient_flow=null",
+                   "callbacks.gradient_histograms=null", "callbacks.layer_outputs=null"]  # fmt: skip
+    base = [*data_overrides(fake_data_dir), *diagnostics, "logger=tensorboard", "seed=8", "test_after_fit=false",
+            "callbacks.model_checkpoint.monitor=val/loss", "callbacks.model_checkpoint.mode=max"]  # fmt: skip
+    out = tmp_path / "resumed"
+    first = run(compose_train([*base, "trainer.max_epochs=3"], output_dir=out), out, activation="relu")
+    write_record(out, {**first, "status": "interrupted"})
+    (out / "checkpoints" / "last.ckpt").unlink()  # the resume falls back to the worst-loss (best here) epoch
+    resumed = run(compose_train([*base, "trainer.max_epochs=3", "resume=true"], output_dir=out), out, "relu")
+    assert resumed["resumed_from"] and "best_epoch=" in resumed["resumed_from"]
+    alone = tmp_path / "alone"
+    run(compose_train([*base, "trainer.max_epochs=3"], output_dir=alone), alone, "relu")
+    mine, theirs = tensorboard_scalars(out), tensorboard_scalars(alone)
+    # the final HPARAMS row is a file of its own, read in name order: see the pack's test of this
+    theirs = {tag: values for tag, values in theirs.items() if not tag.startswith("hparams/")}
+    assert set(mine) >= set(theirs) and "val/acc" in mine and "dead/overall" in mine
+    for tag, values in theirs.items():
+        assert [step for step, _ in mine[tag]] == [step for step, _ in values], tag
+        assert [value for _, value in mine[tag]] == pytest.approx([value for _, value in values], abs=1e-5), tag

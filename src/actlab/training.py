@@ -16,7 +16,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, ProgressBar, Timer
 from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -152,16 +152,36 @@ def build_data_and_classifier(cfg: DictConfig) -> tuple[L.LightningDataModule, C
     return datamodule, classifier
 
 
-def build_trainer(cfg: DictConfig, record: RunRecord | None, output_dir: Path) -> L.Trainer:
+def build_trainer(cfg: DictConfig, record: RunRecord | None, output_dir: Path, resumes_at: int | None = None
+                  ) -> L.Trainer:  # fmt: skip
     """The Trainer of ``cfg.trainer`` with the run's bookkeeping callbacks around the
     configured ones: divergence first (stop before the diagnostics see NaNs), the history
-    last (it times the rest). The progress bar is on only where stdout is a terminal."""
+    last (it times the rest). The progress bar is on only where stdout is a terminal.
+    ``resumes_at``: the global step of the checkpoint the fit resumes from (:func:`build_loggers`)."""
     callbacks = [
         DivergenceMonitor(),
         *configured_callbacks(cfg),
         RunHistory(record, log_epochs=not shows_progress_bar(cfg)),
     ]
-    return trainer_for(cfg, callbacks, instantiate_group(cfg.get("logger")))
+    return trainer_for(cfg, callbacks, build_loggers(cfg, resumes_at))
+
+
+def build_loggers(cfg: DictConfig, resumes_at: int | None = None) -> list:
+    """The loggers of ``cfg.logger``. A fit resumed from a checkpoint at global step ``resumes_at``
+    logs again what the interrupted attempt logged after it: TensorBoard's event files, which a
+    resumed run appends to, are told to hide the earlier attempt's events from the step after
+    the checkpoint's on (SummaryWriter's ``purge_step``; what was logged up to the checkpoint's step
+    stays), so each step shows once. The CSV logger keeps its own rows apart (``actlab.csv_logger``)."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    entries = {name: entry for name, entry in (cfg.get("logger") or {}).items() if entry is not None}
+    loggers = []
+    for entry in entries.values():
+        if "_target_" not in entry:
+            continue
+        purge = resumes_at is not None and issubclass(get_class(entry._target_), TensorBoardLogger)
+        loggers.append(instantiate(entry, purge_step=resumes_at + 1) if purge else instantiate(entry))
+    return loggers
 
 
 def configured_callbacks(cfg: DictConfig, targets: set[str] | None = None) -> list[L.Callback]:
@@ -437,6 +457,7 @@ def run(
         status = f" ({previous['status']})" if previous and previous.get("status") else ""
         log.info("resume: %s%s %s", output_dir, status, resume_description(resume))
     record = open_record(cfg, output_dir, activation, overrides, resume)
+    resumes_at = resume.checkpoint.get("global_step") if resume.checkpoint is not None else None
     resume.checkpoint = None  # Lightning loads it again for the fit: not kept in memory meanwhile
     trainer = None
     try:
@@ -445,7 +466,7 @@ def run(
             seed_run(cfg)
             datamodule, module = build_data_and_classifier(cfg)
             record.update(**model_fields(module))
-            trainer = build_trainer(cfg, record, output_dir)
+            trainer = build_trainer(cfg, record, output_dir, resumes_at)
             record.update(accelerator=accelerator_name(trainer))
             fit_and_test(cfg, trainer, module, datamodule, record, resume.path)
     except UserError:

@@ -59,6 +59,7 @@ from actlab.training import (
     accelerator_name,
     best_checkpoint,
     build_data_and_classifier,
+    build_loggers,
     call_trainer,
     configure_process,
     configured_callbacks,
@@ -180,7 +181,8 @@ class PackRun:
         return [history, *callbacks], diagnostics
 
     def _trainer(self, module: PackModule, data: PackDataModule) -> L.Trainer:
-        member_loggers = [instantiate_group(m.cfg.get("logger")) for m in self.members]
+        member_loggers = [build_loggers(m.cfg, r.checkpoint.get("global_step") if r.checkpoint is not None else None)
+                          for m, r in zip(self.members, self.resumes)]  # fmt: skip
         per_member, self.diagnostics = [], []
         for k, record in enumerate(self.records):
             callbacks, diagnostics = self._callbacks(k, record)
