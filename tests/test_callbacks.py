@@ -399,3 +399,27 @@ def test_a_resumed_fits_histogram_figure_does_not_call_its_first_measurement_the
     assert "40" in resumed.first_label and "init" not in resumed.first_label
     resumed.save_figure(tmp_path)
     assert (tmp_path / resumed.figure_name).is_file()
+
+
+def test_a_resumed_fits_dead_neuron_figure_shows_the_initial_network_and_its_final_state(tmp_path, monkeypatch):
+    """The initial network's dead ratios come back from the checkpoint (with the layers'
+    widths): a resumed fit that measures once more draws them against its final state, and one
+    that measures nothing draws the initial network's alone, labelled by layer."""
+    import actlab.plotting
+    from actlab.callbacks import DeadNeuronMonitor
+
+    drawn = []
+    monkeypatch.setattr(actlab.plotting, "plot_dead_ratios", lambda series, widths, _: drawn.append((series, widths)))
+    net = SimpleNetwork(nn.ReLU, hidden_shape=[8, 4])
+    data = SimpleNamespace(probe_set=lambda size: (torch.randn(64, 784), torch.zeros(64, dtype=torch.long)))
+    before = DeadNeuronMonitor()
+    before.measure(net, data, [], 0)
+    for measured_after_the_resume in (1, 0):
+        resumed = DeadNeuronMonitor()
+        resumed.load_checkpoint_state(before.checkpoint_state())
+        for step in range(measured_after_the_resume):
+            resumed.measure(net, data, [], 10 + step)
+        resumed.save_figure(tmp_path)
+        series, widths = drawn.pop()
+        assert widths == [8, 4] and series["at init"] == before.at_init
+        assert ("final" in series) == bool(measured_after_the_resume)

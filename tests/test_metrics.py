@@ -135,3 +135,47 @@ def test_training_batches_counted_together_give_each_batchs_own_count():
             assert torch.equal(sums["correct"], correct) and sums["count"] == count
     values = metrics.compute_and_reset()
     assert torch.equal(values["acc"], correct.double().div(count).float())
+
+
+def test_a_checkpoints_sums_change_nothing():
+    """A checkpoint may read the sums at any point of a step (SLURM's requeue signal saves one
+    from its handler): reading them after every batch leaves the epoch's metrics as they are."""
+    torch.manual_seed(1)
+    read, untouched = EpochMetrics(2, 5, keep_predictions=False), EpochMetrics(2, 5, keep_predictions=False)
+    for _ in range(37):
+        losses, logits, targets = torch.rand(2), torch.randn(2, 8, 5), torch.randint(0, 5, (2, 8))
+        for metrics in (read, untouched):
+            metrics.update(losses, logits, targets)
+        first, again = read.sums(), read.sums()
+        assert torch.equal(first["correct"], again["correct"]) and first["count"] == again["count"]
+    mine, theirs = read.compute_and_reset(), untouched.compute_and_reset()
+    assert torch.equal(mine["acc"], theirs["acc"]) and torch.equal(mine["loss"], theirs["loss"])
+
+
+def test_a_checkpoint_taken_while_batches_are_counted_reads_the_whole_count(monkeypatch):
+    """SLURM's requeue signal saves a checkpoint from its handler, which may run in the middle of
+    counting a chunk of batches: the checkpoint reads every batch so far once, and the count
+    goes on unharmed (here the "signal" lands inside each count's stacking of the batches)."""
+    from actlab.metrics import COUNTED_TOGETHER
+
+    torch.manual_seed(2)
+    metrics, checkpoints, correct = EpochMetrics(3, 4, keep_predictions=False), [], torch.zeros(3, dtype=torch.long)
+    real_stack, inside = torch.stack, []
+
+    def stack_then_checkpoint(tensors, *args, **kwargs):
+        stacked = real_stack(tensors, *args, **kwargs)
+        if not inside:  # the handler's own reading stacks too
+            inside.append(True)
+            checkpoints.append((metrics.sums()["correct"], correct.clone()))
+            inside.clear()
+        return stacked
+
+    monkeypatch.setattr(torch, "stack", stack_then_checkpoint)
+    for _ in range(2 * COUNTED_TOGETHER + 3):
+        logits, targets = torch.randn(3, 8, 4), torch.randint(0, 4, (3, 8))
+        correct += (logits.argmax(-1) == targets).sum(1)
+        metrics.update(torch.rand(3), logits, targets)
+    assert len(checkpoints) >= 2
+    for read, expected in checkpoints:
+        assert torch.equal(read, expected)
+    assert torch.equal(metrics.compute_and_reset()["acc"], correct.double().div(8 * (2 * COUNTED_TOGETHER + 3)).float())

@@ -52,8 +52,12 @@ class EpochMetrics(nn.Module):
         self.count = 0  # samples each run saw this epoch (every run sees the same batches)
         self._predictions: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._rows: torch.Tensor | None = None
-        # training batches whose correct predictions are not counted yet: (logits, targets, rows)
-        self._pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
+        # training accuracy counted in chunks: (the correct predictions counted since the epoch began,
+        # beyond ``correct``, or None; the batches not counted yet, as (logits, targets, rows)). One
+        # attribute, replaced whole: a checkpoint taken in a signal handler (SLURM's requeue) reads the
+        # state before a count or after it, never half of it (:meth:`sums` only reads)
+        self._training: tuple[torch.Tensor | None, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]]
+        self._training = (None, [])
 
     def update(self, losses: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
                rows: torch.Tensor | None = None) -> None:  # fmt: skip
@@ -69,44 +73,58 @@ class EpochMetrics(nn.Module):
         self.count += batch
         if self.keep_predictions:
             predictions = logits.max(-1).indices  # the first largest logit's class, as argmax gives it
-            self._add_correct((predictions == targets).sum(1), rows)
+            correct = (predictions == targets).sum(1)
+            if rows is None:
+                self.correct.add_(correct)
+            else:
+                self.correct.index_add_(0, rows, correct)
             self._predictions.append((predictions, targets))
             self._rows = rows
             return
-        if self._pending and not _same_runs(self._pending[-1], logits, rows):
+        pending = self._training[1]
+        if pending and not _same_runs(pending[-1], logits, rows):
             self._count_pending()
-        self._pending.append((logits, targets, rows))
-        if len(self._pending) == COUNTED_TOGETHER:
+        self._training[1].append((logits, targets, rows))
+        if len(self._training[1]) == COUNTED_TOGETHER:
             self._count_pending()
 
     def _count_pending(self) -> None:
         """The correct predictions of the batches kept since the last count, in one reduction:
         a step's own (argmax, compare, sum, add) costs ~40 us of a CPU step of these MLPs, and
-        as many kernel launches on a GPU. The batches kept cover the same runs and shape."""
-        if not self._pending:
-            return
-        logits = torch.stack([entry[0] for entry in self._pending])  # (batches, R, B, C)
-        targets = torch.stack([entry[1] for entry in self._pending])
-        # the first largest logit's class (as argmax gives it; max's indices are faster on a CPU)
-        self._add_correct((logits.max(-1).indices == targets).sum((0, 2)), self._pending[0][2])
-        self._pending = []
+        as many kernel launches on a GPU."""
+        counted, pending = self._training
+        if pending:
+            self._training = (self._with_pending(counted, pending), [])
 
-    def _add_correct(self, correct: torch.Tensor, rows: torch.Tensor | None) -> None:
-        if rows is None:
-            self.correct.add_(correct)
-        else:
-            self.correct.index_add_(0, rows, correct)
+    def _with_pending(self, counted: torch.Tensor | None, pending: list) -> torch.Tensor:
+        """``counted`` (a new tensor: neither is changed) plus the correct predictions of the
+        ``pending`` batches (the same runs and shape)."""
+        logits = torch.stack([entry[0] for entry in pending])  # (batches, R, B, C)
+        targets = torch.stack([entry[1] for entry in pending])
+        # the first largest logit's class (as argmax gives it; max's indices are faster on a CPU)
+        correct = (logits.max(-1).indices == targets).sum((0, 2))
+        total = self.correct.new_zeros(self.runs) if counted is None else counted.clone()
+        rows = pending[0][2]
+        return total.add_(correct) if rows is None else total.index_add_(0, rows, correct)
+
+    def _correct_so_far(self) -> torch.Tensor:
+        """Each run's correct predictions this epoch so far (a new tensor; nothing is changed)."""
+        counted, pending = self._training
+        pending = list(pending)  # as it is now (a step may add to it meanwhile)
+        if pending:
+            counted = self._with_pending(counted, pending)
+        return self.correct.clone() if counted is None else self.correct + counted
 
     def sums(self) -> dict[str, torch.Tensor | int]:
         """The epoch's running sums so far (what a checkpoint taken inside an epoch keeps, so
         that the resumed epoch's mean covers every batch of it): per run ``loss_sum`` and
-        ``correct`` (on the CPU), and ``count``."""
-        self._count_pending()
-        return {"loss_sum": self.loss_sum.cpu().clone(), "correct": self.correct.cpu().clone(), "count": self.count}
+        ``correct`` (on the CPU), and ``count``. It only reads: a checkpoint may be taken at any
+        point of a step (in a signal handler)."""
+        return {"loss_sum": self.loss_sum.cpu().clone(), "correct": self._correct_so_far().cpu(), "count": self.count}
 
     def load_sums(self, sums: dict[str, torch.Tensor | int]) -> None:
         """Go on from :meth:`sums` (a resumed epoch)."""
-        self._pending = []
+        self._training = (None, [])
         self.loss_sum.copy_(sums["loss_sum"])
         self.correct.copy_(sums["correct"])
         self.count = int(sums["count"])
@@ -117,9 +135,9 @@ class EpochMetrics(nn.Module):
         that saw no batch this epoch (left out of a compacted stack) read 0; an epoch in which
         no batch was seen at all (a fit resumed at an epoch's end, whose batches were counted
         before its checkpoint) reads NaN loss and accuracy: not measured, rather than 0."""
-        self._count_pending()
         count = self.count if self.count else float("nan")
-        metrics = {"loss": (self.loss_sum / count).float(), "acc": self.correct.double().div(count).float()}
+        correct = self._correct_so_far()
+        metrics = {"loss": (self.loss_sum / count).float(), "acc": correct.double().div(count).float()}
         if self._predictions:
             predictions, targets = (torch.cat(parts, dim=1) for parts in zip(*self._predictions))
             # each run's own global metric (torchmetrics' samplewise mode builds (K, N, C) one-hots: ~200x slower)
@@ -135,4 +153,5 @@ class EpochMetrics(nn.Module):
         self.correct.zero_()
         self.count = 0
         self._predictions, self._rows = [], None
+        self._training = (None, [])
         return metrics

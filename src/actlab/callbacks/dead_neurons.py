@@ -158,11 +158,14 @@ class DeadNeuronMonitor(Diagnostic):
         self.log_scalars(loggers, metrics, step)
 
     def checkpoint_state(self) -> dict:
-        """The dead ratios of the initial network (a resumed fit does not measure it again)."""
-        return {"at_init": self.at_init} if self.at_init is not None else {}
+        """The dead ratios of the initial network (a resumed fit does not measure it again),
+        with the layers' widths, for the figure."""
+        return {"at_init": self.at_init, "widths": self.widths} if self.at_init is not None else {}
 
     def load_checkpoint_state(self, state: dict) -> None:
-        self.at_init = state.get("at_init", self.at_init)
+        if state.get("at_init") is not None:
+            self.at_init, self.widths = state["at_init"], list(state.get("widths") or self.widths)
+            self.measurements += 1  # the initial network's, measured before the checkpoint
 
     def record_fields(self) -> dict:
         """The last measurement and the per-layer dead ratios at initialisation."""
