@@ -627,3 +627,23 @@ def test_a_resumed_runs_tensorboard_shows_each_step_once(tmp_path, fake_data_dir
     for tag, values in theirs.items():
         assert [step for step, _ in mine[tag]] == [step for step, _ in values], tag
         assert [value for _, value in mine[tag]] == pytest.approx([value for _, value in values], abs=1e-5), tag
+
+
+def test_testing_the_best_epoch_after_a_resume_keeps_every_csv_row(tmp_path, fake_data_dir):
+    """``test_ckpt=best`` makes Lightning restore the best epoch's checkpoint for the test, its
+    callbacks' states included: the run's history and its CSV bookkeeping stay the fit's (a
+    run resumed after its fit, e.g. killed while testing, kept only the rows up to its best
+    epoch's checkpoint otherwise, dropping its last epoch's diagnostics rows)."""
+    diagnostics = ["callbacks.activation_parameters=null", "callbacks.activation_plot=null",
+                   "callbacks.dead_neurons.probe_size=256", "callbacks.gradient_flow=null",
+                   "callbacks.gradient_histograms=null", "callbacks.layer_outputs=null"]  # fmt: skip
+    base = [*data_overrides(fake_data_dir), *diagnostics, "logger=csv", "seed=2", "optimizer.lr=0.05",
+            "trainer.max_epochs=4", "test_ckpt=best"]  # fmt: skip
+    out = tmp_path / "run"
+    first = run(compose_train(base, output_dir=out), out, activation="relu")
+    assert first["best_epoch"] < 3  # the best epoch's checkpoint is not the last one
+    write_record(out, {**first, "status": "interrupted"})  # as if killed while testing
+    before = csv_rows(out)
+    again = run(compose_train([*base, "resume=true"], output_dir=out), out, "relu")
+    assert again["status"] == "completed" and again["history"] == first["history"]
+    assert csv_rows(out) == before

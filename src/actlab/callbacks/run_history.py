@@ -10,6 +10,7 @@ import time
 from collections import defaultdict
 
 import lightning as L
+from lightning.pytorch.trainer.states import TrainerFn
 
 from actlab.callbacks.diagnostic import Diagnostic
 from actlab.record import RunRecord
@@ -183,6 +184,8 @@ class RunHistory(L.Callback):
                 "csv_rows": [logger.rows_logged() for logger in self._csv_loggers(self._trainer)]}  # fmt: skip
 
     def load_state_dict(self, state_dict: dict) -> None:
+        if self._trainer is not None and self._trainer.state.fn != TrainerFn.FITTING:
+            return  # testing the best epoch's weights (Lightning restores callbacks then too): the fit's history stays
         self.epoch_times = list(state_dict.get("epoch_times", []))
         self.diagnostics_times = list(state_dict.get("diagnostics_times", [None] * len(self.epoch_times)))
         self.history = defaultdict(list, state_dict.get("history", {}))
