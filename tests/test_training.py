@@ -647,3 +647,46 @@ def test_testing_the_best_epoch_after_a_resume_keeps_every_csv_row(tmp_path, fak
     again = run(compose_train([*base, "resume=true"], output_dir=out), out, "relu")
     assert again["status"] == "completed" and again["history"] == first["history"]
     assert csv_rows(out) == before
+
+
+def test_where_a_fit_goes_on_from_for_its_loggers(tmp_path, monkeypatch, caplog):
+    """What TensorBoard is told to hide of an earlier attempt: from a resume's checkpoint, its
+    step; with no checkpoint of its own but Lightning's SLURM requeue checkpoint (a requeued job
+    goes on by itself), that one's, said in the log; a fresh start asked to resume, everything
+    earlier (-1); a plain fresh start, nothing."""
+    from omegaconf import OmegaConf
+
+    from actlab.training import Resume, resume_step
+
+    torch.save({"epoch": 1, "global_step": 7, "loops": {}}, tmp_path / "hpc_ckpt_1.ckpt")
+    torch.save({"epoch": 2, "global_step": 9, "loops": {}}, tmp_path / "hpc_ckpt_2.ckpt")
+    resume, plain = OmegaConf.create({"resume": True}), OmegaConf.create({})
+    assert resume_step(Resume("last.ckpt", {"global_step": 5}), plain, tmp_path) == 5
+    for name in ("SLURM_NTASKS", "SLURM_JOB_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    assert resume_step(Resume(), plain, tmp_path) is None  # not under SLURM: Lightning does not look
+    assert resume_step(Resume(), resume, tmp_path) == -1
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    monkeypatch.setenv("SLURM_JOB_NAME", "actlab")
+    with caplog.at_level("INFO"):
+        assert resume_step(Resume(), plain, tmp_path) == 9  # the newest requeue checkpoint
+    assert f"from Lightning's SLURM requeue checkpoint {tmp_path / 'hpc_ckpt_2.ckpt'}" in caplog.text
+
+
+def test_a_fresh_start_over_an_earlier_attempts_files_shows_only_its_own_tensorboard_steps(tmp_path, fake_data_dir):
+    """``resume=true`` over an attempt that left no checkpoint that loads starts afresh: the
+    earlier attempt's TensorBoard events are hidden, so the scalars are the new run's alone."""
+    base = [*data_overrides(fake_data_dir), "callbacks=none", "logger=tensorboard", "seed=8", "test_after_fit=false"]
+    out = tmp_path / "run"
+    first = run(compose_train([*base, "trainer.max_epochs=2", "optimizer.lr=0.2"], output_dir=out), out, "relu")
+    write_record(out, {**first, "status": "interrupted"})
+    for checkpoint in (out / "checkpoints").glob("*.ckpt"):
+        checkpoint.write_bytes(b"truncated")
+    again = run(compose_train([*base, "trainer.max_epochs=2", "resume=true"], output_dir=out), out, "relu")
+    assert again["resumed_from"] is None and "starting afresh" in again["resume_warning"]
+    alone = tmp_path / "alone"
+    run(compose_train([*base, "trainer.max_epochs=2"], output_dir=alone), alone, "relu")
+    mine, theirs = tensorboard_scalars(out), tensorboard_scalars(alone)
+    for tag in (tag for tag in theirs if not tag.startswith("hparams/")):
+        assert [step for step, _ in mine[tag]] == [step for step, _ in theirs[tag]], tag
+        assert [value for _, value in mine[tag]] == pytest.approx([value for _, value in theirs[tag]], abs=1e-5), tag

@@ -56,15 +56,21 @@ class _ResumingWriter(ExperimentWriter):
 
     def rows_logged(self) -> int:
         """How many rows this file holds, or will once saved, before what is logged next."""
-        if self.earlier:  # nothing logged since the resume: the rows before its checkpoint
+        if self.earlier and self.metrics:  # the earlier rows not sorted out yet: those that will stay, the new ones
+            return len(self._earlier_kept()) + len(self.metrics)
+        if self.earlier:  # nothing logged since the resume: the rows logged before its checkpoint
             return self.logged_before_checkpoint or 0
         return self.rows_written + len(self.metrics)
 
+    def _earlier_kept(self) -> list[dict[str, str]]:
+        """The earlier rows that stay, once the resumed run has logged rows (see the module)."""
+        first_new = min(_step(row) for row in self.metrics)
+        before = self.logged_before_checkpoint or 0
+        return [row for i, row in enumerate(self.earlier or []) if i < before or _step(row) < first_new]
+
     def save(self) -> None:
         if self.earlier and self.metrics:
-            first_new = min(_step(row) for row in self.metrics)
-            before = self.logged_before_checkpoint or 0
-            self._write([row for i, row in enumerate(self.earlier) if i < before or _step(row) < first_new])
+            self._write(self._earlier_kept())
             self.earlier = None
         self.rows_written += len(self.metrics)
         super().save()

@@ -271,7 +271,8 @@ class GroupedSteps:
         while True:
             if taken and fetcher is not None:
                 # the last batch let go before the next is drawn (Lightning reads the call's last one after it): the
-                # next is gathered into its memory, still in cache (~25 us a step of a pack of 8 tiny MLPs on a CPU)
+                # next is gathered into its memory, still in cache (~25 us a step of a pack of 8 tiny MLPs on a CPU;
+                # a call's first draw still has the previous call's last batch held by Lightning's loop)
                 fetcher._batch = None
             batch, batch_idx, _ = next(dataloader_iter)
             loss = self.train_batch(self._batch_on_device(batch))

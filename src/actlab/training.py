@@ -6,6 +6,7 @@ and model, build the trainer, fit, test, write the HPARAMS row, say how it went.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -16,7 +17,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, ProgressBar, Timer
 from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -170,18 +171,57 @@ def build_loggers(cfg: DictConfig, resumes_at: int | None = None) -> list:
     """The loggers of ``cfg.logger``. A fit resumed from a checkpoint at global step ``resumes_at``
     logs again what the interrupted attempt logged after it: TensorBoard's event files, which a
     resumed run appends to, are told to hide the earlier attempt's events from the step after
-    the checkpoint's on (SummaryWriter's ``purge_step``; what was logged up to the checkpoint's step
-    stays), so each step shows once. The CSV logger keeps its own rows apart (``actlab.csv_logger``)."""
-    from lightning.pytorch.loggers import TensorBoardLogger
-
-    entries = {name: entry for name, entry in (cfg.get("logger") or {}).items() if entry is not None}
+    the checkpoint's on (SummaryWriter's ``purge_step``; what was logged up to the checkpoint's
+    step stays), so each step shows once; -1: a fresh start over an earlier attempt's files (all
+    of its events hidden). Purging goes by step: after a checkpoint taken inside an epoch, the
+    epoch-end scalars of that epoch show twice (equal values). The CSV logger keeps its own rows
+    apart (``actlab.csv_logger``)."""
     loggers = []
-    for entry in entries.values():
-        if "_target_" not in entry:
+    for entry in (cfg.get("logger") or {}).values():
+        if entry is None or "_target_" not in entry:
             continue
-        purge = resumes_at is not None and issubclass(get_class(entry._target_), TensorBoardLogger)
-        loggers.append(instantiate(entry, purge_step=resumes_at + 1) if purge else instantiate(entry))
+        logger = instantiate(entry)
+        if resumes_at is not None and _is_tensorboard(logger):  # built again, told what to hide
+            logger = instantiate(entry, purge_step=resumes_at + 1)
+        if logger is not None:  # a factory may say "off"
+            loggers.append(logger)
     return loggers
+
+
+def _is_tensorboard(logger: Any) -> bool:
+    """Lightning's TensorBoardLogger (either package's), or a subclass: it takes SummaryWriter's
+    keyword arguments."""
+    return any(cls.__name__ == "TensorBoardLogger" for cls in type(logger).__mro__)
+
+
+def resume_step(resume: Resume, cfg: DictConfig, root_dir: Path) -> int | None:
+    """The global step a fit goes on from, for :func:`build_loggers`: its checkpoint's; else,
+    where Lightning will resume a requeued SLURM job by itself, its requeue checkpoint's; -1
+    for a fresh start asked to resume (``resume=true`` over an attempt that left no
+    checkpoint); None for a plain fresh start."""
+    if resume.checkpoint is not None:
+        return resume.checkpoint.get("global_step")
+    requeue = slurm_requeue_checkpoint(root_dir)
+    if requeue is not None:
+        with contextlib.suppress(Exception):  # one that does not load: Lightning's to report
+            checkpoint = torch.load(requeue, map_location="cpu", weights_only=False, mmap=True)  # no tensor read
+            checkpoint = {key: checkpoint[key] for key in ("epoch", "global_step", "loops") if key in checkpoint}
+            log.info("resume: %s %s", root_dir, resume_description(Resume(str(requeue), checkpoint))
+                     .replace("from ", "from Lightning's SLURM requeue checkpoint ", 1))  # fmt: skip
+            return checkpoint.get("global_step")
+    return -1 if cfg.get("resume") else None
+
+
+def slurm_requeue_checkpoint(root_dir: Path) -> Path | None:
+    """The checkpoint Lightning resumes a requeued SLURM job from by itself (its newest
+    ``hpc_ckpt_<n>.ckpt`` in the trainer's root directory, under SLURM), or None."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    versions = [int(p.stem.split("_")[-1]) for p in Path(root_dir).glob("hpc_ckpt_*.ckpt")
+                if p.stem.split("_")[-1].isdigit()]  # fmt: skip
+    if not versions or not SLURMEnvironment.detect():  # (detect() warns where srun is installed but not used)
+        return None
+    return Path(root_dir) / f"hpc_ckpt_{max(versions)}.ckpt"
 
 
 def configured_callbacks(cfg: DictConfig, targets: set[str] | None = None) -> list[L.Callback]:
@@ -457,7 +497,7 @@ def run(
         status = f" ({previous['status']})" if previous and previous.get("status") else ""
         log.info("resume: %s%s %s", output_dir, status, resume_description(resume))
     record = open_record(cfg, output_dir, activation, overrides, resume)
-    resumes_at = resume.checkpoint.get("global_step") if resume.checkpoint is not None else None
+    resumes_at = resume_step(resume, cfg, Path(cfg.trainer.get("default_root_dir") or output_dir))
     resume.checkpoint = None  # Lightning loads it again for the fit: not kept in memory meanwhile
     trainer = None
     try:

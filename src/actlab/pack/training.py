@@ -69,6 +69,7 @@ from actlab.training import (
     open_record,
     resume_description,
     resume_point,
+    resume_step,
     seed_run,
     stop_fields,
     tested_checkpoint,
@@ -181,7 +182,8 @@ class PackRun:
         return [history, *callbacks], diagnostics
 
     def _trainer(self, module: PackModule, data: PackDataModule) -> L.Trainer:
-        member_loggers = [build_loggers(m.cfg, r.checkpoint.get("global_step") if r.checkpoint is not None else None)
+        fresh = resume_step(Resume(), self.cfg, self.pack_dir)  # a SLURM requeue's, for members without a checkpoint
+        member_loggers = [build_loggers(m.cfg, r.checkpoint.get("global_step") if r.checkpoint is not None else fresh)
                           for m, r in zip(self.members, self.resumes)]  # fmt: skip
         per_member, self.diagnostics = [], []
         for k, record in enumerate(self.records):
@@ -357,7 +359,9 @@ def train_pack(members: list[Member], pack_id: str = "pack", parallel_jobs: int 
             log.info("pack %s: %d members resume from their own point, as pack %s", pack_id, len(group), name)
         if group[0][0].cfg.get("resume"):
             where = resume_description(group[0][1])
-            if group[0][1].path is not None:  # each member from its own checkpoint, all at one point
+            if resumes_as(group[0][1]) == "stopped":  # each at the epoch it stopped in
+                where = "that had stopped early, each from its own checkpoint"
+            elif group[0][1].path is not None:  # each member from its own checkpoint, all at one point
                 where = where.replace(f"from {group[0][1].path} ", "from each member's checkpoint ")
             log.info("resume: pack %s: %d members %s", name, len(group), where)
         run = PackRun([m for m, _ in group], name, parallel_jobs, log_file, pack_dir.with_name(name),
