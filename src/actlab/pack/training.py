@@ -182,7 +182,8 @@ class PackRun:
         return [history, *callbacks], diagnostics
 
     def _trainer(self, module: PackModule, data: PackDataModule) -> L.Trainer:
-        fresh = resume_step(Resume(), self.cfg, self.pack_dir)  # a SLURM requeue's, for members without a checkpoint
+        # members without a checkpoint of their own: a SLURM requeue's step, or a fresh start's
+        fresh = resume_step(Resume(), self.cfg, self.pack_dir) if any(r.checkpoint is None for r in self.resumes) else None
         member_loggers = [build_loggers(m.cfg, r.checkpoint.get("global_step") if r.checkpoint is not None else fresh)
                           for m, r in zip(self.members, self.resumes)]  # fmt: skip
         per_member, self.diagnostics = [], []
