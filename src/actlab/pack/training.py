@@ -183,7 +183,9 @@ class PackRun:
 
     def _trainer(self, module: PackModule, data: PackDataModule) -> L.Trainer:
         # members without a checkpoint of their own: a SLURM requeue's step, or a fresh start's
-        fresh = resume_step(Resume(), self.cfg, self.pack_dir) if any(r.checkpoint is None for r in self.resumes) else None
+        fresh = None
+        if any(r.checkpoint is None for r in self.resumes):
+            fresh = resume_step(Resume(), self.cfg, self.pack_dir)
         member_loggers = [build_loggers(m.cfg, r.checkpoint.get("global_step") if r.checkpoint is not None else fresh)
                           for m, r in zip(self.members, self.resumes)]  # fmt: skip
         per_member, self.diagnostics = [], []
