@@ -484,6 +484,19 @@ def test_a_resumed_run_keeps_its_diagnostics_csv_rows(tmp_path, fake_data_dir):
     assert rows(out) == rows(alone)
 
 
+def interrupted_then_resumed(tmp_path, base, first_epochs, epochs, activation):
+    """A run of ``first_epochs`` whose record says interrupted, resumed with ``resume=true`` to
+    ``epochs``, and the same run done without stopping: (first record, resumed record,
+    uninterrupted record, the resumed run's directory, the uninterrupted one's)."""
+    out, alone = tmp_path / "resumed", tmp_path / "alone"
+    first = run(compose_train([*base, f"trainer.max_epochs={first_epochs}"], output_dir=out), out, activation)
+    write_record(out, {**first, "status": "interrupted"})
+    again = [*base, f"trainer.max_epochs={epochs}", "resume=true"]
+    resumed = run(compose_train(again, output_dir=out), out, activation)
+    uninterrupted = run(compose_train([*base, f"trainer.max_epochs={epochs}"], output_dir=alone), alone, activation)
+    return first, resumed, uninterrupted, out, alone
+
+
 def test_a_run_resumed_inside_an_epoch_keeps_that_epochs_training_metrics(tmp_path, fake_data_dir):
     """With check_val_every_n_epoch=2 the checkpoints are taken at validation's end, inside the
     epoch: the resumed fit ends that epoch without training it again. The checkpoint keeps the
@@ -491,12 +504,7 @@ def test_a_run_resumed_inside_an_epoch_keeps_that_epochs_training_metrics(tmp_pa
     read 0 before, NaN if the sums were lost), and the resumed run's history is the uninterrupted
     run's."""
     base = [*data_overrides(fake_data_dir), "trainer.check_val_every_n_epoch=2", "callbacks=none", "seed=4"]
-    out = tmp_path / "resumed"
-    first = run(compose_train([*base, "trainer.max_epochs=4"], output_dir=out), out, activation="relu")
-    write_record(out, {**first, "status": "interrupted"})
-    resumed = run(compose_train([*base, "trainer.max_epochs=6", "resume=true"], output_dir=out), out, "relu")
-    alone = tmp_path / "alone"
-    uninterrupted = run(compose_train([*base, "trainer.max_epochs=6"], output_dir=alone), alone, "relu")
+    first, resumed, uninterrupted, _, _ = interrupted_then_resumed(tmp_path, base, 4, 6, "relu")
     assert resumed["history"]["train/loss"][3] == pytest.approx(first["history"]["train/loss"][3], abs=1e-6)
     for key, values in uninterrupted["history"].items():
         assert resumed["history"][key] == pytest.approx(values, abs=1e-5, nan_ok=True), key
@@ -510,12 +518,7 @@ def test_a_run_resumed_inside_an_epoch_keeps_that_epochs_gradient_flow(tmp_path,
                  "callbacks.activation_parameters=null", "callbacks.activation_plot=null",
                  "callbacks.gradient_flow.every_n_steps=3"]  # fmt: skip
     base = [*data_overrides(fake_data_dir), "trainer.check_val_every_n_epoch=2", *only_flow, "seed=4"]
-    out = tmp_path / "resumed"
-    first = run(compose_train([*base, "trainer.max_epochs=2"], output_dir=out), out, activation="tanh")
-    write_record(out, {**first, "status": "interrupted"})
-    resumed = run(compose_train([*base, "trainer.max_epochs=3", "resume=true"], output_dir=out), out, "tanh")
-    alone = tmp_path / "alone"
-    uninterrupted = run(compose_train([*base, "trainer.max_epochs=3"], output_dir=alone), alone, "tanh")
+    _, resumed, uninterrupted, _, _ = interrupted_then_resumed(tmp_path, base, 2, 3, "tanh")
     flow = [key for key in uninterrupted["history"] if key.startswith("flow/grad_norm/")]
     assert flow and not math.isnan(uninterrupted["history"][flow[0]][1])
     for key in flow:
@@ -530,12 +533,7 @@ def test_a_resumed_run_records_the_initial_networks_dead_ratios_and_figures_not_
     diagnostics = ["callbacks.activation_parameters=null", "callbacks.activation_plot=null",
                    "callbacks.dead_neurons.probe_size=256", "callbacks.gradient_flow=null"]  # fmt: skip
     base = [*data_overrides(fake_data_dir), *diagnostics, "seed=5"]
-    out = tmp_path / "resumed"
-    first = run(compose_train([*base, "trainer.max_epochs=2"], output_dir=out), out, activation="relu")
-    write_record(out, {**first, "status": "interrupted"})
-    resumed = run(compose_train([*base, "trainer.max_epochs=3", "resume=true"], output_dir=out), out, "relu")
-    alone = tmp_path / "alone"
-    uninterrupted = run(compose_train([*base, "trainer.max_epochs=3"], output_dir=alone), alone, "relu")
+    first, resumed, uninterrupted, out, _ = interrupted_then_resumed(tmp_path, base, 2, 3, "relu")
     assert resumed["resumed_from"] and resumed["dead/at_init"] == uninterrupted["dead/at_init"] == first["dead/at_init"]
     assert (out / "figures" / "dead_neurons.png").is_file()
 
@@ -555,12 +553,7 @@ def test_a_run_resumed_inside_an_epoch_keeps_the_csv_row_of_its_validation(tmp_p
     holds the uninterrupted run's rows."""
     base = [*data_overrides(fake_data_dir), "trainer.check_val_every_n_epoch=2", "callbacks=none", "logger=csv",
             "seed=4", "test_after_fit=false"]  # fmt: skip
-    out = tmp_path / "resumed"
-    first = run(compose_train([*base, "trainer.max_epochs=2"], output_dir=out), out, activation="relu")
-    write_record(out, {**first, "status": "interrupted"})
-    run(compose_train([*base, "trainer.max_epochs=4", "resume=true"], output_dir=out), out, "relu")
-    alone = tmp_path / "alone"
-    run(compose_train([*base, "trainer.max_epochs=4"], output_dir=alone), alone, "relu")
+    *_, out, alone = interrupted_then_resumed(tmp_path, base, 2, 4, "relu")
     assert sum("val/acc" in keys for _, _, keys in csv_rows(alone)) == 2
     assert csv_rows(out) == csv_rows(alone)
 
@@ -603,14 +596,17 @@ def tensorboard_scalars(run_dir):
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
+# of the default diagnostics, the dead-neuron scan alone (on a small probe): quick, and it logs rows of its own
+DEAD_NEURONS_ONLY = ["callbacks.activation_parameters=null", "callbacks.activation_plot=null",
+                     "callbacks.dead_neurons.probe_size=256", "callbacks.gradient_flow=null",
+                     "callbacks.gradient_histograms=null", "callbacks.layer_outputs=null"]  # fmt: skip
+
+
 def test_a_resumed_runs_tensorboard_shows_each_step_once(tmp_path, fake_data_dir):
     """A run resumed from a checkpoint older than what it had logged (here its best epoch's,
     the last one gone) logs those epochs again: TensorBoard shows each step once, the
     uninterrupted run's scalars (the earlier attempt's events after the checkpoint are purged)."""
-    diagnostics = ["callbacks.activation_parameters=null", "callbacks.activation_plot=null",
-                   "callbacks.dead_neurons.probe_size=256", "callbacks.gradient_flow=null",
-                   "callbacks.gradient_histograms=null", "callbacks.layer_outputs=null"]  # fmt: skip
-    base = [*data_overrides(fake_data_dir), *diagnostics, "logger=tensorboard", "seed=8", "test_after_fit=false",
+    base = [*data_overrides(fake_data_dir), *DEAD_NEURONS_ONLY, "logger=tensorboard", "seed=8", "test_after_fit=false",
             "callbacks.model_checkpoint.monitor=val/loss", "callbacks.model_checkpoint.mode=max"]  # fmt: skip
     out = tmp_path / "resumed"
     first = run(compose_train([*base, "trainer.max_epochs=3"], output_dir=out), out, activation="relu")
@@ -634,10 +630,7 @@ def test_testing_the_best_epoch_after_a_resume_keeps_every_csv_row(tmp_path, fak
     callbacks' states included: the run's history and its CSV bookkeeping stay the fit's (a
     run resumed after its fit, e.g. killed while testing, kept only the rows up to its best
     epoch's checkpoint otherwise, dropping its last epoch's diagnostics rows)."""
-    diagnostics = ["callbacks.activation_parameters=null", "callbacks.activation_plot=null",
-                   "callbacks.dead_neurons.probe_size=256", "callbacks.gradient_flow=null",
-                   "callbacks.gradient_histograms=null", "callbacks.layer_outputs=null"]  # fmt: skip
-    base = [*data_overrides(fake_data_dir), *diagnostics, "logger=csv", "seed=2", "optimizer.lr=0.05",
+    base = [*data_overrides(fake_data_dir), *DEAD_NEURONS_ONLY, "logger=csv", "seed=2", "optimizer.lr=0.05",
             "trainer.max_epochs=4", "test_ckpt=best"]  # fmt: skip
     out = tmp_path / "run"
     first = run(compose_train(base, output_dir=out), out, activation="relu")
