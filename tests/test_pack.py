@@ -575,3 +575,36 @@ def test_a_resumed_packs_tensorboard_shows_each_step_once(tmp_path, fake_data_di
         # and in runs this short the resumed run's may sort before its main file, whose purge then hides it
         for tag in (tag for tag in reference if not tag.startswith("hparams/")):
             assert [step for step, _ in ours[tag]] == [step for step, _ in reference[tag]], (record["activation"], tag)
+
+
+def test_a_requeue_signal_during_a_members_checkpoint_saves_every_members_state(tmp_path):
+    """A member's own checkpoint holds its callback states alone; SLURM's requeue signal landing
+    while it is written saves the pack's checkpoint from its handler, which must hold every
+    member's (it held only that member's, and the others resumed with no history: a requeued
+    pack member recorded 296 of its 300 epochs). The handler now runs once that save is done."""
+    import os
+    import signal
+    from types import SimpleNamespace
+
+    from actlab.pack.callbacks import MemberCallbacks, MemberEarlyStopping, MemberModelCheckpoint
+
+    checkpoint = MemberModelCheckpoint(0, dirpath=str(tmp_path))
+    members = MemberCallbacks([MemberEarlyStopping(0, "val/acc"), MemberEarlyStopping(1, "val/acc"), checkpoint])
+    saved = {}
+
+    def save_checkpoint(filepath, weights_only=False):
+        os.kill(os.getpid(), signal.SIGUSR1)  # the requeue signal, in the middle of the member's save
+        saved["member's own"] = sorted(members.state_dict())
+
+    def requeue(signum, frame):  # what Lightning's handler does: save the pack's checkpoint
+        saved["requeue"] = sorted(members.state_dict())
+
+    trainer = SimpleNamespace(save_checkpoint=save_checkpoint, global_step=0, is_global_zero=True, loggers=[])
+    previous = signal.signal(signal.SIGUSR1, requeue)
+    try:
+        checkpoint._save_checkpoint(trainer, str(tmp_path / "member.ckpt"))
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert len(saved["member's own"]) == 2 and all("@member0" in key for key in saved["member's own"])
+    assert len(saved["requeue"]) == 3 and any("@member1" in key for key in saved["requeue"])
+    assert signal.getsignal(signal.SIGUSR1) is previous
