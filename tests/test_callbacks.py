@@ -423,3 +423,32 @@ def test_a_resumed_fits_dead_neuron_figure_shows_the_initial_network_and_its_fin
         series, widths = drawn.pop()
         assert widths == [8, 4] and series["at init"] == before.at_init
         assert ("final" in series) == bool(measured_after_the_resume)
+
+
+def test_a_requeue_signal_among_an_epochs_end_hooks_is_handled_at_the_next_epochs_start():
+    """SLURM's requeue signal saves a checkpoint from its handler: landing among an epoch's end
+    hooks, it saved an epoch the loop counts as done before the run's history had recorded it
+    (a requeued pack member finished with 299 of its 300 epochs). From the first epoch-end hook
+    to the next epoch's start the signal is noted, then handled once, its handler put back;
+    a span inside it (a pack member's own checkpoint) hands it on to the outer one."""
+    import os
+    import signal
+
+    from actlab.callbacks.requeue import EpochEndRequeueGuard, requeue_signals_deferred
+
+    handled = []
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: handled.append(signum))
+    mine = signal.getsignal(signal.SIGUSR1)
+    try:
+        guard = EpochEndRequeueGuard()
+        guard.on_train_epoch_end(None, None)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        with requeue_signals_deferred():  # a member's checkpoint, written among the end hooks
+            os.kill(os.getpid(), signal.SIGUSR1)
+        assert handled == []
+        guard.on_train_epoch_start(None, None)
+        assert handled == [signal.SIGUSR1, signal.SIGUSR1] and signal.getsignal(signal.SIGUSR1) is mine
+        os.kill(os.getpid(), signal.SIGUSR1)  # outside the span: at once
+        assert len(handled) == 3
+    finally:
+        signal.signal(signal.SIGUSR1, previous)

@@ -8,14 +8,10 @@ back for each member's own checkpoint file.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
-import signal
 import statistics
-import threading
 import time
-from collections.abc import Iterator
 from copy import deepcopy
 
 import lightning as L
@@ -33,6 +29,7 @@ from actlab.callbacks import (
 )
 from actlab.callbacks.diagnostic import Diagnostic, DiagnosticSchedule, eval_mode
 from actlab.callbacks.divergence import DivergenceMonitor, divergence
+from actlab.callbacks.requeue import requeue_signals_deferred
 from actlab.callbacks.run_history import RunHistory
 from actlab.errors import DivergedError
 from actlab.pack.diagnostics import layer_names, member_layer_outputs, member_weight_gradients, scan_members
@@ -144,33 +141,6 @@ class MemberModelCheckpoint(MemberCallback, ModelCheckpoint):
         mine = {k[len(member_prefix(self.member)) :]: v for k, v in metrics.items()
                 if k.startswith(member_prefix(self.member))}  # fmt: skip
         return super().format_checkpoint_name({**metrics, **mine}, filename, ver, prefix)
-
-
-# the signals a SLURM job is sent before its time limit or preemption (Lightning's requeue signal:
-# SIGUSR1 by default and in actlab's launchers, `signal: USR1@90`)
-REQUEUE_SIGNALS = tuple(getattr(signal, name) for name in ("SIGUSR1", "SIGUSR2") if hasattr(signal, name))
-
-
-@contextlib.contextmanager
-def requeue_signals_deferred() -> Iterator[None]:
-    """SLURM's requeue signals that arrive inside the block are handled once it ends: their
-    handlers (Lightning's, which saves a checkpoint) are swapped for one that notes them. (Not
-    the OS's signal mask: another thread, TensorBoard's writer, may take a signal the main thread
-    blocks, and Python runs the handler in the main thread anyway.)"""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    originals = {sig: handler for sig in REQUEUE_SIGNALS if callable(handler := signal.getsignal(sig))}
-    arrived: list[tuple[int, object]] = []
-    for sig in originals:
-        signal.signal(sig, lambda signum, frame: arrived.append((signum, frame)))
-    try:
-        yield
-    finally:
-        for sig, handler in originals.items():
-            signal.signal(sig, handler)
-        for signum, frame in arrived:
-            originals[signum](signum, frame)
 
 
 class MemberEarlyStopping(MemberCallback, EarlyStopping):
