@@ -63,15 +63,12 @@ class RunHistory(L.Callback):
         # the diagnostics' record fields as the checkpoint this run resumed from held them (what a
         # diagnostic measured once, before the first step, is not measured again)
         self._restored_fields: dict = {}
-        # the diagnostics' checkpoint states there (what they need from before it: see Diagnostic.checkpoint_state)
-        self._restored_states: dict[str, dict] = {}
 
     def setup(self, trainer: L.Trainer, pl_module, stage: str) -> None:
         self._trainer = trainer
 
     def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
         self._epoch_start = time.perf_counter()  # a fit resumed inside an epoch gets no on_train_epoch_start
-        self._restore_states(trainer)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module) -> None:
         self._collect(trainer)
@@ -192,9 +189,11 @@ class RunHistory(L.Callback):
         self.partial_epochs = list(state_dict.get("partial_epochs", []))
         self._restored_metrics = dict(state_dict.get("logged", {}))
         self._restored_fields = dict(state_dict.get("diagnostic_fields", {}))
-        self._restored_states = dict(state_dict.get("diagnostic_states", {}))
-        if self._trainer is not None or self.diagnostics is not None:  # else once the fit starts
-            self._restore_states(self._trainer)
+        # what the diagnostics need from before the checkpoint (Lightning restores callbacks after their setup)
+        states = state_dict.get("diagnostic_states", {})
+        for name, diagnostic in _state_names(self._diagnostics(self._trainer)):
+            if states.get(name):
+                diagnostic.load_checkpoint_state(states[name])
         for logger, rows in zip(self._csv_loggers(self._trainer), state_dict.get("csv_rows", [])):
             logger.resume_after(rows)
 
@@ -205,13 +204,6 @@ class RunHistory(L.Callback):
     def _csv_loggers(self, trainer: L.Trainer | None) -> list:
         """Those that keep an earlier attempt's rows (:class:`actlab.csv_logger.CSVLogger`)."""
         return [logger for logger in self._loggers(trainer) if hasattr(logger, "resume_after")]
-
-    def _restore_states(self, trainer: L.Trainer | None) -> None:
-        """The diagnostics' checkpoint states, as the checkpoint this fit resumed from held them."""
-        for name, diagnostic in _state_names(self._diagnostics(trainer)):
-            state = self._restored_states.pop(name, None)
-            if state:
-                diagnostic.load_checkpoint_state(state)
 
 
 def _state_names(diagnostics: list[Diagnostic]) -> list[tuple[str, Diagnostic]]:
