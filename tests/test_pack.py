@@ -282,6 +282,9 @@ def test_a_pack_follows_the_fair_protocol_like_its_separate_runs(tmp_path, fake_
     assert computed[0] == 3 and computed[-1] < 3, f"members computed per epoch: {computed}"
     # an epoch computes the members live at its start: one fewer after each stop
     assert computed == [3 - sum(s < epoch for s in stopped) for epoch in range(len(computed))], caplog.text
+    for epoch in range(len(computed)):  # every member that ran an epoch timed the pack's epoch, whatever its place
+        times = {r["epoch_times_s"][epoch] for r in records if len(r["epoch_times_s"]) > epoch}
+        assert len(times) == 1, (epoch, times)
     for record in records:  # the summary's epoch time per model: the pack's epoch / the members it computed
         shares = [t / n for t, n in zip(record["epoch_times_s"], computed)]
         assert record["epoch_times_per_member_s"] == pytest.approx(shares)

@@ -68,19 +68,23 @@ class RunHistory(L.Callback):
         self._trainer = trainer
 
     def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
-        self._epoch_start = time.perf_counter()  # a fit resumed inside an epoch gets no on_train_epoch_start
+        self._epoch_start = self._clock("fit start", trainer)  # a fit resumed inside an epoch gets no epoch start
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module) -> None:
         self._collect(trainer)
         self._validated = False
-        self._epoch_start = time.perf_counter()
+        self._epoch_start = self._clock("epoch start", trainer)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module) -> None:
         if not trainer.sanity_checking:
             self._validated = True
 
+    def _clock(self, event: str, trainer: L.Trainer) -> float:
+        """The time of ``event`` (an epoch's start or end, the fit's start) in this epoch."""
+        return time.perf_counter()
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
-        self.epoch_times.append(time.perf_counter() - self._epoch_start)
+        self.epoch_times.append(self._clock("epoch end", trainer) - self._epoch_start)
         epoch = trainer.current_epoch
         seconds = [c.epoch_seconds[epoch] for c in self._diagnostics(trainer) if epoch in c.epoch_seconds]
         self.diagnostics_times.append(sum(seconds) if seconds else None)

@@ -53,15 +53,34 @@ class MemberCallback:
         return member_key(key.replace(member_prefix(self.member), ""), self.member)
 
 
+class PackClock:
+    """The times of a pack's epoch starts and ends, each taken once, by the first member's
+    history to ask: every member's epoch is the pack's (the histories write their records one
+    after another at an epoch's end, and a member's epoch must not count the records written
+    before its own)."""
+
+    def __init__(self) -> None:
+        self._times: dict[str, tuple[int, float]] = {}
+
+    def time(self, event: str, epoch: int) -> float:
+        """When ``event`` happened in ``epoch``: now, the first time it is asked for."""
+        if self._times.get(event, (None,))[0] != epoch:
+            self._times[event] = (epoch, time.perf_counter())
+        return self._times[event][1]
+
+
 class MemberHistory(MemberCallback, RunHistory):
     """A member's :class:`~actlab.callbacks.RunHistory`: its ``member/k/`` metrics, its
-    epochs until it stops, its diagnostics' time, written into its record every epoch."""
+    epochs until it stops, its diagnostics' time, written into its record every epoch; its
+    epoch times from the pack's ``clock`` (shared by its members' histories)."""
 
     single_run_class = RunHistory
 
-    def __init__(self, member: int, record: RunRecord, diagnostics: list[Diagnostic]) -> None:
+    def __init__(self, member: int, record: RunRecord, diagnostics: list[Diagnostic],
+                 clock: PackClock | None = None) -> None:  # fmt: skip
         super().__init__(record, log_epochs=False, diagnostics=diagnostics)
         self.member = member
+        self.clock = clock or PackClock()
         # the pack's epoch divided by the members it computed: this member's share of it
         self.member_epoch_times: list[float] = []
 
@@ -69,6 +88,9 @@ class MemberHistory(MemberCallback, RunHistory):
         prefix = member_prefix(self.member)
         return {k[len(prefix) :]: float(v) for k, v in trainer.callback_metrics.items()
                 if k.startswith(prefix) and k[len(prefix) :].startswith(("train/", "val/"))}  # fmt: skip
+
+    def _clock(self, event: str, trainer: L.Trainer) -> float:
+        return self.clock.time(event, trainer.current_epoch)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: PackModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)

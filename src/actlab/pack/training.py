@@ -36,6 +36,7 @@ from actlab.pack.callbacks import (
     MemberEarlyStopping,
     MemberHistory,
     MemberModelCheckpoint,
+    PackClock,
     PackEpochLog,
     PackRateHalving,
 )
@@ -160,9 +161,10 @@ class PackRun:
         for k, record in enumerate(self.records):
             record.update(pack={**record.data["pack"], "size": len(kept), "index": k})
 
-    def _callbacks(self, k: int, record: RunRecord) -> tuple[list[L.Callback], list[L.Callback]]:
+    def _callbacks(self, k: int, record: RunRecord, clock: PackClock) -> tuple[list[L.Callback], list[L.Callback]]:
         """Member k's callbacks in the pack (history, checkpoints, early stopping), and its
-        diagnostics (measured by :class:`MemberDiagnostics`)."""
+        diagnostics (measured by :class:`MemberDiagnostics`); its history times the pack's
+        epochs by ``clock``."""
         cfg = self.members[k].cfg
         callbacks, diagnostics = [], []
         for name, entry in (cfg.get("callbacks") or {}).items():
@@ -179,7 +181,7 @@ class PackRun:
                 continue  # the pack's own (see _rate_halving)
             elif not entry._target_.startswith("lightning."):
                 diagnostics.extend(instantiate_group({name: entry}))
-        history = MemberHistory(k, record, [d for d in diagnostics if isinstance(d, Diagnostic)])
+        history = MemberHistory(k, record, [d for d in diagnostics if isinstance(d, Diagnostic)], clock)
         return [history, *callbacks], diagnostics
 
     def _trainer(self, module: PackModule, data: PackDataModule) -> L.Trainer:
@@ -189,14 +191,14 @@ class PackRun:
             fresh = resume_step(Resume(), self.cfg, self.pack_dir)
         member_loggers = [build_loggers(m.cfg, r.checkpoint.get("global_step") if r.checkpoint is not None else fresh)
                           for m, r in zip(self.members, self.resumes)]  # fmt: skip
-        per_member, self.diagnostics = [], []
+        per_member, self.diagnostics, clock = [], [], PackClock()
         for k, record in enumerate(self.records):
-            callbacks, diagnostics = self._callbacks(k, record)
+            callbacks, diagnostics = self._callbacks(k, record, clock)
             per_member += callbacks
             self.diagnostics.append(diagnostics)
         # Lightning's order in a single run: RunHistory's epoch-end hook before the monitoring callbacks, and
         # checkpoints last (so a checkpoint holds the epoch's history and early-stopping state); every member's
-        # history first, so each member's epoch time is the pack's epoch, whatever its place in the pack
+        # history first, each timing the pack's epoch (by the shared clock), whatever its place in the pack
         per_member.sort(key=lambda c: (not isinstance(c, MemberHistory), isinstance(c, ModelCheckpoint)))
         self.member_callbacks = per_member
         self._rate_halving([c for c in per_member if isinstance(c, MemberEarlyStopping)])
