@@ -82,6 +82,29 @@ def test_classes_never_predicted_or_never_present_count_as_torchmetrics_counts_t
         assert float(values["acc"][k]) == pytest.approx(float((predictions[k] == targets[k]).float().mean()))
 
 
+def test_f1_and_class_accuracy_from_the_confusion_matrix_are_torchmetrics_to_the_bit():
+    """The F1 and per-class accuracy computed from each run's confusion matrix, against
+    torchmetrics' own functions over 200 random epochs: few samples, skewed classes (some never
+    true, never predicted, or neither), one run and several."""
+    from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
+
+    from actlab.metrics import scores_from_confusion
+
+    generator = torch.Generator().manual_seed(0)
+    for case in range(200):
+        runs, classes, samples = (1, 3, 10)[case % 3], (2, 5, 10)[case % 4 % 3], int(torch.randint(1, 60, (1,)))
+        weights = torch.rand(classes, generator=generator) ** 4  # skewed: some classes (almost) never drawn
+        targets = torch.multinomial(weights, runs * samples, True, generator=generator).view(runs, samples)
+        predictions = torch.multinomial(weights.flip(0), runs * samples, True, generator=generator).view(runs, -1)
+        confusion = torch.stack([torch.bincount(t * classes + p, minlength=classes**2).view(classes, classes)
+                                 for p, t in zip(predictions, targets)])  # fmt: skip
+        f1, class_acc = scores_from_confusion(confusion)
+        for k in range(runs):
+            expected = multiclass_f1_score(predictions[k], targets[k], classes, average="macro")
+            assert torch.equal(f1[k], expected), (case, k, f1[k], expected)
+            assert torch.equal(class_acc[k], multiclass_accuracy(predictions[k], targets[k], classes, average=None))
+
+
 def test_tied_logits_predict_the_first_class_for_one_run_and_for_several():
     """A network that outputs equal logits (e.g. one whose units all died) predicts class 0, as
     argmax does, whether its run is alone or in a pack: its accuracy is that of class 0."""
