@@ -452,6 +452,42 @@ def test_a_members_checkpoint_is_written_from_its_own_states_alone(tmp_path, fak
             assert Path(mine["callbacks"][key]["best_model_path"]).name == Path(state["best_model_path"]).name
 
 
+@pytest.mark.parametrize("on_train_epoch_end", [True, False])
+def test_every_row_a_member_logged_is_on_disk_before_its_checkpoint_is_written(
+    tmp_path, fake_data_dir, monkeypatch, on_train_epoch_end
+):
+    """A pack writes its members' loggers once an epoch, after the epoch's training metrics (its
+    validation's rows wait for them); a checkpoint taken before that (a best checkpoint saved
+    at validation's end) still finds every row logged before it on disk, TensorBoard's events
+    flushed: a run killed right after it resumes with none of them lost."""
+    from actlab.csv_logger import CSVLogger
+    from actlab.pack.checkpoint import PackCheckpointIO
+
+    seen = []
+    save = PackCheckpointIO.save_checkpoint
+
+    def checking_save(self, checkpoint, path, storage_options=None):
+        k = self._member_of(path)
+        if k is not None:
+            loggers = self.module.trainer.loggers[0].member_loggers[k]
+            (csv,) = [logger for logger in loggers if isinstance(logger, CSVLogger)]
+            on_disk = Path(csv.experiment.metrics_file_path)
+            rows = len(on_disk.read_text().splitlines()) - 1 if on_disk.exists() else 0
+            seen.append((k, Path(path).name, rows, csv.rows_logged()))
+        save(self, checkpoint, path, storage_options)
+
+    monkeypatch.setattr(PackCheckpointIO, "save_checkpoint", checking_save)
+    where = f"callbacks.model_checkpoint.save_on_train_epoch_end={str(on_train_epoch_end).lower()}"
+    members, _ = members_for(tmp_path, fake_data_dir, [(1, "relu"), (2, "tanh")],
+                             ["callbacks=none", "logger=csv", "trainer.max_epochs=3", f"+{where}"])  # fmt: skip
+    records = train_pack(members, "p")
+    assert all(r["status"] == "completed" for r in records)
+    best = [entry for entry in seen if entry[1].startswith("best")]
+    assert best and len(seen) > len(best)  # best checkpoints, at validation's end or the epoch's, and last ones
+    for k, name, on_disk, logged in seen:
+        assert on_disk == logged > 0, (k, name, on_disk, logged)
+
+
 def test_the_lightning_internals_a_pack_borrows_are_still_there():
     """MemberEarlyStopping stops one member with Lightning's own rule, through the two private
     methods below: EarlyStopping's public hooks must still call the one and it must still apply

@@ -35,6 +35,7 @@ class PackLogger(Logger):
         self.last_epochs = {} if last_epochs is None else last_epochs
         self._save_dir = save_dir
         self.groups = groups
+        self.unsaved = False  # something was logged since the last save
 
     @property
     def name(self) -> str:
@@ -52,6 +53,7 @@ class PackLogger(Logger):
         return [logger for loggers in self.member_loggers for logger in loggers]
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.unsaved = True
         shared = {key: value for key, value in metrics.items() if not key.startswith(MEMBER_METRICS)}
         per_group: dict[int, dict[str, float]] = {}
         if self.groups is not None:
@@ -80,6 +82,7 @@ class PackLogger(Logger):
     def save(self) -> None:
         for logger in self._all():
             logger.save()
+        self.unsaved = False
 
     def finalize(self, status: str) -> None:
         for logger in self._all():

@@ -213,6 +213,11 @@ class PackModule(HookNameAttribute, GroupedSteps, L.LightningModule):
         self._present = None
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        from actlab.pack.loggers import PackLogger
+
+        for logger in self.loggers if self._trainer is not None else []:
+            if isinstance(logger, PackLogger) and logger.unsaved:  # every row logged before a checkpoint is on disk
+                logger.save()
         checkpoint[EPOCH_SUMS_KEY] = self.epoch_metrics["train_metrics"].sums()  # every member's, as a single run's
         if self.net.stash:  # a compacted pack: what a resume needs to rebuild the same stack
             checkpoint[PACK_STACK_KEY] = {"present": list(self.net.present), "stash": self.net.stash,
@@ -287,7 +292,7 @@ class PackModule(HookNameAttribute, GroupedSteps, L.LightningModule):
 
     def _log_members(self, stage: str, members: list[int], names: tuple[str, ...],
                      extra: dict[int, dict[str, torch.Tensor]] | None = None,
-                     step_back: int = 0) -> dict[str, torch.Tensor]:  # fmt: skip
+                     step_back: int = 0, save: bool = True) -> dict[str, torch.Tensor]:  # fmt: skip
         metrics = self.epoch_metrics[f"{stage}_metrics"].compute_and_reset()
         values = {}
         for k in members:
@@ -296,10 +301,10 @@ class PackModule(HookNameAttribute, GroupedSteps, L.LightningModule):
             values.update({f"{prefix}{stage}/{name}": v for name, v in (extra or {}).get(k, {}).items()})
             if stage == "test":
                 values.update({f"{prefix}test/acc_class_{c}": v for c, v in enumerate(metrics["class_acc"][k])})
-        self._publish(values, step_back)
+        self._publish(values, step_back, save)
         return metrics
 
-    def _publish(self, values: dict[str, torch.Tensor], step_back: int = 0) -> None:
+    def _publish(self, values: dict[str, torch.Tensor], step_back: int = 0, save: bool = True) -> None:
         """The members' epoch metrics where ``self.log`` at an epoch's end puts them: in the
         callbacks' metrics (``trainer.callback_metrics``, the dict Lightning keeps them in), and to
         the loggers with the epoch, at the step Lightning logs that stage's epoch metrics at (a
@@ -316,9 +321,12 @@ class PackModule(HookNameAttribute, GroupedSteps, L.LightningModule):
             return
         scalars = {**dict(zip(values, tensors.tolist())), "epoch": trainer.current_epoch}
         step = trainer.fit_loop.epoch_loop._batches_that_stepped - step_back  # borrowed: the contract tests check it
+        from actlab.pack.loggers import PackLogger
+
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step=step)
-            logger.save()
+            if save or not isinstance(logger, PackLogger):
+                logger.save()
 
     def on_train_epoch_end(self) -> None:
         live = [k for k in range(self.size) if self.live[k]]
@@ -331,7 +339,9 @@ class PackModule(HookNameAttribute, GroupedSteps, L.LightningModule):
         if self.trainer.sanity_checking:
             self.epoch_metrics["val_metrics"].compute_and_reset()
             return
-        self._log_members("val", [k for k in range(self.size) if self.live[k]], ("loss", "acc", "f1"))
+        # saved with the training epoch's metrics, in the epoch-end hook that follows, or before a checkpoint
+        # taken in between (a pack validates once an epoch, at its end): 16 loggers a pack of 8, ~1.6 ms on a CPU
+        self._log_members("val", [k for k in range(self.size) if self.live[k]], ("loss", "acc", "f1"), save=False)
 
     def on_test_epoch_end(self) -> None:
         members = [k for k in range(self.size) if self.tested[k]]
