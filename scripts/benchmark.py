@@ -568,7 +568,8 @@ def overhead_benchmark(device: str, members: int = 8, steps: int = 200, rounds: 
     """What is not arithmetic, on a tiny model (784-16-10, diagnostics off): per-step
     milliseconds of the hand loop and a single run (also with ``train_steps_per_call=1``,
     Lightning's own one step per call), of the stacked hand loop and a pack of
-    ``members``; and a packed sweep of ``members`` tiny runs: seconds before its first step,
+    ``members`` (each way ``epochs`` epochs a round, after one that warms up); and a packed
+    sweep of ``members`` tiny runs: seconds before its first step,
     inside its epochs, after its last step, beside the time it takes to import the libraries."""
     from actlab.pack.training import train_pack  # noqa: F401  (imported before timing)
 
@@ -576,18 +577,18 @@ def overhead_benchmark(device: str, members: int = 8, steps: int = 200, rounds: 
     files = find_files(data_dir, system_dir)
     ms = {"hand": [], "lightning": [], "single": [], "single_1": [], "stacked": [], "stacked_metrics": [], "pack": []}
     for _ in range(rounds):  # interleaved: the machine's drift hits every way alike
-        ms["hand"] += [1e3 * t / steps for t in hand_loop(files, "relu", torch_device, 1, steps, hidden_shape=TINY
+        ms["hand"] += [1e3 * t / steps for t in hand_loop(files, "relu", torch_device, epochs, steps, hidden_shape=TINY
                                                           ).epoch_times]  # fmt: skip
-        ms["lightning"] += [1e3 * t / steps for t in lightning_floor(files, "relu", torch_device, 1, steps,
+        ms["lightning"] += [1e3 * t / steps for t in lightning_floor(files, "relu", torch_device, epochs, steps,
                                                                       hidden_shape=TINY).epoch_times]  # fmt: skip
-        single = actlab_epochs(data_dir, system_dir, "relu", torch_device, 1, steps, False, TINY, val_steps=40)
+        single = actlab_epochs(data_dir, system_dir, "relu", torch_device, epochs, steps, False, TINY, val_steps=40)
         ms["single"] += [1e3 * t / steps for t in single.epoch_times]
-        single = actlab_epochs(data_dir, system_dir, "relu", torch_device, 1, steps, False, TINY, val_steps=40,
+        single = actlab_epochs(data_dir, system_dir, "relu", torch_device, epochs, steps, False, TINY, val_steps=40,
                                extra=["train_steps_per_call=1"])  # fmt: skip
         ms["single_1"] += [1e3 * t / steps for t in single.epoch_times]
-        stacked = stacked_hand_loop(files, ["relu"], torch_device, members, 1, steps, hidden_shape=TINY)
+        stacked = stacked_hand_loop(files, ["relu"], torch_device, members, epochs, steps, hidden_shape=TINY)
         ms["stacked"] += [1e3 * t / steps for t in stacked.epoch_times]
-        stacked = stacked_hand_loop(files, ["relu"], torch_device, members, 1, steps, hidden_shape=TINY,
+        stacked = stacked_hand_loop(files, ["relu"], torch_device, members, epochs, steps, hidden_shape=TINY,
                                     with_metrics=True)  # fmt: skip
         ms["stacked_metrics"] += [1e3 * t / steps for t in stacked.epoch_times]
         started = time.time()
@@ -602,7 +603,8 @@ def overhead_benchmark(device: str, members: int = 8, steps: int = 200, rounds: 
     median = {k: statistics.median(v) for k, v in ms.items()}
     return "\n".join([
         f"overhead on a tiny model (784-{TINY[0]}-10, relu, diagnostics off, {device}, {torch.get_num_threads()} "
-        f"threads, {steps} steps an epoch; medians of {rounds} interleaved rounds)", "",
+        f"threads, {steps} steps an epoch; medians over {rounds} interleaved rounds of {epochs} epochs each, after "
+        f"one that warms up)", "",
         f"{'per step':<40} {'ms':>8}",
         f"{'hand loop (one model)':<40} {median['hand']:>8.2f}",
         f"{'Lightning floor (bare module)':<40} {median['lightning']:>8.2f}   "
@@ -634,7 +636,12 @@ def main() -> None:
         default="relu",
         help="an activation (with --pack: a comma-separated list the members cycle through)",
     )
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds, one timed epoch per loop each")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="interleaved rounds (a timed epoch per loop each; with --overhead: --epochs)",
+    )
     parser.add_argument("--steps", type=int, default=None, help="training steps per epoch (default: all)")
     parser.add_argument("--data-dir", default=None, help="first place to look for FashionMNIST")
     parser.add_argument("--system-dir", default=None, help="second place ('none' to skip the Debian copy)")
@@ -648,7 +655,8 @@ def main() -> None:
     parser.add_argument("--activations", action="store_true", help="time every activation on a 128x256 batch")
     parser.add_argument("--pack", type=int, default=None, metavar="K",
                         help="model-epochs/s of K runs: separate processes, a pack, the stacked floor")  # fmt: skip
-    parser.add_argument("--epochs", type=int, default=3, help="epochs per run with --pack")
+    parser.add_argument("--epochs", type=int, default=3,
+                        help="epochs per run with --pack; with --overhead, timed epochs per way a round")  # fmt: skip
     parser.add_argument("--floor-only", action="store_true", help="with --pack: only the stacked hand loop")
     parser.add_argument("--depth", type=int, default=4, help="with --floor-only: hidden layers of the members")
     parser.add_argument("--overhead", action="store_true",
