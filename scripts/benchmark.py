@@ -414,10 +414,11 @@ def stacked_hand_loop(files: dict[str, Path], activations: list[str], device: to
             idx = orders[:, start : start + batch_size]
             flat = idx.reshape(-1)  # index_select: the fastest gather of rows on a CPU
             logits = net(train_x.index_select(0, flat).view(*idx.shape, *train_x.shape[1:]))
-            targets = train_y.index_select(0, flat)
-            losses = F.cross_entropy(logits.flatten(0, 1), targets, reduction="none").view(members, -1).mean(1)
+            targets = train_y.index_select(0, flat).view(idx.shape)
+            # classes as dim 1: a CPU's log-softmax vectorises along the batch (actlab's member_cross_entropy)
+            losses = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none").mean(1)
             if metrics is not None:
-                metrics["train"].update(losses, logits, targets.view(idx.shape))
+                metrics["train"].update(losses, logits, targets)
             optimizer.zero_grad(set_to_none=True)
             losses.sum().backward()
             optimizer.step()
@@ -430,7 +431,7 @@ def stacked_hand_loop(files: dict[str, Path], activations: list[str], device: to
                     correct += (logits.argmax(-1) == yb).sum(1)
                     continue
                 yb = yb.expand(members, -1)
-                losses = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none").view(members, -1)
+                losses = F.cross_entropy(logits.transpose(1, 2), yb, reduction="none")
                 metrics["val"].update(losses.mean(1), logits, yb)
             if metrics is None:
                 correct.tolist()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import REPO, compose_train, data_overrides, run_train_main
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -64,6 +65,26 @@ def test_every_activation_in_a_pack_matches_its_unpacked_network(train_mode, exa
                 assert same(by_tensor[id(tensor)][j], theirs[param]), (name, param)
         others = [j for j in range(len(nets)) if j != k]
         assert not mine["weights.0"][others].any(), name  # one member's loss reaches no other member
+
+
+@pytest.mark.parametrize("members,batch", [(1, 128), (8, 128), (8, 88), (3, 1024)])
+def test_member_cross_entropy_is_each_members_own_to_the_bit(members, batch):
+    """The pack's loss layout (classes as dim 1, where a CPU vectorises along the batch) gives
+    each member's per-sample cross-entropy and its gradients as ``F.cross_entropy`` over the
+    member's own rows does, to float32 rounding (its exp is vectorised where the other's is
+    not), large and tiny logits included."""
+    from actlab.pack.stacked import member_cross_entropy
+
+    generator = torch.Generator().manual_seed(batch)
+    logits = torch.randn(members, batch, 10, generator=generator) * torch.tensor([1.0, 30.0, 1e-3]).repeat(4)[:10]
+    targets = torch.randint(0, 10, (members, batch), generator=generator)
+    mine, theirs = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    losses = member_cross_entropy(mine, targets)
+    alone = torch.stack([F.cross_entropy(x, y, reduction="none") for x, y in zip(theirs, targets)])
+    assert torch.allclose(losses, alone, rtol=1e-6, atol=0)
+    losses.mean(1).sum().backward()
+    alone.mean(1).sum().backward()
+    assert torch.allclose(mine.grad, theirs.grad, rtol=1e-6, atol=1e-9)
 
 
 def members_for(tmp_path, fake_data_dir, specs, extra=()):

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from actlab.callbacks.dead_neurons import DeadNeuronCounter, DeadNeuronMonitor, scan_dead_neurons
-from actlab.pack.stacked import StackedNetwork
+from actlab.pack.stacked import StackedNetwork, member_cross_entropy
 
 
 def layer_names(net: StackedNetwork) -> list[str]:
@@ -22,8 +21,7 @@ def member_weight_gradients(net: StackedNetwork, inputs: torch.Tensor, targets: 
     members = inputs.unsqueeze(0).expand(net.height, *inputs.shape)
     with torch.enable_grad(), torch.inference_mode(False):
         logits = net(members)
-        loss = F.cross_entropy(logits.flatten(0, 1), targets.repeat(net.height), reduction="none")
-        total = loss.view(net.height, -1).mean(1).sum()
+        total = member_cross_entropy(logits, targets.expand(net.height, -1)).mean(1).sum()
         return list(torch.autograd.grad(total, list(net.weights), allow_unused=True))
 
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from actlab.classifier import EPOCH_SUMS_KEY, STAGES, HookNameAttribute, OptimizerFactory, optimizer_and_schedule
 from actlab.metrics import EpochMetrics
-from actlab.pack.stacked import StackedNetwork
+from actlab.pack.stacked import StackedNetwork, member_cross_entropy
 from actlab.steps import GroupedSteps
 from actlab.tensorboard import log_confusion_matrix, tensorboard_writers
 
@@ -244,8 +244,7 @@ class PackModule(HookNameAttribute, GroupedSteps, L.LightningModule):
         if self.net.exact:  # each member's own call, as its single run makes it
             losses = torch.stack([F.cross_entropy(mine, y) for mine, y in zip(logits.unbind(0), targets.unbind(0))])
         else:
-            k, batch = targets.shape
-            losses = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(k, batch).mean(1)
+            losses = member_cross_entropy(logits, targets).mean(1)
         self.epoch_metrics[stage + "_metrics"].update(losses, logits, targets, members)
         return losses
 
