@@ -92,7 +92,8 @@ def test_f1_and_class_accuracy_from_the_confusion_matrix_are_torchmetrics_to_the
 
     generator = torch.Generator().manual_seed(0)
     for case in range(200):
-        runs, classes, samples = (1, 3, 10)[case % 3], (2, 5, 10)[case % 4 % 3], int(torch.randint(1, 60, (1,)))
+        runs, classes = (1, 3, 10)[case % 3], (2, 5, 10)[case % 4 % 3]
+        samples = int(torch.randint(1, 60, (1,), generator=generator))
         weights = torch.rand(classes, generator=generator) ** 4  # skewed: some classes (almost) never drawn
         targets = torch.multinomial(weights, runs * samples, True, generator=generator).view(runs, samples)
         predictions = torch.multinomial(weights.flip(0), runs * samples, True, generator=generator).view(runs, -1)

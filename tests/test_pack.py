@@ -68,7 +68,7 @@ def test_every_activation_in_a_pack_matches_its_unpacked_network(train_mode, exa
 
 
 @pytest.mark.parametrize("members,batch", [(1, 128), (8, 128), (8, 88), (3, 1024)])
-def test_member_cross_entropy_is_each_members_own_to_the_bit(members, batch):
+def test_member_cross_entropy_is_each_members_own_to_float32_rounding(members, batch):
     """The pack's loss layout (classes as dim 1, where a CPU vectorises along the batch) gives
     each member's per-sample cross-entropy and its gradients as ``F.cross_entropy`` over the
     member's own rows does, to float32 rounding (its exp is vectorised where the other's is
@@ -479,8 +479,8 @@ def test_every_row_a_member_logged_is_on_disk_before_its_checkpoint_is_written(
 ):
     """A pack writes its members' loggers once an epoch, after the epoch's training metrics (its
     validation's rows wait for them); a checkpoint taken before that (a best checkpoint saved
-    at validation's end) still finds every row logged before it on disk, TensorBoard's events
-    flushed: a run killed right after it resumes with none of them lost."""
+    at validation's end) still finds every row logged before it on disk: a run killed right
+    after it resumes with none of them lost."""
     from actlab.csv_logger import CSVLogger
     from actlab.pack.checkpoint import PackCheckpointIO
 

@@ -35,7 +35,9 @@ class PackLogger(Logger):
         self.last_epochs = {} if last_epochs is None else last_epochs
         self._save_dir = save_dir
         self.groups = groups
-        self.unsaved = False  # something was logged since the last save
+        # metrics logged through this logger since its last save (a diagnostic's values, written to the members'
+        # loggers directly at an epoch's end, are saved with the epoch's training metrics, before its checkpoints)
+        self.unsaved = False
 
     @property
     def name(self) -> str:

@@ -310,7 +310,9 @@ class PackModule(HookNameAttribute, GroupedSteps, L.LightningModule):
         training epoch's: its last step's, ``step_back=1``); in one host transfer, without
         Lightning's per-value bookkeeping (~0.2 ms a value on a CPU, and a pack logs ~6 values a
         member an epoch). The contract tests compare every member's CSV rows, TensorBoard scalars
-        and record with its single run's, which logs through ``self.log``."""
+        and record with its single run's, which logs through ``self.log``. ``save=False``: the
+        pack's logger writes its files later (with the training epoch's metrics, or before the
+        next checkpoint: :meth:`on_save_checkpoint`); other loggers now."""
         if not values:
             return
         trainer = self.trainer
