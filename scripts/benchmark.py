@@ -317,6 +317,39 @@ def activation_speed(names: list[str], device: str = "cpu", shape: tuple[int, in
     return results
 
 
+def _loss_once(layout: Callable, logits: torch.Tensor, targets: torch.Tensor, stage: str) -> None:
+    if stage == "train":
+        layout(logits, targets).mean(1).sum().backward()
+    else:
+        with torch.inference_mode():
+            layout(logits, targets)
+
+
+def loss_layouts(device: str = "cpu", repeats: int = 50) -> list[tuple[str, int, int, float, float]]:
+    """Microseconds of a pack's members' cross-entropy (forward and backward of the mean, and
+    the validation's forward alone) over logits ``(K, B, 10)`` laid out two ways: the usual
+    ``(K*B, C)`` and the classes as dim 1, ``(K, C, B)`` (``member_cross_entropy`` on a CPU).
+    Rows: (stage, K, B, usual us, classes-as-dim-1 us)."""
+    torch_device = torch.device(device)
+    layouts = (lambda x, y: F.cross_entropy(x.flatten(0, 1), y.flatten(), reduction="none").view(y.shape),
+               lambda x, y: F.cross_entropy(x.transpose(1, 2), y, reduction="none"))  # fmt: skip
+    rows = []
+    for stage, members, batch in (("train", 8, 128), ("train", 64, 128), ("validate", 8, 1024)):
+        logits = torch.randn(members, batch, 10, device=torch_device, requires_grad=stage == "train")
+        targets = torch.randint(0, 10, (members, batch), device=torch_device)
+        timed = []
+        for layout in layouts:
+            _loss_once(layout, logits, targets, stage)
+            _sync(torch_device)
+            start = time.perf_counter()
+            for _ in range(repeats):
+                _loss_once(layout, logits, targets, stage)
+            _sync(torch_device)
+            timed.append(1e6 * (time.perf_counter() - start) / repeats)
+        rows.append((stage, members, batch, *timed))
+    return rows
+
+
 def _member_network(activation: str, seed: int, depth: int = 4, hidden_shape: list[int] | None = None
                     ) -> SimpleNetwork:  # fmt: skip
     """A member as a run builds it: its activation config's factory (per-layer widths for the
@@ -678,6 +711,8 @@ def main() -> None:
                         help="epochs per run with --pack; with --overhead, timed epochs per way a round")  # fmt: skip
     parser.add_argument("--floor-only", action="store_true", help="with --pack: only the stacked hand loop")
     parser.add_argument("--depth", type=int, default=4, help="with --floor-only: hidden layers of the members")
+    parser.add_argument("--loss-layouts", action="store_true",
+                        help="a pack's loss, forward and backward, in its two layouts (us)")  # fmt: skip
     parser.add_argument("--overhead", action="store_true",
                         help="per-step ms on a tiny model (hand loop, single run, stacked loop, pack of --pack K, "
                              "default 8) and a packed sweep's seconds outside its epochs")  # fmt: skip
@@ -693,6 +728,11 @@ def main() -> None:
         print(f"{'activation':<18} {'forward us':>11} {'fwd+bwd us':>11}  (128x256 batch, {args.device})")
         for name, forward, both in activation_speed(group_options("activation"), args.device):
             print(f"{name:<18} {forward:>11.1f} {both:>11.1f}")
+        return
+    if args.loss_layouts:
+        print(f"{'stage':<9} {'K':>3} {'B':>5} {'(K*B, C) us':>12} {'(K, C, B) us':>13}  ({args.device})")
+        for stage, members, batch, usual, transposed in loss_layouts(args.device):
+            print(f"{stage:<9} {members:>3} {batch:>5} {usual:>12.1f} {transposed:>13.1f}")
         return
     system_dir = None if args.system_dir is None else ("" if args.system_dir == "none" else args.system_dir)
     if args.overhead:

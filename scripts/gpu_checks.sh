@@ -6,7 +6,8 @@
 #
 # Steps, in order of importance: `pytest -m gpu`; the default job on the GPU (diagnostics on);
 # `benchmark.py --device cuda` (an epoch of the default model); `--overhead --device cuda`
-# (the tiny model's per-step milliseconds); `--pack 8 --device cuda`.
+# (the tiny model's per-step milliseconds); `--loss-layouts --device cuda` (which layout of a pack's
+# loss is faster there: actlab.pack.stacked.member_cross_entropy); `--pack 8 --device cuda`.
 cd "$(dirname "$0")/.." || exit 1
 DATA_DIR=${1:-data}
 OUT_DIR=${2:-outputs/gpu_checks}
@@ -39,5 +40,6 @@ step pytest_gpu 170 "$PYTHON" -m pytest -m gpu -o addopts="" -p no:cacheprovider
 step train_gpu 60 "$PYTHON" train.py trainer=gpu trainer.max_epochs=2 "data.data_dir=$DATA_DIR" "hydra.run.dir=$OUT_DIR/run"
 step bench_epoch 70 "$PYTHON" scripts/benchmark.py --device cuda --rounds 3 --skip-reference --data-dir "$DATA_DIR"
 step bench_overhead 100 "$PYTHON" scripts/benchmark.py --overhead --device cuda --rounds 1 --steps 100 --data-dir "$DATA_DIR"
+step loss_layouts 20 "$PYTHON" scripts/benchmark.py --loss-layouts --device cuda
 step bench_pack 150 "$PYTHON" scripts/benchmark.py --pack 8 --epochs 2 --steps 100 --device cuda --data-dir "$DATA_DIR"
 echo "total $(($(date +%s) - START)) s" | tee -a "$OUT_DIR/summary.txt"

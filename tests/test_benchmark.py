@@ -57,3 +57,9 @@ def test_the_overhead_report_names_every_floor_and_phase(tmp_path, benchmark, mo
                  "packed sweep of 2 tiny runs",
                  "before the first step", "after the last step", "outside the epochs, beyond imports"):  # fmt: skip
         assert line in out, out
+
+
+def test_the_loss_layouts_table(benchmark, monkeypatch, capsys):
+    """``--loss-layouts``: a pack's loss in both layouts, training and validation shapes."""
+    out = run_script(benchmark, ["--loss-layouts"], monkeypatch, capsys)
+    assert "(K, C, B) us" in out and len([line for line in out.splitlines() if line.startswith("train")]) == 2, out
