@@ -213,10 +213,8 @@ class PackModule(HookNameAttribute, GroupedSteps, L.LightningModule):
         self._present = None
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        from actlab.pack.loggers import PackLogger
-
-        for logger in self.loggers if self._trainer is not None else []:
-            if isinstance(logger, PackLogger) and logger.unsaved:  # every row logged before a checkpoint is on disk
+        for logger in _pack_loggers(self.loggers if self._trainer is not None else []):
+            if logger.unsaved:  # every row logged before a checkpoint is on disk
                 logger.save()
         checkpoint[EPOCH_SUMS_KEY] = self.epoch_metrics["train_metrics"].sums()  # every member's, as a single run's
         if self.net.stash:  # a compacted pack: what a resume needs to rebuild the same stack
@@ -322,11 +320,10 @@ class PackModule(HookNameAttribute, GroupedSteps, L.LightningModule):
             return
         scalars = {**dict(zip(values, tensors.tolist())), "epoch": trainer.current_epoch}
         step = trainer.fit_loop.epoch_loop._batches_that_stepped - step_back  # borrowed: the contract tests check it
-        from actlab.pack.loggers import PackLogger
-
+        later = [] if save else _pack_loggers(trainer.loggers)
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step=step)
-            if save or not isinstance(logger, PackLogger):
+            if logger not in later:
                 logger.save()
 
     def on_train_epoch_end(self) -> None:
@@ -347,9 +344,7 @@ class PackModule(HookNameAttribute, GroupedSteps, L.LightningModule):
     def on_test_epoch_end(self) -> None:
         members = [k for k in range(self.size) if self.tested[k]]
         metrics = self._log_members("test", members, ("loss", "acc", "f1"))
-        from actlab.pack.loggers import PackLogger
-
-        pack_loggers = [logger for logger in self.loggers if isinstance(logger, PackLogger)]
+        pack_loggers = _pack_loggers(self.loggers)
         if pack_loggers:
             for k in members:
                 log_confusion_matrix(tensorboard_writers(pack_loggers[0].member_loggers[k]), metrics["confusion"][k],
@@ -415,6 +410,13 @@ class PackModule(HookNameAttribute, GroupedSteps, L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         return optimizer_and_schedule(self, self.optimizer_factory, self.scheduler_factory, self._optimizer_groups())
+
+
+def _pack_loggers(loggers: list) -> list:
+    """The pack's own loggers among ``loggers`` (:class:`~actlab.pack.loggers.PackLogger`)."""
+    from actlab.pack.loggers import PackLogger  # which imports this module
+
+    return [logger for logger in loggers if isinstance(logger, PackLogger)]
 
 
 def _rows_of(state: dict[str, Any], rows: torch.Tensor, height: int) -> dict[str, Any]:
