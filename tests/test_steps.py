@@ -299,6 +299,34 @@ def test_every_step_runs_its_hooks_and_is_counted_as_it_completes(tmp_path, fake
     assert records[0]["history"]["train/hooked_step"] == records[1]["history"]["train/hooked_step"] == [23.0, 47.0]
 
 
+@pytest.mark.parametrize("group", [1, 16])
+def test_a_modules_own_step_hooks_and_backward_run_every_step(group, tmp_path, fake_data_dir, monkeypatch):
+    """A module that overrides a step hook or ``backward`` gets each call, every step, with its
+    name as the hook name (grouped steps call a hook only where something has it)."""
+    from actlab.classifier import Classifier
+
+    seen = []
+
+    def hook(name):
+        def record(self, *args):
+            seen.append((name, self._current_fx_name))
+
+        return record
+
+    for name in ("on_before_zero_grad", "on_before_backward", "on_after_backward", "on_before_optimizer_step"):
+        monkeypatch.setattr(Classifier, name, hook(name), raising=False)
+
+    def backward(self, loss):
+        seen.append(("backward", self._current_fx_name))
+        loss.backward()
+
+    monkeypatch.setattr(Classifier, "backward", backward)
+    record, _ = single(tmp_path, fake_data_dir, f"g{group}", "trainer.max_epochs=1", "callbacks=none",
+                       f"train_steps_per_call={group}")  # fmt: skip
+    names = ["on_before_zero_grad", "on_before_backward", "backward", "on_after_backward", "on_before_optimizer_step"]
+    assert seen == [(name, name) for name in names] * 24
+
+
 def test_lightning_wrappers_step_where_they_do_more_than_call_hooks():
     """Grouped steps call the step hooks directly only where Lightning's backward and optimiser
     step would do nothing else: a gradient scaler, another strategy or a profiler keep them."""

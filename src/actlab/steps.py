@@ -12,16 +12,16 @@ steps), then the step-interval learning-rate schedules. Lightning's batch progre
 step are kept counting batches after every step. Where Lightning's backward and optimiser-step
 wrappers would do nothing but call those hooks (one device, no gradient scaler, no profiler:
 :func:`steps_only_call_hooks`), the step calls them itself, only on the callbacks that have them
-(Lightning calls every callback's, each under a profiler context: ~0.03 ms a step of a single
-run on a CPU); elsewhere every step hook goes through Lightning's own hook calls, which a
-profiler times. The batch hooks (``on_train_batch_start``/``_end``) run once per call, with the
-call's last batch: a callback that acts on them (other than a progress bar, a time limit,
-actlab's divergence check or an epoch-end checkpoint) keeps one step per call. The numbers are
-the ones one step per call gives, bit for bit (tests/test_steps.py compares records, checkpoints
-and logged steps). One difference, in the checkpoint: a ReduceLROnPlateau schedule steps before
-the epoch's checkpoint is written, where Lightning's automatic optimisation steps it after (its
-checkpoint holds the schedule one step behind, and a run resumed from it goes on one step
-behind).
+and the module's own only where it overrides one (Lightning calls every callback's and the
+module's no-ops, each under a profiler context: ~0.03 ms a step of a single run on a CPU);
+elsewhere every step hook goes through Lightning's own hook calls, which a profiler times. The
+batch hooks (``on_train_batch_start``/``_end``) run once per call, with the call's last batch: a
+callback that acts on them (other than a progress bar, a time limit, actlab's divergence check
+or an epoch-end checkpoint) keeps one step per call. The numbers are the ones one step per call
+gives, bit for bit (tests/test_steps.py compares records, checkpoints and logged steps). One
+difference, in the checkpoint: a ReduceLROnPlateau schedule steps before the epoch's checkpoint
+is written, where Lightning's automatic optimisation steps it after (its checkpoint holds the
+schedule one step behind, and a run resumed from it goes on one step behind).
 
 A setting that works per Lightning step (gradient accumulation or clipping, validation or a
 checkpoint every N training steps) keeps the run on Lightning's automatic optimisation, with the
@@ -110,7 +110,8 @@ class DirectOptimizer:
     """The optimiser a module's ``optimizer_step`` hook steps in grouped steps where Lightning's
     wrapper would only call hooks (:func:`steps_only_call_hooks`): the same step count, the
     closure, then the ``on_before_optimizer_step`` hooks (callbacks', then the module's), inside
-    the optimiser's own ``step`` as Lightning's precision plugin calls them; only the callbacks
+    the optimiser's own ``step`` as Lightning's precision plugin calls them (without a closure,
+    as actlab's modules step: the hooks, then the step, with the same gradients); only the callbacks
     that have the hook are called (Lightning calls every callback's, most of them no-ops, each
     under a profiler context: ~10 us a hook a step). Anything else is the LightningOptimizer's."""
 
@@ -119,14 +120,18 @@ class DirectOptimizer:
 
     def step(self, closure: Any = None, **kwargs: Any) -> Any:
         wrapped, optimizer = self.wrapped, self.wrapped.optimizer
-
-        def closure_then_hooks() -> Any:
-            result = closure() if closure is not None else None
-            self.module._call_step_hook("on_before_optimizer_step", optimizer)
-            return result
-
         wrapped._on_before_step()  # the fit's step count (Lightning's manual loop sets it for each call)
-        output = optimizer.step(closure=closure_then_hooks, **kwargs)
+        if closure is None:  # the hooks, then the step (no closure to wrap: the optimiser's grad-mode switch saved)
+            self.module._call_step_hook("on_before_optimizer_step", optimizer)
+            output = optimizer.step(**kwargs)
+        else:
+
+            def closure_then_hooks() -> Any:
+                result = closure()
+                self.module._call_step_hook("on_before_optimizer_step", optimizer)
+                return result
+
+            output = optimizer.step(closure=closure_then_hooks, **kwargs)
         wrapped._on_after_step()
         return output
 
@@ -142,7 +147,10 @@ class GroupedSteps:
     steps_per_call: int = 1
     _plain_batches = False  # batches on the device need no preparation (set for each fit)
     _direct = False  # Lightning's backward and optimiser step would only call hooks: called directly (each fit)
-    _hook_callbacks: dict[str, list[L.Callback]] = {}  # per step hook, the callbacks that have it (each fit)
+    # per step hook, the callbacks that have it and whether the module has its own (each fit): a hook that
+    # nothing has is not called at all (~2 us a hook a step of Python, with the hook name set around it)
+    _step_hooks: dict[str, tuple[list[L.Callback], bool]] = {}
+    _own_backward = True  # the module overrides LightningModule.backward (each fit)
     _finished_epoch = -1  # the last epoch whose last batch was trained (a plateau schedule steps after it)
     _monitors: dict[int, tuple[str, bool]] = {}  # per plateau schedule (by id): what it monitors, strictly or not
 
@@ -184,8 +192,9 @@ class GroupedSteps:
         if not self.automatic_optimization and not has_len(self.trainer.train_dataloader):
             raise ConfigError("the training loader has no length: actlab's training step draws its own batches "
                               "(src/actlab/steps.py) and needs len() to know where an epoch ends")  # fmt: skip
-        self._hook_callbacks = {hook: [c for c in self.trainer.callbacks if is_overridden(hook, c, L.Callback)]
-                                for hook in STEP_HOOKS}  # fmt: skip
+        self._step_hooks = {hook: ([c for c in self.trainer.callbacks if is_overridden(hook, c, L.Callback)],
+                                   is_overridden(hook, self, L.LightningModule)) for hook in STEP_HOOKS}  # fmt: skip
+        self._own_backward = is_overridden("backward", self, L.LightningModule)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """A fit resumed from a checkpoint written in the other mode (its settings changed, e.g.
@@ -212,7 +221,10 @@ class GroupedSteps:
         none of these does anything (actlab's in-memory datasets: ~30 us a step saved)."""
         if self._plain_batches and isinstance(batch, tuple):
             device = self.device
-            if all(isinstance(t, torch.Tensor) and t.device == device for t in batch):
+            for t in batch:
+                if not (isinstance(t, torch.Tensor) and t.device == device):
+                    break
+            else:
                 return batch
         trainer = self.trainer
         batch = trainer.precision_plugin.convert_input(batch)
@@ -221,12 +233,17 @@ class GroupedSteps:
 
     def _call_step_hook(self, hook: str, *args: Any) -> None:
         """``hook`` of the callbacks that have it, then the module's, as Lightning calls them
-        (the hook's name is the module's ``_current_fx_name`` meanwhile, for ``self.log``)."""
+        (the hook's name is the module's ``_current_fx_name`` meanwhile, for ``self.log``); the
+        module's own only where it overrides LightningModule's no-op."""
+        callbacks, own = self._step_hooks[hook]
+        if not (callbacks or own):
+            return
         previous = self._current_fx_name
         self._current_fx_name = hook
-        for callback in self._hook_callbacks[hook]:
+        for callback in callbacks:
             getattr(callback, hook)(self.trainer, self, *args)
-        getattr(self, hook)(*args)
+        if own:
+            getattr(self, hook)(*args)
         self._current_fx_name = previous
 
     def _zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
@@ -256,9 +273,12 @@ class GroupedSteps:
             self.manual_backward(loss)
             return
         self._call_step_hook("on_before_backward", loss)
-        self._current_fx_name, previous = "backward", self._current_fx_name
-        self.backward(loss)
-        self._current_fx_name = previous
+        if self._own_backward:
+            self._current_fx_name, previous = "backward", self._current_fx_name
+            self.backward(loss)
+            self._current_fx_name = previous
+        else:  # what LightningModule.backward does under a Trainer
+            loss.backward()
         self._call_step_hook("on_after_backward")
 
     def training_step(self, dataloader_iter: Iterator) -> torch.Tensor:
@@ -267,6 +287,7 @@ class GroupedSteps:
         epoch, loop = trainer.current_epoch, trainer.fit_loop.epoch_loop
         progress = loop.batch_progress  # borrowed loop state: tests/test_steps.py fails the day it changes
         fetcher = getattr(dataloader_iter, "data_fetcher", None)  # borrowed: Lightning's, which keeps the last batch
+        max_steps = trainer.max_steps  # -1: none
         taken = 0
         while True:
             if taken and fetcher is not None:
@@ -290,7 +311,7 @@ class GroupedSteps:
                 self._step_schedules("epoch", epoch)
                 self._finished_epoch = epoch
                 break
-            if taken == self.steps_per_call or trainer.should_stop or 0 <= trainer.max_steps <= trainer.global_step:
+            if taken == self.steps_per_call or trainer.should_stop or 0 <= max_steps <= trainer.global_step:
                 break
         progress.increment_by(-1, is_last_batch=progress.is_last_batch)
         return loss.detach()

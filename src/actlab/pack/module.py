@@ -280,7 +280,9 @@ class PackModule(HookNameAttribute, GroupedSteps, L.LightningModule):
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
-        with torch.no_grad():
+        if not self._frozen:
+            return
+        with torch.no_grad():  # the stopped members' weights back (momentum would go on moving them)
             for slots in self._frozen.values():
                 for tensor, j, value in slots:
                     tensor[j] = value
