@@ -134,31 +134,36 @@ def test_an_epoch_without_a_batch_reads_nan_not_zero():
 
 
 def test_training_batches_counted_together_give_each_batchs_own_count():
-    """Training counts its correct predictions over several batches at once: across the count's
-    boundaries, a last smaller batch, a change of the runs computed (a stack compacted inside an
-    epoch's loader) and a checkpoint's sums taken in between, the epoch's accuracy is the one
-    counted batch by batch."""
+    """Training sums its losses and counts its correct predictions over several batches at once:
+    across the count's boundaries, a last smaller batch, a change of the runs computed (a stack
+    compacted inside an epoch's loader) and a checkpoint's sums taken in between, the epoch's
+    loss and accuracy are the ones summed batch by batch (the loss to float64 rounding)."""
     from actlab.metrics import COUNTED_TOGETHER
 
     torch.manual_seed(0)
     runs, classes = 3, 4
     metrics = EpochMetrics(runs, classes, keep_predictions=False)
     correct = torch.zeros(runs, dtype=torch.long)
+    loss_sum = torch.zeros(runs, dtype=torch.float64)
     count = 0
     rows_later = torch.tensor([0, 2])
     plan = [(8, None)] * (COUNTED_TOGETHER + 3) + [(5, None)] + [(8, rows_later)] * 4 + [(8, rows_later.clone())] * 2
     for i, (batch, rows) in enumerate(plan):
         height = runs if rows is None else len(rows)
         logits, targets = torch.randn(height, batch, classes), torch.randint(0, classes, (height, batch))
-        metrics.update(torch.rand(height), logits, targets, rows)
+        losses = torch.rand(height)
+        metrics.update(losses, logits, targets, rows)
         mine = (logits.argmax(-1) == targets).sum(1)
         correct.index_add_(0, torch.arange(runs) if rows is None else rows, mine)
+        loss_sum.index_add_(0, torch.arange(runs) if rows is None else rows, losses.double() * batch)
         count += batch
-        if i == COUNTED_TOGETHER + 1:  # a checkpoint inside the epoch keeps the counts so far
+        if i == COUNTED_TOGETHER + 1:  # a checkpoint inside the epoch keeps the sums so far
             sums = metrics.sums()
             assert torch.equal(sums["correct"], correct) and sums["count"] == count
+            assert torch.allclose(sums["loss_sum"], loss_sum, rtol=1e-12, atol=0)
     values = metrics.compute_and_reset()
     assert torch.equal(values["acc"], correct.double().div(count).float())
+    assert torch.allclose(values["loss"], (loss_sum / count).float(), rtol=1e-7, atol=0)
 
 
 def test_a_checkpoints_sums_change_nothing():

@@ -1,11 +1,12 @@
 """A stage's epoch metrics for K classifiers trained side by side; a single run is K = 1.
 
 One implementation for single runs (:class:`~actlab.classifier.Classifier`) and packs
-(:class:`~actlab.pack.module.PackModule`): per step a few tensor ops on the device and no
-host sync (a per-step ``self.log`` or torchmetrics update costs ~50-130 us of Python each, a
-few percent of a CPU step of these MLPs); once an epoch, each run's mean loss and accuracy
-over every sample, and for evaluation stages each run's confusion matrix (torchmetrics') and
-from it the macro F1 and per-class accuracy, as torchmetrics defines them.
+(:class:`~actlab.pack.module.PackModule`): no tensor op of their own in a training step (its
+batches are summed 16 at a time) and no host sync (a per-step ``self.log`` or torchmetrics
+update costs ~50-130 us of Python each, a few percent of a CPU step of these MLPs); once an
+epoch, each run's mean loss and accuracy over every sample, and for evaluation stages each run's
+confusion matrix (torchmetrics') and from it the macro F1 and per-class accuracy, as
+torchmetrics defines them.
 """
 
 from __future__ import annotations
@@ -14,17 +15,17 @@ import torch
 from torch import nn
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
-# training batches whose correct predictions are counted together (kept meanwhile: for a pack of
-# 8 of these MLPs, 16 batches' logits are 0.7 MB)
+# training batches whose losses and correct predictions are summed together (kept meanwhile: for a
+# pack of 8 of these MLPs, 16 batches' logits are 0.7 MB)
 COUNTED_TOGETHER = 16
 
 
-def _same_runs(entry: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None], logits: torch.Tensor,
-               rows: torch.Tensor | None) -> bool:  # fmt: skip
-    """Whether a batch of ``logits`` for ``rows`` can be counted with a kept ``entry``."""
-    if entry[0].shape != logits.shape:
+def _same_runs(entry: tuple, logits: torch.Tensor, rows: torch.Tensor | None) -> bool:
+    """Whether a batch of ``logits`` for ``rows`` can be counted with a kept ``entry``
+    ((losses, logits, targets, rows))."""
+    if entry[1].shape != logits.shape:
         return False
-    kept = entry[2]
+    kept = entry[3]
     return kept is rows or (kept is not None and rows is not None and torch.equal(kept, rows))
 
 
@@ -70,12 +71,12 @@ class EpochMetrics(nn.Module):
         self.count = 0  # samples each run saw this epoch (every run sees the same batches)
         self._predictions: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._rows: torch.Tensor | None = None
-        # training accuracy counted in chunks: (the correct predictions counted since the epoch began,
-        # beyond ``correct``, or None; the batches not counted yet, as (logits, targets, rows)). One
-        # attribute, replaced whole: a checkpoint taken in a signal handler (SLURM's requeue) reads the
-        # state before a count or after it, never half of it (:meth:`sums` only reads)
-        self._training: tuple[torch.Tensor | None, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]]
-        self._training = (None, [])
+        # training's losses and correct predictions summed in chunks: (the sums of the batches counted since
+        # the epoch began, beyond ``loss_sum`` and ``correct``, or None; the batches not counted yet, as
+        # (losses, logits, targets, rows)). One attribute, replaced whole: a checkpoint taken in a signal
+        # handler (SLURM's requeue) reads the state before a count or after it, never half of it (:meth:`sums`
+        # only reads)
+        self._training: tuple[tuple[torch.Tensor, torch.Tensor] | None, list[tuple]] = (None, [])
 
     def update(self, losses: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
                rows: torch.Tensor | None = None) -> None:  # fmt: skip
@@ -83,62 +84,69 @@ class EpochMetrics(nn.Module):
         ``targets`` (R, B), for the runs ``rows`` (R of the K; None: all K)."""
         batch = targets.shape[1]
         losses, logits = losses.detach(), logits.detach()  # detached: no graph, no grad-mode switch a step
-        # mean x batch, summed in float64 (add_ promotes the float32 losses itself: one operation fewer a step)
+        self.count += batch
+        if not self.keep_predictions:  # training: summed with the next batches (no operation of its own a step)
+            pending = self._training[1]
+            if pending and not _same_runs(pending[-1], logits, rows):
+                self._count_pending()
+            self._training[1].append((losses, logits, targets, rows))
+            if len(self._training[1]) == COUNTED_TOGETHER:
+                self._count_pending()
+            return
+        predictions = logits.max(-1).indices  # the first largest logit's class, as argmax gives it
+        correct = (predictions == targets).sum(1)
+        # mean x batch, summed in float64 (add_ promotes the float32 losses itself)
         if rows is None:
             self.loss_sum.add_(losses, alpha=batch)
+            self.correct.add_(correct)
         else:
             self.loss_sum.index_add_(0, rows, losses.double() * batch)
-        self.count += batch
-        if self.keep_predictions:
-            predictions = logits.max(-1).indices  # the first largest logit's class, as argmax gives it
-            correct = (predictions == targets).sum(1)
-            if rows is None:
-                self.correct.add_(correct)
-            else:
-                self.correct.index_add_(0, rows, correct)
-            self._predictions.append((predictions, targets))
-            self._rows = rows
-            return
-        pending = self._training[1]
-        if pending and not _same_runs(pending[-1], logits, rows):
-            self._count_pending()
-        self._training[1].append((logits, targets, rows))
-        if len(self._training[1]) == COUNTED_TOGETHER:
-            self._count_pending()
+            self.correct.index_add_(0, rows, correct)
+        self._predictions.append((predictions, targets))
+        self._rows = rows
 
     def _count_pending(self) -> None:
-        """The correct predictions of the batches kept since the last count, in one reduction:
-        a step's own (argmax, compare, sum, add) costs ~40 us of a CPU step of these MLPs, and
-        as many kernel launches on a GPU."""
+        """The losses and correct predictions of the batches kept since the last count, in one
+        reduction each: a step's own (a float64 sum; argmax, compare, sum, add) costs ~40 us of
+        a CPU step of these MLPs, and as many kernel launches on a GPU."""
         counted, pending = self._training
         if pending:
             self._training = (self._with_pending(counted, pending), [])
 
-    def _with_pending(self, counted: torch.Tensor | None, pending: list) -> torch.Tensor:
-        """``counted`` (a new tensor: neither is changed) plus the correct predictions of the
-        ``pending`` batches (the same runs and shape)."""
-        logits = torch.stack([entry[0] for entry in pending])  # (batches, R, B, C)
-        targets = torch.stack([entry[1] for entry in pending])
+    def _with_pending(self, counted: tuple[torch.Tensor, torch.Tensor] | None,
+                      pending: list[tuple]) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """``counted`` (new tensors: neither is changed) plus the losses (each mean x batch, in
+        float64) and correct predictions of the ``pending`` batches (the same runs and shape)."""
+        losses, logits, targets = (torch.stack([entry[i] for entry in pending]) for i in range(3))
+        batch, rows = targets.shape[-1], pending[0][3]
+        loss = losses.sum(0, dtype=torch.float64).mul_(batch)
         # the first largest logit's class (as argmax gives it; max's indices are faster on a CPU)
         correct = (logits.max(-1).indices == targets).sum((0, 2))
-        total = self.correct.new_zeros(self.runs) if counted is None else counted.clone()
-        rows = pending[0][2]
-        return total.add_(correct) if rows is None else total.index_add_(0, rows, correct)
+        if counted is None:
+            total = (self.loss_sum.new_zeros(self.runs), self.correct.new_zeros(self.runs))
+        else:
+            total = (counted[0].clone(), counted[1].clone())
+        if rows is None:
+            return total[0].add_(loss), total[1].add_(correct)
+        return total[0].index_add_(0, rows, loss), total[1].index_add_(0, rows, correct)
 
-    def _correct_so_far(self) -> torch.Tensor:
-        """Each run's correct predictions this epoch so far (a new tensor; nothing is changed)."""
+    def _so_far(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each run's loss sum and correct predictions this epoch so far (new tensors; nothing is changed)."""
         counted, pending = self._training
         pending = list(pending)  # as it is now (a step may add to it meanwhile)
         if pending:
             counted = self._with_pending(counted, pending)
-        return self.correct.clone() if counted is None else self.correct + counted
+        if counted is None:
+            return self.loss_sum.clone(), self.correct.clone()
+        return self.loss_sum + counted[0], self.correct + counted[1]
 
     def sums(self) -> dict[str, torch.Tensor | int]:
         """The epoch's running sums so far (what a checkpoint taken inside an epoch keeps, so
         that the resumed epoch's mean covers every batch of it): per run ``loss_sum`` and
         ``correct`` (on the CPU), and ``count``. It only reads: a checkpoint may be taken at any
         point of a step (in a signal handler)."""
-        return {"loss_sum": self.loss_sum.cpu().clone(), "correct": self._correct_so_far().cpu(), "count": self.count}
+        loss_sum, correct = self._so_far()
+        return {"loss_sum": loss_sum.cpu(), "correct": correct.cpu(), "count": self.count}
 
     def load_sums(self, sums: dict[str, torch.Tensor | int]) -> None:
         """Go on from :meth:`sums` (a resumed epoch)."""
@@ -154,8 +162,8 @@ class EpochMetrics(nn.Module):
         no batch was seen at all (a fit resumed at an epoch's end, whose batches were counted
         before its checkpoint) reads NaN loss and accuracy: not measured, rather than 0."""
         count = self.count if self.count else float("nan")
-        correct = self._correct_so_far()
-        metrics = {"loss": (self.loss_sum / count).float(), "acc": correct.double().div(count).float()}
+        loss_sum, correct = self._so_far()
+        metrics = {"loss": (loss_sum / count).float(), "acc": correct.double().div(count).float()}
         if self._predictions:
             predictions, targets = (torch.cat(parts, dim=1) for parts in zip(*self._predictions))
             # each run's own (torchmetrics' samplewise mode builds (K, N, C) one-hots: ~200x slower)
