@@ -119,16 +119,15 @@ class EpochMetrics(nn.Module):
         float64) and correct predictions of the ``pending`` batches (the same runs and shape)."""
         losses, logits, targets = (torch.stack([entry[i] for entry in pending]) for i in range(3))
         batch, rows = targets.shape[-1], pending[0][3]
-        loss = losses.sum(0, dtype=torch.float64).mul_(batch)
+        loss = losses.sum(0, dtype=torch.float64)
         # the first largest logit's class (as argmax gives it; max's indices are faster on a CPU)
         correct = (logits.max(-1).indices == targets).sum((0, 2))
+        if rows is not None:  # the runs computed, among all
+            loss = self.loss_sum.new_zeros(self.runs).index_add_(0, rows, loss)
+            correct = self.correct.new_zeros(self.runs).index_add_(0, rows, correct)
         if counted is None:
-            total = (self.loss_sum.new_zeros(self.runs), self.correct.new_zeros(self.runs))
-        else:
-            total = (counted[0].clone(), counted[1].clone())
-        if rows is None:
-            return total[0].add_(loss), total[1].add_(correct)
-        return total[0].index_add_(0, rows, loss), total[1].index_add_(0, rows, correct)
+            return loss.mul_(batch), correct
+        return torch.add(counted[0], loss, alpha=batch), torch.add(counted[1], correct)
 
     def _so_far(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Each run's loss sum and correct predictions this epoch so far (new tensors; nothing is changed)."""
