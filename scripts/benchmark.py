@@ -588,6 +588,42 @@ def stacked_loop_in_fresh_process(data_dir: str | None, system_dir: str | None, 
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def pack_epochs_in_process(data_dir: str | None, system_dir: str | None, device: torch.device, members: int,
+                           epochs: int, steps: int) -> list[float]:  # fmt: skip
+    """A tiny pack's epoch times (after one that warms up), trained in this process by
+    ``actlab.pack.training.train_pack`` (what a packed sweep's launcher calls) from the configs
+    its sweep composes: beside a loop timed in the same process, both share the process's draw of
+    memory placement, so their ratio is the framework's share alone."""
+    from hydra import compose, initialize_config_dir
+
+    from actlab.pack.members import Member
+    from actlab.pack.training import train_pack
+
+    root = Path(tempfile.mkdtemp(prefix="actlab-bench-pack-"))
+    base = ["activation=relu", f"trainer={'gpu' if device.type == 'cuda' else 'cpu'}", "callbacks=none",
+            f"trainer.max_epochs={epochs + 1}", f"trainer.limit_train_batches={steps}",
+            f"trainer.limit_val_batches={max(1, steps // 10)}", f"model.hidden_shape=[{TINY[0]}]",
+            "data.download=false", "test_after_fit=false", "trainer.enable_model_summary=false",
+            "trainer.enable_progress_bar=false"]  # fmt: skip
+    if data_dir:
+        base.append(f"data.data_dir={data_dir}")
+    if system_dir is not None:
+        base.append(f"data.system_dir={system_dir or 'null'}")
+    try:
+        pack = []
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            for seed in range(1, members + 1):
+                out, mine = root / f"seed-{seed}", [f"seed={seed}"]
+                pack.append(Member(compose("train", overrides=[*base, *mine, f"paths.output_dir={out}"]), out,
+                                   "relu", mine))  # fmt: skip
+        records = train_pack(pack, "benchmark")
+        if any(r["status"] != "completed" for r in records):
+            raise RuntimeError(f"the pack did not complete: {[r.get('error') for r in records]}")
+        return records[0]["epoch_times_s"][1:]
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def import_seconds() -> float:
     """Seconds a fresh interpreter takes to import what every run imports (torch, torchvision,
     torchmetrics, Lightning, Hydra, matplotlib)."""
@@ -622,7 +658,8 @@ def overhead_benchmark(device: str, members: int = 8, steps: int = 200, rounds: 
     """What is not arithmetic, on a tiny model (784-16-10, diagnostics off): per-step
     milliseconds of the hand loop and a single run (also with ``train_steps_per_call=1``,
     Lightning's own one step per call), of the stacked hand loop and a pack of
-    ``members`` (each way ``epochs`` epochs a round, after one that warms up); and a packed
+    ``members`` (each way ``epochs`` epochs a round, after one that warms up; each round also the
+    pack and the stacked loop paired in this process, :func:`pack_epochs_in_process`); and a packed
     sweep of ``members`` tiny runs: seconds before its first step,
     inside its epochs, after its last step, beside the time it takes to import the libraries."""
     from actlab.pack.training import train_pack  # noqa: F401  (imported before timing)
@@ -630,6 +667,7 @@ def overhead_benchmark(device: str, members: int = 8, steps: int = 200, rounds: 
     torch_device = torch.device(device)
     files = find_files(data_dir, system_dir)
     ms = {"hand": [], "lightning": [], "single": [], "single_1": [], "stacked": [], "stacked_metrics": [], "pack": []}
+    paired = []  # per round, the pack's step over the stacked loop's, both timed in this process
     for _ in range(rounds):  # interleaved: the machine's drift hits every way alike
         ms["hand"] += [1e3 * t / steps for t in hand_loop(files, "relu", torch_device, epochs, steps, hidden_shape=TINY
                                                           ).epoch_times]  # fmt: skip
@@ -650,6 +688,9 @@ def overhead_benchmark(device: str, members: int = 8, steps: int = 200, rounds: 
         if len(records) != members or any(r["status"] != "completed" for r in records):
             raise RuntimeError("the packed sweep did not complete")
         ms["pack"] += [1e3 * t / steps for t in records[0]["epoch_times_s"][1:]]  # the first epoch warms up
+        here = stacked_hand_loop(files, ["relu"], torch_device, members, epochs, steps, hidden_shape=TINY)
+        packed = pack_epochs_in_process(data_dir, system_dir, torch_device, members, epochs, steps)
+        paired.append(statistics.median(packed) / statistics.median(here.epoch_times))
     before, inside, after = pack_phases(log, wall, started)
     imports = import_seconds()
     median = {k: statistics.median(v) for k, v in ms.items()}
@@ -670,7 +711,9 @@ def overhead_benchmark(device: str, members: int = 8, steps: int = 200, rounds: 
         f"{median['stacked_metrics'] / median['stacked']:.2f}x   (a pack's train/val loss, accuracy, F1)",
         f"{f'pack of {members} (Lightning)':<40} {median['pack']:>8.2f}   "
         f"{median['pack'] / median['stacked']:.2f}x   ({median['pack'] / median['stacked_metrics']:.2f}x the "
-        f"stacked loop with the metrics)", "",
+        f"stacked loop with the metrics)",
+        f"{'  the same, paired in one process':<40} {'':>8}   {statistics.median(paired):.2f}x   (each round's pack "
+        f"and stacked loop in this process: {min(paired):.2f}x-{max(paired):.2f}x)", "",
         f"packed sweep of {members} tiny runs x {epochs + 1} epochs (last round): {wall:.1f} s wall",
         f"{'  importing the libraries':<40} {imports:>8.1f} s  (a fresh interpreter, alone)",
         f"{'  before the first step':<40} {before:>8.1f} s  (imports included)",

@@ -47,14 +47,15 @@ def test_the_stacked_floor_of_a_mixed_pack(tmp_path, benchmark, monkeypatch, cap
 
 def test_the_overhead_report_names_every_floor_and_phase(tmp_path, benchmark, monkeypatch, capsys):
     """``--overhead``: per-step milliseconds of the hand loop, Lightning's own floor, a single
-    run, the stacked hand loop and a pack, and a packed sweep's phases (no timing asserts)."""
+    run, the stacked hand loop and a pack (also paired in one process), and a packed sweep's phases
+    (no timing asserts)."""
     data = make_fake_fashion_mnist(tmp_path / "data", n_train=5300, n_test=200)
     out = run_script(benchmark, ["--data-dir", str(data), "--system-dir", "none", "--overhead", "--steps", "3",
                                  "--rounds", "1", "--pack", "2", "--epochs", "1"], monkeypatch, capsys)  # fmt: skip
     for line in ("hand loop (one model)", "Lightning floor (bare module)", "x the Lightning floor)",
                  "the same, one step per call",
                  "stacked hand loop (2 models)", "with the epoch metrics", "pack of 2 (Lightning)",
-                 "packed sweep of 2 tiny runs",
+                 "paired in one process", "packed sweep of 2 tiny runs",
                  "before the first step", "after the last step", "outside the epochs, beyond imports"):  # fmt: skip
         assert line in out, out
 
