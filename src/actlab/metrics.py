@@ -63,6 +63,10 @@ class EpochMetrics(nn.Module):
             bytes a sample), for the metrics that are not sums.
     """
 
+    # set every step: plain attributes, not through nn.Module's __setattr__ (which looks for a parameter, a
+    # buffer or a module of that name first: ~1 us each)
+    plain_attributes = frozenset({"count", "_training", "_predictions", "_rows"})
+
     def __init__(self, runs: int, classes: int, keep_predictions: bool) -> None:
         super().__init__()
         self.runs, self.classes, self.keep_predictions = runs, classes, keep_predictions
@@ -77,6 +81,12 @@ class EpochMetrics(nn.Module):
         # handler (SLURM's requeue) reads the state before a count or after it, never half of it (:meth:`sums`
         # only reads)
         self._training: tuple[tuple[torch.Tensor, torch.Tensor] | None, list[tuple]] = (None, [])
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in self.plain_attributes:
+            self.__dict__[name] = value
+        else:
+            super().__setattr__(name, value)
 
     def update(self, losses: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
                rows: torch.Tensor | None = None) -> None:  # fmt: skip
