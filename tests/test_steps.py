@@ -254,6 +254,9 @@ class StepHooks(L.Callback):
         StepHooks.seen["plain_batches"] = pl_module._plain_batches
         StepHooks.seen["direct"] = pl_module._direct
 
+    def on_train_end(self, trainer, pl_module):
+        StepHooks.seen["progress"] = trainer.fit_loop.epoch_loop.batch_progress.state_dict()
+
     def _saw(self, hook, trainer, pl_module):
         StepHooks.seen.setdefault("order", []).append((hook, pl_module._current_fx_name, trainer.global_step))
 
@@ -288,6 +291,7 @@ def test_every_step_runs_its_hooks_and_is_counted_as_it_completes(tmp_path, fake
     assert seen[16]["direct"] and not seen[1]["direct"]  # hooks called directly, not through Lightning's wrappers
     assert seen[1]["zero_grad"] == seen[16]["zero_grad"] == list(range(2 * 24))
     assert seen[1]["completed"] == seen[16]["completed"] == [*range(24), *range(24)]
+    assert seen[1]["progress"] == seen[16]["progress"]  # every count of the fit's batches: ready ... completed
     assert seen[1]["order"] == seen[16]["order"]
     assert seen[16]["order"][:4] == [("on_before_zero_grad", "on_before_zero_grad", 0),
                                      ("on_before_backward", "on_before_backward", 0),

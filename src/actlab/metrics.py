@@ -1,12 +1,12 @@
 """A stage's epoch metrics for K classifiers trained side by side; a single run is K = 1.
 
 One implementation for single runs (:class:`~actlab.classifier.Classifier`) and packs
-(:class:`~actlab.pack.module.PackModule`): no tensor op of their own in a training step (its
-batches are summed 16 at a time) and no host sync (a per-step ``self.log`` or torchmetrics
-update costs ~50-130 us of Python each, a few percent of a CPU step of these MLPs); once an
-epoch, each run's mean loss and accuracy over every sample, and for evaluation stages each run's
-confusion matrix (torchmetrics') and from it the macro F1 and per-class accuracy, as
-torchmetrics defines them.
+(:class:`~actlab.pack.module.PackModule`): in training, one reduction every 16 steps (its
+batches are summed together) and no host sync (a per-step ``self.log`` or torchmetrics update
+costs ~50-130 us of Python each, a few percent of a CPU step of these MLPs); once an epoch, each
+run's mean loss and accuracy over every sample, and for evaluation stages each run's confusion
+matrix (torchmetrics') and from it the macro F1 and per-class accuracy, as torchmetrics defines
+them.
 """
 
 from __future__ import annotations

@@ -110,8 +110,7 @@ class DirectOptimizer:
     """The optimiser a module's ``optimizer_step`` hook steps in grouped steps where Lightning's
     wrapper would only call hooks (:func:`steps_only_call_hooks`): the same step count, the
     closure, then the ``on_before_optimizer_step`` hooks (callbacks', then the module's), inside
-    the optimiser's own ``step`` as Lightning's precision plugin calls them (without a closure,
-    as actlab's modules step: the hooks, then the step, with the same gradients); only the callbacks
+    the optimiser's own ``step`` as Lightning's precision plugin calls them; only the callbacks
     that have the hook are called (Lightning calls every callback's, most of them no-ops, each
     under a profiler context: ~10 us a hook a step). Anything else is the LightningOptimizer's."""
 
@@ -120,18 +119,14 @@ class DirectOptimizer:
 
     def step(self, closure: Any = None, **kwargs: Any) -> Any:
         wrapped, optimizer = self.wrapped, self.wrapped.optimizer
-        wrapped._on_before_step()  # the fit's step count (Lightning's manual loop sets it for each call)
-        if closure is None:  # the hooks, then the step (no closure to wrap: the optimiser's grad-mode switch saved)
+
+        def closure_then_hooks() -> Any:
+            result = closure() if closure is not None else None
             self.module._call_step_hook("on_before_optimizer_step", optimizer)
-            output = optimizer.step(**kwargs)
-        else:
+            return result
 
-            def closure_then_hooks() -> Any:
-                result = closure()
-                self.module._call_step_hook("on_before_optimizer_step", optimizer)
-                return result
-
-            output = optimizer.step(closure=closure_then_hooks, **kwargs)
+        wrapped._on_before_step()  # the fit's step count (Lightning's manual loop sets it for each call)
+        output = optimizer.step(closure=closure_then_hooks, **kwargs)
         wrapped._on_after_step()
         return output
 
@@ -147,11 +142,11 @@ class GroupedSteps:
     steps_per_call: int = 1
     _plain_batches = False  # batches on the device need no preparation (set for each fit)
     _direct = False  # Lightning's backward and optimiser step would only call hooks: called directly (each fit)
-    # per step hook, the callbacks that have it and whether the module has its own (each fit): a hook that
-    # nothing has is not called at all (~2 us a hook a step of Python, with the hook name set around it)
+    # per step hook, the callbacks that have it and whether the module has its own, as the fit starts (a
+    # callback or a hook set on the module later is not seen): a hook that nothing has is not called at all
+    # (~2 us a hook a step of Python, with the hook name set around it)
     _step_hooks: dict[str, tuple[list[L.Callback], bool]] = {}
     _own_backward = True  # the module overrides LightningModule.backward (each fit)
-    _stepwise = True  # a learning-rate schedule steps every training step (each fit)
     _finished_epoch = -1  # the last epoch whose last batch was trained (a plateau schedule steps after it)
     _monitors: dict[int, tuple[str, bool]] = {}  # per plateau schedule (by id): what it monitors, strictly or not
 
@@ -196,7 +191,6 @@ class GroupedSteps:
         self._step_hooks = {hook: ([c for c in self.trainer.callbacks if is_overridden(hook, c, L.Callback)],
                                    is_overridden(hook, self, L.LightningModule)) for hook in STEP_HOOKS}  # fmt: skip
         self._own_backward = is_overridden("backward", self, L.LightningModule)
-        self._stepwise = any(config.interval == "step" for config in self.trainer.lr_scheduler_configs)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """A fit resumed from a checkpoint written in the other mode (its settings changed, e.g.
@@ -291,6 +285,8 @@ class GroupedSteps:
         fetcher = getattr(dataloader_iter, "data_fetcher", None)  # borrowed: Lightning's, which keeps the last batch
         max_steps = trainer.max_steps  # -1: none
         counts = (progress.total, progress.current)
+        # the schedules as Lightning reads them, once a call (a callback may add one during the fit)
+        stepwise = any(config.interval == "step" for config in trainer.lr_scheduler_configs)
         taken = 0
         while True:
             if taken and fetcher is not None:
@@ -304,7 +300,7 @@ class GroupedSteps:
             self._zero_grad(epoch, batch_idx, optimizer.optimizer)
             self._backward(loss)
             self._optimizer_step(epoch, batch_idx, stepped)
-            if self._stepwise:
+            if stepwise:
                 self._step_schedules("step", batch_idx)
             # each step counted as it completes, as Lightning counts one (its own count of the call, at its end,
             # taken back below): a checkpoint taken in a signal handler mid-group resumes there. Lightning's
