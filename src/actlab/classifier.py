@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from actlab.metrics import EpochMetrics
+from actlab.plain_attributes import PlainAttributes
 from actlab.steps import GroupedSteps
 from actlab.tensorboard import log_confusion_matrix, tensorboard_writers
 
@@ -22,20 +23,13 @@ EPOCH_METRICS = ("train/loss", "train/acc", "train/lr", "val/loss", "val/acc", "
 EPOCH_SUMS_KEY = "train_epoch_sums"
 
 
-class HookNameAttribute:
+class HookNameAttribute(PlainAttributes):
     """Mixin for a LightningModule: Lightning sets ``_current_fx_name`` on the module around
-    every hook call, ~40 times a training step; through ``nn.Module.__setattr__`` (which looks
-    for a parameter, a module or a buffer of that name first) that costs ~1 us each, 0.04 ms
-    a step of a tiny model. That plain attribute (and any other a subclass names in
-    ``plain_attributes``, set every step) is set as the plain attribute it is."""
+    every hook call, ~40 times a training step; through ``nn.Module.__setattr__`` that costs
+    ~1 us each, 0.04 ms a step of a tiny model. That plain attribute (and any other a subclass
+    names in ``plain_attributes``, set every step) is set as the plain attribute it is."""
 
     plain_attributes = frozenset({"_current_fx_name"})
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in self.plain_attributes:
-            self.__dict__[name] = value
-        else:
-            super().__setattr__(name, value)
 
 
 class Classifier(HookNameAttribute, GroupedSteps, L.LightningModule):

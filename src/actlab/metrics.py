@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
+from actlab.plain_attributes import PlainAttributes
+
 # training batches whose losses and correct predictions are summed together (kept meanwhile: for a
 # pack of 8 of these MLPs, 16 batches' logits are 0.7 MB)
 COUNTED_TOGETHER = 16
@@ -51,7 +53,7 @@ def scores_from_confusion(confusion: torch.Tensor) -> tuple[torch.Tensor, torch.
     return macro, _safe_divide(tp, tp + fn)
 
 
-class EpochMetrics(nn.Module):
+class EpochMetrics(PlainAttributes, nn.Module):
     """Sums over an epoch of ``runs`` classifiers' losses and correct predictions (and, with
     ``keep_predictions``, their predictions, for F1, per-class accuracy and the confusion
     matrix), read once at the epoch's end by :meth:`compute_and_reset`.
@@ -63,9 +65,7 @@ class EpochMetrics(nn.Module):
             bytes a sample), for the metrics that are not sums.
     """
 
-    # set every step: plain attributes, not through nn.Module's __setattr__ (which looks for a parameter, a
-    # buffer or a module of that name first: ~1 us each)
-    plain_attributes = frozenset({"count", "_training", "_predictions", "_rows"})
+    plain_attributes = frozenset({"count", "_training", "_predictions", "_rows"})  # set every step
 
     def __init__(self, runs: int, classes: int, keep_predictions: bool) -> None:
         super().__init__()
@@ -81,12 +81,6 @@ class EpochMetrics(nn.Module):
         # handler (SLURM's requeue) reads the state before a count or after it, never half of it (:meth:`sums`
         # only reads)
         self._training: tuple[tuple[torch.Tensor, torch.Tensor] | None, list[tuple]] = (None, [])
-
-    def __setattr__(self, name: str, value: object) -> None:
-        if name in self.plain_attributes:
-            self.__dict__[name] = value
-        else:
-            super().__setattr__(name, value)
 
     def update(self, losses: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
                rows: torch.Tensor | None = None) -> None:  # fmt: skip
