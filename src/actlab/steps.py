@@ -106,6 +106,16 @@ def steps_only_call_hooks(trainer: L.Trainer) -> bool:
             and all(getattr(plugin, name) is getattr(Precision, name) for name in PRECISION_STEP_METHODS))  # fmt: skip
 
 
+def _count_batches(counts: tuple, n: int) -> None:
+    """Lightning's ``_BatchProgress.increment_by(n)`` (``is_last_batch`` as it is) on its total and
+    current counts, field by field: its eight calls cost ~3 us a step."""
+    for count in counts:
+        count.ready += n
+        count.started += n
+        count.processed += n
+        count.completed += n
+
+
 class DirectOptimizer:
     """The optimiser a module's ``optimizer_step`` hook steps in grouped steps where Lightning's
     wrapper would only call hooks (:func:`steps_only_call_hooks`): the same step count, the
@@ -303,13 +313,8 @@ class GroupedSteps:
             if stepwise:
                 self._step_schedules("step", batch_idx)
             # each step counted as it completes, as Lightning counts one (its own count of the call, at its end,
-            # taken back below): a checkpoint taken in a signal handler mid-group resumes there. Lightning's
-            # ``increment_by(1)``, field by field (its eight calls cost ~3 us a step)
-            for count in counts:
-                count.ready += 1
-                count.started += 1
-                count.processed += 1
-                count.completed += 1
+            # taken back below): a checkpoint taken in a signal handler mid-group resumes there
+            _count_batches(counts, 1)
             loop._batches_that_stepped += taken > 0  # the logging step: the batches before the call's last
             taken += 1
             if dataloader_iter.done:  # the epoch's last batch: epoch schedules step before validation, as Lightning's
@@ -318,7 +323,7 @@ class GroupedSteps:
                 break
             if taken == self.steps_per_call or trainer.should_stop or 0 <= max_steps <= trainer.global_step:
                 break
-        progress.increment_by(-1, is_last_batch=progress.is_last_batch)
+        _count_batches(counts, -1)
         return loss.detach()
 
     def _step_schedules(self, interval: str, index: int, plateau: bool = False) -> None:
