@@ -484,6 +484,15 @@ def stacked_hand_loop(files: dict[str, Path], activations: list[str], device: to
     return Timing(f"stacked hand loop ({members} models, {label})", _time_epochs(epoch, epochs, device))
 
 
+def data_overrides(data_dir: str | None, system_dir: str | None) -> list[str]:
+    """The data overrides of a run launched with ``--data-dir`` / ``--system-dir`` (``""``: none
+    of the Debian package's folder; None: the config's)."""
+    overrides = [f"data.data_dir={data_dir}"] if data_dir else []
+    if system_dir is not None:
+        overrides.append(f"data.system_dir={system_dir or 'null'}")
+    return overrides
+
+
 def sweep_wall_time(launcher: list[str], members: int, activation: str, device: torch.device, epochs: int,
                     steps: int | None, data_dir: str | None, system_dir: str | None,
                     extra: list[str] | None = None) -> tuple[float, list, str]:  # fmt: skip
@@ -498,10 +507,7 @@ def sweep_wall_time(launcher: list[str], members: int, activation: str, device: 
     overrides = ["-m", f"seed={','.join(str(s) for s in range(1, seeds + 1))}", f"activation={activation}",
                  f"trainer={'gpu' if device.type == 'cuda' else 'cpu'}", f"trainer.max_epochs={epochs}",
                  "callbacks=none", "data.download=false", f"hydra.sweep.dir={sweep_dir}", *launcher]  # fmt: skip
-    if data_dir:
-        overrides.append(f"data.data_dir={data_dir}")
-    if system_dir is not None:
-        overrides.append(f"data.system_dir={system_dir or 'null'}")
+    overrides += data_overrides(data_dir, system_dir)
     if steps is not None:
         overrides += [f"trainer.limit_train_batches={steps}", f"trainer.limit_val_batches={max(1, steps // 10)}"]
     overrides += extra or []
@@ -605,10 +611,7 @@ def pack_epochs_in_process(data_dir: str | None, system_dir: str | None, device:
             f"trainer.limit_val_batches={max(1, steps // 10)}", f"model.hidden_shape=[{TINY[0]}]",
             "data.download=false", "test_after_fit=false", "trainer.enable_model_summary=false",
             "trainer.enable_progress_bar=false"]  # fmt: skip
-    if data_dir:
-        base.append(f"data.data_dir={data_dir}")
-    if system_dir is not None:
-        base.append(f"data.system_dir={system_dir or 'null'}")
+    base += data_overrides(data_dir, system_dir)
     try:
         pack = []
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
