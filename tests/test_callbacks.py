@@ -425,30 +425,37 @@ def test_a_resumed_fits_dead_neuron_figure_shows_the_initial_network_and_its_fin
         assert ("final" in series) == bool(measured_after_the_resume)
 
 
-def test_a_requeue_signal_among_an_epochs_end_hooks_is_handled_at_the_next_epochs_start():
-    """SLURM's requeue signal saves a checkpoint from its handler: landing among an epoch's end
-    hooks, it saved an epoch the loop counts as done before the run's history had recorded it
-    (a requeued pack member finished with 299 of its 300 epochs). From the first epoch-end hook
-    to the next epoch's start the signal is noted, then handled once, its handler put back;
-    a span inside it (a pack member's own checkpoint) hands it on to the outer one."""
+def test_a_requeue_signal_during_a_fit_is_handled_only_at_a_training_calls_start():
+    """SLURM's requeue signal saves a checkpoint from its handler. During a fit it is noted and
+    handled only at a training call's start (elsewhere Lightning resumed some places wrongly:
+    tests/test_pack_resume.py), once however often it came; a span inside (a pack member's own
+    checkpoint) hands it on. Once the fit ends the handler is back, and a signal noted meanwhile
+    handled."""
     import os
     import signal
 
-    from actlab.callbacks.requeue import EpochEndRequeueGuard, requeue_signals_deferred
+    from actlab.callbacks.requeue import RequeueGuard, requeue_signals_deferred
 
     handled = []
     previous = signal.signal(signal.SIGUSR1, lambda signum, frame: handled.append(signum))
-    mine = signal.getsignal(signal.SIGUSR1)
+    lightnings_handler = signal.getsignal(signal.SIGUSR1)  # saves the requeue checkpoint
     try:
-        guard = EpochEndRequeueGuard()
-        guard.on_train_epoch_end(None, None)
-        os.kill(os.getpid(), signal.SIGUSR1)
-        with requeue_signals_deferred():  # a member's checkpoint, written among the end hooks
+        guard = RequeueGuard()
+        guard.on_train_start(None, None)
+        os.kill(os.getpid(), signal.SIGUSR1)  # inside a step, say
+        with requeue_signals_deferred():  # a member's checkpoint
             os.kill(os.getpid(), signal.SIGUSR1)
+        for hook in ("on_train_epoch_end", "on_train_epoch_start", "on_validation_start"):
+            getattr(guard, hook)(None, None)
         assert handled == []
-        guard.on_train_epoch_start(None, None)
-        assert handled == [signal.SIGUSR1, signal.SIGUSR1] and signal.getsignal(signal.SIGUSR1) is mine
-        os.kill(os.getpid(), signal.SIGUSR1)  # outside the span: at once
+        guard.on_train_batch_start(None, None, None, 0)  # a call's start: handled there, once
+        assert handled == [signal.SIGUSR1]
+        guard.on_train_batch_start(None, None, None, 1)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert handled == [signal.SIGUSR1]
+        guard.on_train_end(None, None)
+        assert handled == [signal.SIGUSR1] * 2 and signal.getsignal(signal.SIGUSR1) is lightnings_handler
+        os.kill(os.getpid(), signal.SIGUSR1)  # after the fit: at once
         assert len(handled) == 3
     finally:
         signal.signal(signal.SIGUSR1, previous)

@@ -3,6 +3,7 @@ weights, learning-rate history, early-stopping epochs and test metrics (and a si
 killed and resumed, is the run that was never killed)."""
 
 import csv
+import os
 import signal
 import subprocess
 import sys
@@ -107,10 +108,11 @@ SINGLE = ["trainer.max_epochs=8", "callbacks=none", "logger=csv", "data.batch_si
 
 @pytest.fixture(scope="module")
 def uninterrupted_single(tmp_path_factory, fake_data_dir):
+    """The uninterrupted single run's directory."""
     root = tmp_path_factory.mktemp("uninterrupted_single")
     result = run_train_main([*data_overrides(fake_data_dir), *SINGLE, f"hydra.run.dir={root / 'run'}"], root)
     assert result.returncode == 0, result.stderr[-3000:]
-    return read_record(root / "run")
+    return root / "run"
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
@@ -138,6 +140,80 @@ def test_a_single_run_interrupted_and_resumed_equals_the_uninterrupted_run(sig, 
     resumed = read_record(run_dir)
     assert resumed["status"] == "completed" and resumed["epochs_completed"] == 8
     assert resumed["resumed_from"].endswith("last.ckpt") and resumed["resume_warning"] is None
+    reference = read_record(uninterrupted_single)
     for key in ("train/loss", "train/lr", "val/acc"):
-        assert resumed["history"][key] == pytest.approx(uninterrupted_single["history"][key], abs=1e-5), key
-    assert resumed["test/acc"] == uninterrupted_single["test/acc"]
+        assert resumed["history"][key] == pytest.approx(reference["history"][key], abs=1e-5), key
+    assert resumed["test/acc"] == reference["test/acc"]
+
+
+def slurm_job(tmp_path):
+    """The environment of a SLURM job as Lightning sees it (it then answers SIGUSR1 by saving its
+    requeue checkpoint and asking ``scontrol`` to requeue the job), with an ``scontrol`` that notes
+    the request in ``tmp_path/requeued``."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "requeued"}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    job = {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "actlab-test", "SLURM_JOB_ID": "4242", "SLURM_NODEID": "0",
+           "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}  # fmt: skip
+    return {**job, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+
+
+@pytest.mark.parametrize(("hook", "batch"), [("on_train_batch_end", -1), ("on_validation_start", -1),
+                                           ("on_before_optimizer_step", 20)],
+                         ids=["among-the-last-batchs-end-hooks", "in-validation", "inside-an-epoch"])  # fmt: skip
+def test_a_run_requeued_by_slurm_goes_on_as_the_uninterrupted_run(hook, batch, uninterrupted_single, tmp_path,
+                                                                  fake_data_dir):  # fmt: skip
+    """SLURM's requeue signal, wherever it lands, saves a checkpoint the requeued job goes on
+    from as the run would have gone on: the same weights, history and test metrics. Where
+    Lightning's handler saved it at once, a run resumed from among the epoch's last batch's end
+    hooks with the epoch counted done, never validated or recorded (it finished with 299 of its
+    300 epochs); from inside validation, with the epoch's validation metrics over the batches
+    left; from inside an epoch, with the epoch's remaining batches drawn from another shuffle."""
+    env = slurm_job(tmp_path)
+    run_dir = tmp_path / "run"
+    command = [*data_overrides(fake_data_dir), *SINGLE, f"hydra.run.dir={run_dir}"]
+    probe = ["+callbacks.probe._target_=requeue_probe.SignalAt", f"+callbacks.probe.hook={hook}",
+             "+callbacks.probe.epoch=2", f"+callbacks.probe.batch={batch}",
+             f"+callbacks.probe.requeued={tmp_path / 'requeued'}"]  # fmt: skip
+    killed = subprocess.run([sys.executable, str(REPO / "train.py"), *command, *probe], cwd=tmp_path,
+                            env={**os.environ, **env, "PYTHONPATH": str(REPO / "tests")},
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert killed.returncode == 9, killed.stderr[-3000:]  # killed once its job was requeued
+    assert (tmp_path / "requeued").read_text().split() == ["requeue", "4242"]
+    assert read_record(run_dir)["epochs_completed"] < 8
+    result = run_train_main(command, tmp_path, env=env)  # the requeued job: the same command
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "hpc_ckpt" in read_record(run_dir)["resumed_from"]  # Lightning's requeue checkpoint
+    assert_equal_runs(run_dir, uninterrupted_single)
+
+
+def test_a_pack_requeued_by_slurm_goes_on_as_the_uninterrupted_pack(uninterrupted, tmp_path, fake_data_dir):
+    """SLURM's requeue signal to a pack, wherever in its third epoch it lands (the checkpoint is
+    then taken at the next training call's start, inside the epoch or at the next one's start):
+    every member goes on as in the pack that was never stopped."""
+    env = slurm_job(tmp_path)
+    command = packed_sweep(fake_data_dir, tmp_path / "sweep")
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *command], cwd=tmp_path,
+                            env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    deadline = time.time() + 180
+    while not (runs := members(tmp_path / "sweep")) or \
+            not all((read_record(d) or {}).get("epochs_completed", 0) >= 2 for d in runs.values()):  # fmt: skip
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.time() < deadline, "the pack did not get going"
+        time.sleep(0.02)
+    time.sleep(read_record(next(iter(runs.values())))["epoch_times_s"][-1] / 2)  # inside the third epoch, likely
+    proc.send_signal(signal.SIGUSR1)
+    while not (tmp_path / "requeued").exists():
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.time() < deadline, "the pack was not requeued"
+        time.sleep(0.02)
+    proc.kill()  # SLURM's kill at the job's limit
+    proc.wait(timeout=60)
+    assert any(read_record(d)["epochs_completed"] < uninterrupted_epochs(uninterrupted, n) for n, d in runs.items())
+    result = run_train_main(command, tmp_path, env=env)  # the requeued job: the same command
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name, run_dir in members(tmp_path / "sweep").items():
+        assert "hpc_ckpt" in read_record(run_dir)["resumed_from"]
+        assert_equal_runs(run_dir, uninterrupted[name])

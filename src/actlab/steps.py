@@ -16,8 +16,8 @@ and the module's own only where it overrides one (Lightning calls every callback
 module's no-ops, each under a profiler context: ~0.03 ms a step of a single run on a CPU);
 elsewhere every step hook goes through Lightning's own hook calls, which a profiler times. The
 batch hooks (``on_train_batch_start``/``_end``) run once per call, with the call's last batch: a
-callback that acts on them (other than a progress bar, a time limit, actlab's divergence check
-or an epoch-end checkpoint) keeps one step per call. The numbers are the ones one step per call
+callback that acts on them (other than a progress bar, a time limit, actlab's divergence check,
+its requeue guard or an epoch-end checkpoint) keeps one step per call. The numbers are the ones one step per call
 gives, bit for bit (tests/test_steps.py compares records, checkpoints and logged steps). One
 difference, in the checkpoint: a ReduceLROnPlateau schedule steps before the epoch's checkpoint
 is written, where Lightning's automatic optimisation steps it after (its checkpoint holds the
@@ -47,13 +47,14 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from actlab.callbacks.divergence import DivergenceMonitor
+from actlab.callbacks.requeue import RequeueGuard
 from actlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 
 # callbacks whose batch hooks mean the same once per call: they read the progress, not each step
-PER_CALL_CALLBACKS = (ProgressBar, Timer, DivergenceMonitor)
+PER_CALL_CALLBACKS = (ProgressBar, Timer, DivergenceMonitor, RequeueGuard)
 # the hooks of a training step's zero_grad, backward and optimiser step (callbacks' and the module's)
 STEP_HOOKS = ("on_before_zero_grad", "on_before_backward", "on_after_backward", "on_before_optimizer_step")
 # what Lightning's precision plugin does in a backward and an optimiser step: Precision's own only call hooks

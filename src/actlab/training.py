@@ -24,7 +24,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from actlab.callbacks import DivergenceMonitor, RunHistory
-from actlab.callbacks.requeue import EpochEndRequeueGuard
+from actlab.callbacks.requeue import RequeueGuard
 from actlab.classifier import EPOCH_METRICS, Classifier
 from actlab.console import is_terminal, quiet_third_party_noise, summary_line
 from actlab.errors import ConfigError, UserError
@@ -161,7 +161,7 @@ def build_trainer(cfg: DictConfig, record: RunRecord | None, output_dir: Path, r
     last (it times the rest). The progress bar is on only where stdout is a terminal.
     ``resumes_at``: the global step of the checkpoint the fit resumes from (:func:`build_loggers`)."""
     callbacks = [
-        EpochEndRequeueGuard(),  # SLURM's requeue checkpoint not taken among the epoch's end hooks
+        RequeueGuard(),  # SLURM's requeue checkpoint taken where the run resumes as it goes on
         DivergenceMonitor(),
         *configured_callbacks(cfg),
         RunHistory(record, log_epochs=not shows_progress_bar(cfg)),

@@ -1,12 +1,23 @@
-"""SLURM's requeue signal, handled where a checkpoint is whole.
+"""SLURM's requeue signal, handled where the checkpoint it saves resumes as the run goes on.
 
 Before a time limit or preemption SLURM sends the job a signal (``SIGUSR1`` by default and in
 actlab's launchers, ``signal: USR1@90``), and Lightning's handler saves the requeue checkpoint
-there and then, between any two bytecodes. Landing among an epoch's end hooks, it saved an
-epoch the loop counts as done while the run's history (a pack member's, say) had not recorded it
-yet, and the requeued run never recorded it (a pack member finished with 299 of its 300 epochs);
-landing while a pack member's own checkpoint was written, it saved that member's callback states
-alone. Inside those spans the signal is noted and handled once they end.
+there and then, between any two bytecodes, which the requeued job resumes from. Lightning's loops
+resume some of those places wrongly (found by signalling at every hook; tests/test_pack_resume.py
+signals at those):
+
+- among the epoch's last batch's end hooks, the epoch counts as done: its validation and end
+  hooks never run, and the run's history misses it (a run finished with 299 of its 300 epochs);
+- inside validation, the resumed validation covers the batches left, its metrics theirs alone;
+- at an epoch's start, the batches of the epoch before count as this one's: the epoch is skipped;
+- among an epoch's end hooks, before the run's history (a pack member's, say) records the epoch;
+- inside a step, after the optimiser's step, the step is taken again.
+
+:class:`RequeueGuard` notes the signal from the fit's start to its end and hands it to the
+handler only at a training call's start (``on_train_batch_start``): the batches before it done,
+the call's not begun; Lightning resumes the epoch from there, and the training loader, resumable
+(:mod:`actlab.data.resumable`), draws the batches the run would have drawn. A signal after the
+fit's last call waits for the fit's end.
 """
 
 from __future__ import annotations
@@ -14,7 +25,8 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import lightning as L
 
@@ -27,7 +39,8 @@ def requeue_signals_deferred() -> Iterator[None]:
     """SLURM's requeue signals that arrive inside the block are handled once it ends: their
     handlers (Lightning's, which saves a checkpoint) are swapped for one that notes them. (Not
     the OS's signal mask: another thread, TensorBoard's writer, may take a signal the main thread
-    blocks, and Python runs the handler in the main thread anyway.) Blocks nest."""
+    blocks, and Python runs the handler in the main thread anyway.) Blocks nest, and inside a
+    fit's :class:`RequeueGuard` a noted signal goes on to wait for the guard's next handling place."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -44,33 +57,55 @@ def requeue_signals_deferred() -> Iterator[None]:
             originals[signum](signum, frame)
 
 
-class EpochEndRequeueGuard(L.Callback):
-    """Holds SLURM's requeue signals from an epoch's end hooks to the next epoch's start (or the
-    fit's end): the requeue checkpoint is then the epoch's, whole, as its ``last.ckpt``. To be the
-    first of the trainer's callbacks, so that its ``on_train_epoch_end`` runs before any other's
-    (the members' histories and checkpoints of a pack run last, after the module's)."""
+class RequeueGuard(L.Callback):
+    """Hands SLURM's requeue signals during a fit to their handler only at a training call's
+    start (see the module docstring). To be the first of the trainer's callbacks, so that the
+    checkpoint is taken there before any other callback's hook. Its batch hook acts once a call:
+    a run keeps its grouped steps (:mod:`actlab.steps`)."""
 
     def __init__(self) -> None:
-        self._held: contextlib.ExitStack | None = None
+        # the handlers the fit started with, by signal, while this guard's stand in for them
+        self._handlers: dict[int, Callable[[int, Any], Any]] = {}
+        self._arrived: dict[int, Any] = {}  # signal -> frame, once each: one checkpoint and requeue a signal
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._release()
-        self._held = contextlib.ExitStack()
-        self._held.enter_context(requeue_signals_deferred())
+    def _note(self, signum: int, frame: Any) -> None:
+        self._arrived.setdefault(signum, frame)
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._release()
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
+            return
+        self._handlers = {sig: handler for sig in REQUEUE_SIGNALS if callable(handler := signal.getsignal(sig))}
+        for sig in self._handlers:
+            signal.signal(sig, self._note)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:  # fmt: skip
+        if self._arrived:
+            self._handle()
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._release()
+        self._stand_down()
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        self._release()
+        self._stand_down()
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self._release()
+        self._stand_down()
 
-    def _release(self) -> None:
-        held, self._held = self._held, None
-        if held is not None:
-            held.close()  # a signal noted meanwhile is handled here
+    def _handle(self) -> None:
+        """The noted signals' own handlers (Lightning's: the requeue checkpoint, the requeue)."""
+        while self._arrived:
+            signum = next(iter(self._arrived))
+            frame = self._arrived.pop(signum)
+            self._handlers[signum](signum, frame)
+
+    def _stand_down(self) -> None:
+        """The fit's handlers back, and a signal noted meanwhile handled by them (once a fit has
+        ended, or failed, its checkpoint holds what the fit did)."""
+        handlers, self._handlers = self._handlers, {}
+        for sig, handler in handlers.items():
+            if signal.getsignal(sig) == self._note:
+                signal.signal(sig, handler)
+        arrived, self._arrived = self._arrived, {}
+        for signum, frame in arrived.items():
+            handlers[signum](signum, frame)

@@ -57,7 +57,7 @@ class RunHistory(L.Callback):
         self._pending_validated = False
         self._trainer: L.Trainer | None = None
         # the metrics logged when the checkpoint this run resumed from was taken: a checkpoint taken
-        # inside an epoch after its validation (SLURM's requeue signal can land there) resumes with
+        # inside an epoch after its validation (ModelCheckpoint's, validating inside epochs) resumes with
         # that validation done, and Lightning does not run it again
         self._restored_metrics: dict[str, float] = {}
         # the diagnostics' record fields as the checkpoint this run resumed from held them (what a

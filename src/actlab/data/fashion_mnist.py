@@ -8,7 +8,7 @@ training on one), and batched by indexing. No per-sample PIL transforms, no Data
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ import lightning as L
 import torch
 
 from actlab.data.idx import CorruptDataError, read_idx
+from actlab.data.resumable import ResumableEpoch, ResumesTrainLoader, epoch_batches_done
 from actlab.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
@@ -40,35 +41,47 @@ class DataNotFoundError(UserError, FileNotFoundError):
     """None of the places FashionMNIST is looked for holds a usable copy."""
 
 
-class TensorBatchLoader:
+class TensorBatchLoader(ResumableEpoch):
     """Iterates over ``(images[idx], labels[idx])`` batches of tensors already in memory.
 
     Shuffling draws a fresh permutation each epoch from ``generator`` (by default one that
     starts from torch's global RNG state when the loader is made), so a seeded run sees the
-    same batch order every time, whatever else draws random numbers between epochs.
+    same batch order every time, whatever else draws random numbers between epochs. With
+    ``batches_done`` (the fit's count, :func:`~actlab.data.resumable.epoch_batches_done`) a fit
+    resumed inside an epoch goes on with that epoch's order (:mod:`actlab.data.resumable`).
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool,
-                 generator: torch.Generator | None = None) -> None:  # fmt: skip
+                 generator: torch.Generator | None = None,
+                 batches_done: Callable[[], int | None] | None = None) -> None:  # fmt: skip
         self.images, self.labels = images, labels
         self.batch_size, self.shuffle = batch_size, shuffle
         if shuffle and generator is None:
             generator = torch.Generator().set_state(torch.get_rng_state())
         self.generator = generator
+        self.batches_done = batches_done
 
     def __len__(self) -> int:
         return -(-len(self.labels) // self.batch_size)
 
+    def _shuffle_generators(self) -> list[torch.Generator]:
+        return [self.generator] if self.shuffle else []
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self._begin_epoch()
+        return self._batches()
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.labels)
+        first = self._skip() * self.batch_size
         if self.shuffle:
             order = torch.randperm(n, generator=self.generator).to(self.labels.device, non_blocking=True)
-            for start in range(0, n, self.batch_size):
+            for start in range(first, n, self.batch_size):
                 idx = order[start : start + self.batch_size]
                 # index_select, not images[idx]: the same rows, gathered ~3x faster on a CPU
                 yield self.images.index_select(0, idx), self.labels.index_select(0, idx)
         else:
-            for start in range(0, n, self.batch_size):
+            for start in range(first, n, self.batch_size):
                 yield (
                     self.images[start : start + self.batch_size],
                     self.labels[start : start + self.batch_size],
@@ -155,7 +168,7 @@ def normalise(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(127.5).sub_(1.0)
 
 
-class FashionMNISTDataModule(L.LightningDataModule):
+class FashionMNISTDataModule(ResumesTrainLoader, L.LightningDataModule):
     """FashionMNIST held as tensors on the training device, with a seeded validation split.
 
     Args:
@@ -242,15 +255,21 @@ class FashionMNISTDataModule(L.LightningDataModule):
         # overfitting a few batches (debug=overfit) means the same batches every epoch: Lightning
         # turns a DataLoader's shuffling off for it, and this loader is not one
         shuffle = not (self.trainer is not None and self.trainer.overfit_batches)
-        return TensorBatchLoader(self.train_x, self.train_y, self.batch_size, shuffle=shuffle,
-                                 generator=self.shuffle_generator)  # fmt: skip
+        return self._resumable(TensorBatchLoader(self.train_x, self.train_y, self.batch_size, shuffle=shuffle,
+                                                 generator=self.shuffle_generator,
+                                                 batches_done=epoch_batches_done(self.trainer)))  # fmt: skip
 
     def state_dict(self) -> dict[str, Any]:
-        return {"shuffle_generator": self.shuffle_generator.get_state()} if self.shuffle_generator is not None else {}
+        if self.shuffle_generator is None:
+            return self._loader_state()
+        return {"shuffle_generator": self.shuffle_generator.get_state(), **self._loader_state()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if "shuffle_generator" in state_dict:
             self.shuffle_generator = torch.Generator().set_state(state_dict["shuffle_generator"])
+            if self._train_loader is not None:  # built already: it shuffles with the checkpoint's stream
+                self._train_loader.generator = self.shuffle_generator
+        self._load_loader_state(state_dict)
 
     def val_dataloader(self) -> TensorBatchLoader:
         return TensorBatchLoader(self.val_x, self.val_y, self.eval_batch_size, shuffle=False)

@@ -26,7 +26,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import OmegaConf
 
 from actlab.callbacks.diagnostic import Diagnostic
-from actlab.callbacks.requeue import EpochEndRequeueGuard
+from actlab.callbacks.requeue import RequeueGuard
 from actlab.console import summary_line
 from actlab.errors import ConfigError
 from actlab.pack.callbacks import (
@@ -203,7 +203,7 @@ class PackRun:
         self.member_callbacks = per_member
         self._rate_halving([c for c in per_member if isinstance(c, MemberEarlyStopping)])
         callbacks = [
-            EpochEndRequeueGuard(),  # SLURM's requeue checkpoint not taken among the epoch's end hooks
+            RequeueGuard(),  # SLURM's requeue checkpoint taken where the pack resumes as it goes on
             MemberDivergence(self.records),
             *configured_callbacks(self.cfg, SHARED_CALLBACKS),  # progress bar, learning-rate monitor
             MemberDiagnostics(self.diagnostics, member_loggers),
