@@ -11,20 +11,22 @@ from pathlib import Path
 
 import lightning as L
 
-STEP_HOOKS = ("on_train_batch_start", "on_before_zero_grad", "on_before_backward", "on_after_backward",
-              "on_before_optimizer_step", "on_train_batch_end")  # fmt: skip
+BATCH_HOOKS = ("on_train_batch_start", "on_train_batch_end")
+STEP_HOOKS = ("on_before_zero_grad", "on_before_backward", "on_after_backward", "on_before_optimizer_step")
 LATER_HOOKS = ("on_validation_start", "on_validation_end", "on_train_epoch_end", "on_train_epoch_start")
 
 
 class SignalAt(L.Callback):
     """``SIGUSR1`` to this process at ``hook`` of training batch ``batch`` (-1: the last) of
-    epoch ``epoch`` (a batch hook or a later one of that batch's epoch); killed at the first
-    hook after the requeue (``requeued``: the file the test's ``scontrol`` writes)."""
+    epoch ``epoch`` (a batch or step hook, or a later one of that batch's epoch); killed at the
+    first hook after the requeue (``requeued``: the file the test's ``scontrol`` writes). It
+    acts on the batch hooks only where ``hook`` is one, so that elsewhere the run keeps its
+    grouped steps (``actlab.steps``: a callback with batch hooks gets one step per call)."""
 
     def __init__(self, hook: str, epoch: int, batch: int, requeued: str) -> None:
         self.hook, self.epoch, self.batch, self.requeued = hook, epoch, batch, Path(requeued)
         self.sent = False
-        for name in STEP_HOOKS + LATER_HOOKS:
+        for name in {hook, *STEP_HOOKS, *LATER_HOOKS}:
             setattr(self, name, self._hook(name))
 
     def _hook(self, name: str):
@@ -36,7 +38,7 @@ class SignalAt(L.Callback):
             if name != self.hook or trainer.current_epoch != self.epoch:
                 return
             batch = trainer.fit_loop.epoch_loop.batch_progress.current.ready - 1
-            if name in STEP_HOOKS and batch != self.batch % trainer.num_training_batches:
+            if name in BATCH_HOOKS + STEP_HOOKS and batch != self.batch % trainer.num_training_batches:
                 return
             self.sent = True
             os.kill(os.getpid(), signal.SIGUSR1)

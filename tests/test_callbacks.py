@@ -425,12 +425,13 @@ def test_a_resumed_fits_dead_neuron_figure_shows_the_initial_network_and_its_fin
         assert ("final" in series) == bool(measured_after_the_resume)
 
 
-def test_a_requeue_signal_during_a_fit_is_handled_only_at_a_training_calls_start():
+def test_a_requeue_signal_during_a_fit_is_handled_only_at_a_training_calls_start(caplog):
     """SLURM's requeue signal saves a checkpoint from its handler. During a fit it is noted and
     handled only at a training call's start (elsewhere Lightning resumed some places wrongly:
     tests/test_pack_resume.py), once however often it came; a span inside (a pack member's own
     checkpoint) hands it on. Once the fit ends the handler is back, and a signal noted meanwhile
-    handled."""
+    handled; once a fit fails, one noted is dropped (its checkpoint would be taken wherever the
+    failure struck), with a warning."""
     import os
     import signal
 
@@ -457,5 +458,11 @@ def test_a_requeue_signal_during_a_fit_is_handled_only_at_a_training_calls_start
         assert handled == [signal.SIGUSR1] * 2 and signal.getsignal(signal.SIGUSR1) is lightnings_handler
         os.kill(os.getpid(), signal.SIGUSR1)  # after the fit: at once
         assert len(handled) == 3
+        failing = RequeueGuard()
+        failing.on_train_start(None, None)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        failing.on_exception(None, None, RuntimeError("SIGTERM"))
+        assert len(handled) == 3 and signal.getsignal(signal.SIGUSR1) is lightnings_handler
+        assert "the job is not requeued" in caplog.text
     finally:
         signal.signal(signal.SIGUSR1, previous)

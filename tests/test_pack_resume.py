@@ -169,7 +169,10 @@ def test_a_run_requeued_by_slurm_goes_on_as_the_uninterrupted_run(hook, batch, u
     Lightning's handler saved it at once, a run resumed from among the epoch's last batch's end
     hooks with the epoch counted done, never validated or recorded (it finished with 299 of its
     300 epochs); from inside validation, with the epoch's validation metrics over the batches
-    left; from inside an epoch, with the epoch's remaining batches drawn from another shuffle."""
+    left; from inside an epoch, with the epoch's remaining batches drawn from another shuffle.
+    (The first signals at a batch hook, which puts the run on one step per Lightning call; the
+    others keep its groups of 25 steps, and the last lands in the epoch's first group, handled
+    at the second's start.)"""
     env = slurm_job(tmp_path)
     run_dir = tmp_path / "run"
     command = [*data_overrides(fake_data_dir), *SINGLE, f"hydra.run.dir={run_dir}"]
@@ -177,7 +180,8 @@ def test_a_run_requeued_by_slurm_goes_on_as_the_uninterrupted_run(hook, batch, u
              "+callbacks.probe.epoch=2", f"+callbacks.probe.batch={batch}",
              f"+callbacks.probe.requeued={tmp_path / 'requeued'}"]  # fmt: skip
     killed = subprocess.run([sys.executable, str(REPO / "train.py"), *command, *probe], cwd=tmp_path,
-                            env={**os.environ, **env, "PYTHONPATH": str(REPO / "tests")},
+                            env={**os.environ, **env, "PYTHONPATH": os.pathsep.join(  # this tree's actlab
+                                [str(REPO / "src"), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])},
                             capture_output=True, text=True, timeout=300)  # fmt: skip
     assert killed.returncode == 9, killed.stderr[-3000:]  # killed once its job was requeued
     assert (tmp_path / "requeued").read_text().split() == ["requeue", "4242"]

@@ -4,31 +4,37 @@ Before a time limit or preemption SLURM sends the job a signal (``SIGUSR1`` by d
 actlab's launchers, ``signal: USR1@90``), and Lightning's handler saves the requeue checkpoint
 there and then, between any two bytecodes, which the requeued job resumes from. Lightning's loops
 resume some of those places wrongly (found by signalling at every hook; tests/test_pack_resume.py
-signals at those):
+signals at three of them):
 
 - among the epoch's last batch's end hooks, the epoch counts as done: its validation and end
   hooks never run, and the run's history misses it (a run finished with 299 of its 300 epochs);
 - inside validation, the resumed validation covers the batches left, its metrics theirs alone;
 - at an epoch's start, the batches of the epoch before count as this one's: the epoch is skipped;
 - among an epoch's end hooks, before the run's history (a pack member's, say) records the epoch;
-- inside a step, after the optimiser's step, the step is taken again.
+- and, by Lightning's loop code (no hook lies there), between an optimiser step and the batch's
+  count the step would be taken again.
 
 :class:`RequeueGuard` notes the signal from the fit's start to its end and hands it to the
 handler only at a training call's start (``on_train_batch_start``): the batches before it done,
 the call's not begun; Lightning resumes the epoch from there, and the training loader, resumable
 (:mod:`actlab.data.resumable`), draws the batches the run would have drawn. A signal after the
-fit's last call waits for the fit's end.
+fit's last call is handled at the fit's end; one still waiting when the fit fails (SLURM's own
+SIGTERM at the time limit, say, before the next call) is dropped with a warning: the job is not
+requeued, and ``resume=true`` goes on from its last epoch's checkpoint.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import lightning as L
+
+log = logging.getLogger(__name__)
 
 # the signals a SLURM job may be given for its requeue (Lightning's SLURMEnvironment.requeue_signal)
 REQUEUE_SIGNALS = tuple(getattr(signal, name) for name in ("SIGUSR1", "SIGUSR2") if hasattr(signal, name))
@@ -87,21 +93,25 @@ class RequeueGuard(L.Callback):
         self._stand_down()
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if self._arrived:  # saved here, wherever the exception struck, the checkpoint could resume wrongly
+            log.warning("SLURM's requeue signal came before the fit failed (%s); the job is not requeued: "
+                        "resume=true goes on from its last epoch's checkpoint", type(exception).__name__)  # fmt: skip
+            self._arrived.clear()
         self._stand_down()
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._stand_down()
 
     def _handle(self) -> None:
-        """The noted signals' own handlers (Lightning's: the requeue checkpoint, the requeue)."""
-        while self._arrived:
-            signum = next(iter(self._arrived))
-            frame = self._arrived.pop(signum)
+        """The noted signals' own handlers (Lightning's: the requeue checkpoint, the requeue). A
+        signal that comes while they run is dropped: the job's requeue was just asked for."""
+        for signum, frame in list(self._arrived.items()):
             self._handlers[signum](signum, frame)
+        self._arrived.clear()
 
     def _stand_down(self) -> None:
-        """The fit's handlers back, and a signal noted meanwhile handled by them (once a fit has
-        ended, or failed, its checkpoint holds what the fit did)."""
+        """The fit's handlers back, and a signal noted meanwhile handled by them (a fit that has
+        ended: its checkpoint holds what the fit did)."""
         handlers, self._handlers = self._handlers, {}
         for sig, handler in handlers.items():
             if signal.getsignal(sig) == self._note:
