@@ -662,7 +662,8 @@ def overhead_benchmark(device: str, members: int = 8, steps: int = 200, rounds: 
     milliseconds of the hand loop and a single run (also with ``train_steps_per_call=1``,
     Lightning's own one step per call), of the stacked hand loop and a pack of
     ``members`` (each way ``epochs`` epochs a round, after one that warms up; each round also the
-    pack and the stacked loop paired in this process, :func:`pack_epochs_in_process`); and a packed
+    pack and the stacked loop, without and with the metrics, paired in this process,
+    :func:`pack_epochs_in_process`); and a packed
     sweep of ``members`` tiny runs: seconds before its first step,
     inside its epochs, after its last step, beside the time it takes to import the libraries."""
     from actlab.pack.training import train_pack  # noqa: F401  (imported before timing)
@@ -670,7 +671,8 @@ def overhead_benchmark(device: str, members: int = 8, steps: int = 200, rounds: 
     torch_device = torch.device(device)
     files = find_files(data_dir, system_dir)
     ms = {"hand": [], "lightning": [], "single": [], "single_1": [], "stacked": [], "stacked_metrics": [], "pack": []}
-    paired = []  # per round, the pack's step over the stacked loop's, both timed in this process
+    paired, paired_metrics = [], []  # per round, the pack's step over the stacked loop's (without and with the
+    # metrics), all timed in this process
     for _ in range(rounds):  # interleaved: the machine's drift hits every way alike
         ms["hand"] += [1e3 * t / steps for t in hand_loop(files, "relu", torch_device, epochs, steps, hidden_shape=TINY
                                                           ).epoch_times]  # fmt: skip
@@ -693,7 +695,10 @@ def overhead_benchmark(device: str, members: int = 8, steps: int = 200, rounds: 
         ms["pack"] += [1e3 * t / steps for t in records[0]["epoch_times_s"][1:]]  # the first epoch warms up
         here = stacked_hand_loop(files, ["relu"], torch_device, members, epochs, steps, hidden_shape=TINY)
         packed = pack_epochs_in_process(data_dir, system_dir, torch_device, members, epochs, steps)
+        here_metrics = stacked_hand_loop(files, ["relu"], torch_device, members, epochs, steps, hidden_shape=TINY,
+                                         with_metrics=True)  # fmt: skip
         paired.append(statistics.median(packed) / statistics.median(here.epoch_times))
+        paired_metrics.append(statistics.median(packed) / statistics.median(here_metrics.epoch_times))
     before, inside, after = pack_phases(log, wall, started)
     imports = import_seconds()
     median = {k: statistics.median(v) for k, v in ms.items()}
@@ -716,7 +721,9 @@ def overhead_benchmark(device: str, members: int = 8, steps: int = 200, rounds: 
         f"{median['pack'] / median['stacked']:.2f}x   ({median['pack'] / median['stacked_metrics']:.2f}x the "
         f"stacked loop with the metrics)",
         f"{'  the same, paired in one process':<40} {'':>8}   {statistics.median(paired):.2f}x   (each round's pack "
-        f"and stacked loop in this process: {min(paired):.2f}x-{max(paired):.2f}x)", "",
+        f"and stacked loop in this process: {min(paired):.2f}x-{max(paired):.2f}x)",
+        f"{'    against the loop with the metrics':<40} {'':>8}   {statistics.median(paired_metrics):.2f}x   "
+        f"(rounds {min(paired_metrics):.2f}x-{max(paired_metrics):.2f}x)", "",
         f"packed sweep of {members} tiny runs x {epochs + 1} epochs (last round): {wall:.1f} s wall",
         f"{'  importing the libraries':<40} {imports:>8.1f} s  (a fresh interpreter, alone)",
         f"{'  before the first step':<40} {before:>8.1f} s  (imports included)",

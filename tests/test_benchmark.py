@@ -55,7 +55,7 @@ def test_the_overhead_report_names_every_floor_and_phase(tmp_path, benchmark, mo
     for line in ("hand loop (one model)", "Lightning floor (bare module)", "x the Lightning floor)",
                  "the same, one step per call",
                  "stacked hand loop (2 models)", "with the epoch metrics", "pack of 2 (Lightning)",
-                 "paired in one process", "packed sweep of 2 tiny runs",
+                 "paired in one process", "against the loop with the metrics", "packed sweep of 2 tiny runs",
                  "before the first step", "after the last step", "outside the epochs, beyond imports"):  # fmt: skip
         assert line in out, out
 
