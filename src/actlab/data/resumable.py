@@ -112,7 +112,7 @@ class ResumesTrainLoader:
         state = state_dict.get("train_epoch")
         if not state:
             return
-        if self._train_loader is not None:  # built already (a schedule asked for the epoch's length)
+        if self._train_loader is not None:  # built before the checkpoint was restored
             self._train_loader.load_state_dict(state)
         else:
             self._train_resume = state
