@@ -666,6 +666,34 @@ def test_where_a_fit_goes_on_from_for_its_loggers(tmp_path, monkeypatch, caplog)
     assert f"from Lightning's SLURM requeue checkpoint {tmp_path / 'hpc_ckpt_2.ckpt'}" in caplog.text
 
 
+def test_a_checkpoint_inside_an_epoch_from_before_the_resumable_loaders_is_resumed_with_a_warning(tmp_path):
+    """A checkpoint taken inside an epoch's training by an actlab whose loaders did not keep
+    their order resumes the epoch's remaining batches from a fresh shuffle (Lightning warned;
+    actlab's loaders, resumable now, silence that): ``resume=true`` says so in the log and the
+    record's ``resume_warning``; a checkpoint with the loaders' state, one at an epoch's end and
+    one past the epoch's training (at its validation) do not."""
+    from actlab.data.resumable import fresh_shuffle_warning
+    from actlab.training import CHECKPOINT_DIR, resume_point
+
+    def checkpoint(started, processed, last_batch, data):
+        epochs = {"ready": started, "started": started, "processed": processed, "completed": processed}
+        batches = {"current": {"ready": 3, "started": 3, "processed": 3, "completed": 3}, "is_last_batch": last_batch}
+        return {"epoch": processed, "global_step": 10, "FashionMNISTDataModule": data,
+                "loops": {"fit_loop": {"epoch_progress": {"current": epochs, "total": epochs},
+                                       "epoch_loop.batch_progress": batches}}}  # fmt: skip
+
+    old = {"shuffle_generator": torch.zeros(3)}
+    new = {**old, "train_epoch": {"generators": [torch.zeros(3)], "batches_done": 3}}
+    assert "fresh shuffle" in fresh_shuffle_warning(checkpoint(2, 1, False, old))
+    assert fresh_shuffle_warning(checkpoint(2, 1, False, new)) is None  # the loaders' own state
+    assert fresh_shuffle_warning(checkpoint(2, 2, True, old)) is None  # an epoch's end
+    assert fresh_shuffle_warning(checkpoint(2, 1, True, old)) is None  # the epoch's training done
+    (tmp_path / CHECKPOINT_DIR).mkdir()
+    torch.save(checkpoint(2, 1, False, old), tmp_path / CHECKPOINT_DIR / "last.ckpt")
+    resume = resume_point(tmp_path)
+    assert resume.path.endswith("last.ckpt") and "fresh shuffle" in resume.warning
+
+
 def test_a_fresh_start_over_an_earlier_attempts_files_shows_only_its_own_tensorboard_steps(tmp_path, fake_data_dir):
     """``resume=true`` over an attempt that left no checkpoint that loads starts afresh: the
     earlier attempt's TensorBoard events are hidden, so the scalars are the new run's alone."""

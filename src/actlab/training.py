@@ -27,6 +27,7 @@ from actlab.callbacks import DivergenceMonitor, RunHistory
 from actlab.callbacks.requeue import RequeueGuard
 from actlab.classifier import EPOCH_METRICS, Classifier
 from actlab.console import is_terminal, quiet_third_party_noise, summary_line
+from actlab.data.resumable import fresh_shuffle_warning
 from actlab.errors import ConfigError, UserError
 from actlab.models.simple_network import build_activation
 from actlab.record import RESULTS, RunRecord, check_run_directory, read_record
@@ -207,6 +208,8 @@ def resume_step(resume: Resume, cfg: DictConfig, root_dir: Path) -> int | None:
     if requeue is not None:
         with contextlib.suppress(Exception):  # one that does not load: Lightning's to report
             checkpoint = torch.load(requeue, map_location="cpu", weights_only=False, mmap=True)  # no tensor read
+            if warning := fresh_shuffle_warning(checkpoint):
+                log.warning("resume: %s: %s", requeue, warning)
             checkpoint = {key: checkpoint[key] for key in ("epoch", "global_step", "loops") if key in checkpoint}
             log.info("resume: %s %s", root_dir, resume_description(Resume(str(requeue), checkpoint))
                      .replace("from ", "from Lightning's SLURM requeue checkpoint ", 1))  # fmt: skip
@@ -294,9 +297,10 @@ def resume_point(output_dir: Path, max_steps: int = -1) -> Resume:
                               "(Lightning issue #19617): resume without trainer.max_steps "
                               "(trainer.max_epochs sets the length)")  # fmt: skip
         if checkpoint is not None:
+            fresh_shuffle = fresh_shuffle_warning(checkpoint)
             if path == last or not last.is_file():
-                return Resume(str(path), checkpoint)
-            warning = f"{last} does not load; resuming from {path}"
+                return Resume(str(path), checkpoint, fresh_shuffle)
+            warning = "; ".join(filter(None, [f"{last} does not load; resuming from {path}", fresh_shuffle]))
             return Resume(str(path), checkpoint, warning, read_record(output_dir))
     if candidates:
         warning = f"no checkpoint of {directory} loads ({', '.join(p.name for p in candidates)}); starting afresh"

@@ -41,6 +41,22 @@ def epoch_batches_done(trainer: L.Trainer | None) -> Callable[[], int | None] | 
     return done
 
 
+def fresh_shuffle_warning(checkpoint: dict[str, Any]) -> str | None:
+    """What a fit resumed from ``checkpoint`` does differently from the run it continues, where
+    the checkpoint was taken inside an epoch's training (batches left) by an actlab whose loaders
+    did not keep their order (no ``train_epoch`` state): it draws the epoch's remaining batches
+    from a fresh shuffle. None for any other checkpoint."""
+    loops = checkpoint.get("loops", {}).get("fit_loop", {})
+    epochs = loops.get("epoch_progress", {}).get("current", {})
+    inside = bool(epochs) and epochs["started"] > epochs["processed"]
+    if not inside or loops.get("epoch_loop.batch_progress", {}).get("is_last_batch", True):
+        return None
+    if any(isinstance(state, dict) and "train_epoch" in state for state in checkpoint.values()):
+        return None
+    return ("the checkpoint was taken inside an epoch by an actlab whose training loaders did not keep their "
+            "order: the epoch's remaining batches come from a fresh shuffle, not the interrupted run's")  # fmt: skip
+
+
 class ResumableEpoch:
     """A training loader's state for a resume inside an epoch: its shuffling generators' states
     at the epoch's start and the batches done. A subclass's ``__iter__`` calls
