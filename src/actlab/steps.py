@@ -17,11 +17,11 @@ module's no-ops, each under a profiler context: ~0.03 ms a step of a single run 
 elsewhere every step hook goes through Lightning's own hook calls, which a profiler times. The
 batch hooks (``on_train_batch_start``/``_end``) run once per call, with the call's last batch: a
 callback that acts on them (other than a progress bar, a time limit, actlab's divergence check,
-its requeue guard or an epoch-end checkpoint) keeps one step per call. The numbers are the ones one step per call
-gives, bit for bit (tests/test_steps.py compares records, checkpoints and logged steps). One
-difference, in the checkpoint: a ReduceLROnPlateau schedule steps before the epoch's checkpoint
-is written, where Lightning's automatic optimisation steps it after (its checkpoint holds the
-schedule one step behind, and a run resumed from it goes on one step behind).
+its requeue guard or an epoch-end checkpoint) keeps one step per call. The numbers are the ones
+one step per call gives, bit for bit (tests/test_steps.py compares records, checkpoints and
+logged steps). One difference, in the checkpoint: a ReduceLROnPlateau schedule steps before the
+epoch's checkpoint is written, where Lightning's automatic optimisation steps it after (its
+checkpoint holds the schedule one step behind, and a run resumed from it goes on one step behind).
 
 A setting that works per Lightning step (gradient accumulation or clipping, validation or a
 checkpoint every N training steps) keeps the run on Lightning's automatic optimisation, with the

@@ -267,8 +267,6 @@ class FashionMNISTDataModule(ResumesTrainLoader, L.LightningDataModule):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if "shuffle_generator" in state_dict:
             self.shuffle_generator = torch.Generator().set_state(state_dict["shuffle_generator"])
-            if self._train_loader is not None:  # built already: it shuffles with the checkpoint's stream
-                self._train_loader.generator = self.shuffle_generator
         self._load_loader_state(state_dict)
 
     def val_dataloader(self) -> TensorBatchLoader:

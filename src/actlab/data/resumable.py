@@ -10,8 +10,9 @@ uninterrupted one does (SLURM's requeue checkpoint is taken inside epochs:
 
 The state travels in the DataModule's own checkpoint state (:class:`ResumesTrainLoader`), not
 (only) in the one Lightning keeps for a stateful loader: Lightning hands that back only if it
-builds the loader after restoring the checkpoint, and a learning-rate schedule sized by
-``trainer.estimated_stepping_batches`` has it built before.
+builds the loader after restoring its loops' state, and a learning-rate schedule sized by
+``trainer.estimated_stepping_batches`` has it built before (the DataModule's state is restored
+before either, and the loader built next takes it).
 """
 
 from __future__ import annotations
@@ -110,8 +111,8 @@ class ResumesTrainLoader:
     ``train_dataloader`` returns its loader through :meth:`_resumable`, ``state_dict`` adds
     :meth:`_loader_state` and ``load_state_dict`` calls :meth:`_load_loader_state`."""
 
-    _train_loader: ResumableEpoch | None = None
-    _train_resume: dict[str, Any] | None = None
+    _train_loader: ResumableEpoch | None = None  # the one whose state a checkpoint saves
+    _train_resume: dict[str, Any] | None = None  # for the next loader built (the resumed fit's)
 
     def _resumable(self, loader: ResumableEpoch) -> ResumableEpoch:
         if self._train_resume is not None:
@@ -125,10 +126,4 @@ class ResumesTrainLoader:
         return {"train_epoch": state} if state else {}
 
     def _load_loader_state(self, state_dict: dict[str, Any]) -> None:
-        state = state_dict.get("train_epoch")
-        if not state:
-            return
-        if self._train_loader is not None:  # built before the checkpoint was restored
-            self._train_loader.load_state_dict(state)
-        else:
-            self._train_resume = state
+        self._train_resume = state_dict.get("train_epoch") or None
