@@ -440,3 +440,120 @@ def test_a_profiler_sees_every_step_hook_of_a_grouped_run(tmp_path, fake_data_di
                                                                  "optimizer_step", "on_before_backward"))]  # fmt: skip
     for hook in hooks:
         assert counts[1].get(hook) == counts[16].get(hook) == 24, (hook, counts[1].get(hook), counts[16].get(hook))
+
+
+class TorchStepHooks(L.Callback):
+    """Registers torch optimiser step hooks (the optimiser's own, pre and post) as the fit
+    starts, and counts their calls."""
+
+    calls: dict[str, int] = {}
+
+    def on_train_start(self, trainer, pl_module):
+        TorchStepHooks.calls = {"pre": 0, "post": 0}
+        optimizer = trainer.optimizers[0]
+
+        def count(name):
+            def hook(*args):
+                TorchStepHooks.calls[name] += 1
+
+            return hook
+
+        optimizer.register_step_pre_hook(count("pre"))
+        optimizer.register_step_post_hook(count("post"))
+
+
+def test_torchs_optimiser_step_hooks_run_every_grouped_step(tmp_path, fake_data_dir):
+    """Grouped steps step the optimiser without torch's per-call layers only where those would
+    do nothing: a registered step hook is called every step, as in one step per call."""
+    counted = {}
+    for group in (1, 5):
+        single(tmp_path, fake_data_dir, f"g{group}", "callbacks=none", "trainer.max_epochs=2",
+               "+callbacks.hooks._target_=test_steps.TorchStepHooks", f"train_steps_per_call={group}")  # fmt: skip
+        counted[group] = TorchStepHooks.calls
+    assert counted[1] == counted[5] == {"pre": 48, "post": 48}
+
+
+def _optimisers(seed: int) -> list[tuple[str, list[torch.nn.Parameter], torch.optim.Optimizer]]:
+    """The same parameters under several torch optimisers (each its own copy)."""
+    made = []
+    settings = {"sgd": (torch.optim.SGD, {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-3}),
+                "nesterov": (torch.optim.SGD, {"lr": 0.1, "momentum": 0.9, "nesterov": True}),
+                "adam": (torch.optim.Adam, {"lr": 1e-2}), "adamw": (torch.optim.AdamW, {"lr": 1e-2}),
+                "rmsprop": (torch.optim.RMSprop, {"lr": 1e-2, "momentum": 0.5})}  # fmt: skip
+    for name, (kind, options) in settings.items():
+        generator = torch.Generator().manual_seed(seed)
+        parameters = [torch.nn.Parameter(torch.randn(shape, generator=generator)) for shape in ((4, 3), (3,))]
+        made.append((name, parameters, kind(parameters, **options)))
+    return made
+
+
+def test_a_plain_optimiser_step_is_torchs_step_bit_for_bit():
+    """``plain_step`` (torch's per-call layers left out) and ``clear_gradients`` make the
+    parameters and optimiser state of ``optimizer.step()`` and ``zero_grad()``, exactly, step after
+    step; a learning-rate schedule sees the optimiser stepped (no warning), and steps alike."""
+    import warnings
+
+    from actlab.steps import clear_gradients, plain_step, steps_plainly
+
+    torchs, plain = _optimisers(0), _optimisers(0)
+    schedules = [torch.optim.lr_scheduler.StepLR(optimizer, 2, 0.5) for _, _, optimizer in torchs + plain]
+    generator = torch.Generator().manual_seed(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a schedule stepped before its optimiser would warn
+        for _ in range(5):
+            for (name, a, optimizer_a), (_, b, optimizer_b) in zip(torchs, plain):
+                gradients = [torch.randn(p.shape, generator=generator) for p in a]
+                for pa, pb, gradient in zip(a, b, gradients):
+                    pa.grad, pb.grad = gradient.clone(), gradient.clone()
+                optimizer_a.step()
+                assert steps_plainly(optimizer_b), name
+                plain_step(optimizer_b)
+                optimizer_a.zero_grad()
+                clear_gradients(optimizer_b)
+                assert all(pa.grad is None and pb.grad is None for pa, pb in zip(a, b))
+                assert all(torch.equal(pa, pb) for pa, pb in zip(a, b)), name
+                assert not any(p.requires_grad is False for p in b)
+            for schedule in schedules:
+                schedule.step()
+    for (name, _, optimizer_a), (_, _, optimizer_b) in zip(torchs, plain):
+        sa, sb = optimizer_a.state_dict(), optimizer_b.state_dict()
+        assert sa["param_groups"] == sb["param_groups"], name
+        for i, state in sa["state"].items():
+            assert all(torch.equal(v, sb["state"][i][k]) if torch.is_tensor(v) else v == sb["state"][i][k]
+                       for k, v in state.items()), name  # fmt: skip
+
+
+def test_a_hook_a_profiler_or_a_replaced_step_keeps_torchs_step():
+    """``steps_plainly`` says no wherever torch's layers do something: a step hook (the
+    optimiser's or a global one), a profiler recording, a differentiable optimiser, a ``step``
+    replaced on the optimiser (but by a schedule). torch's own layers are what it unwraps."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    from actlab.steps import TORCH_STEP_LAYERS, _own_step, steps_plainly
+
+    def optimizer(**options):
+        return torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1, **options)
+
+    for kind in (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW):
+        step, grad_mode = _own_step(kind)
+        assert grad_mode and step.__code__ not in TORCH_STEP_LAYERS and step.__name__ == "step"
+    assert steps_plainly(optimizer())
+    hooked = optimizer()
+    handle = hooked.register_step_post_hook(lambda *args: None)
+    assert not steps_plainly(hooked)
+    handle.remove()
+    assert steps_plainly(hooked)
+    handle = register_optimizer_step_pre_hook(lambda *args: None)
+    try:
+        assert not steps_plainly(optimizer())
+    finally:
+        handle.remove()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]):
+        assert not steps_plainly(optimizer())
+    assert not steps_plainly(optimizer(differentiable=True))
+    replaced = optimizer()
+    replaced.step = lambda closure=None: None
+    assert not steps_plainly(replaced)
+    scheduled = optimizer()
+    torch.optim.lr_scheduler.StepLR(scheduled, 1)
+    assert steps_plainly(scheduled)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from actlab.classifier import EPOCH_SUMS_KEY, STAGES, HookNameAttribute, OptimizerFactory, optimizer_and_schedule
 from actlab.metrics import EpochMetrics
 from actlab.pack.stacked import StackedNetwork, member_cross_entropy
-from actlab.steps import GroupedSteps
+from actlab.steps import GroupedSteps, clear_gradients
 from actlab.tensorboard import log_confusion_matrix, tensorboard_writers
 
 MEMBER_SUFFIX = "@member"
@@ -405,7 +405,7 @@ class PackModule(HookNameAttribute, GroupedSteps, L.LightningModule):
                             for i, mine in views.items()]  # fmt: skip
 
     def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
-        optimizer.zero_grad()
+        clear_gradients(optimizer)
         if len(self.runs) > 1:  # the optimiser holds views: the stacked gradients are cleared here
             for parameter in self.parameters():
                 parameter.grad = None
