@@ -128,6 +128,36 @@ def test_dead_neuron_metrics_per_layer_and_overall():
     assert metrics["dead/overall"] == pytest.approx(2 / 5)
 
 
+def _open_tensorboard_writers() -> set:
+    """The live threads of TensorBoard event writers (one per writer not closed)."""
+    import threading
+
+    from tensorboard.summary.writer.event_file_writer import _AsyncWriterThread
+
+    return {t for t in threading.enumerate() if isinstance(t, _AsyncWriterThread) and t.is_alive()}
+
+
+def test_runs_and_packs_close_every_tensorboard_writer_they_open(tmp_path, fake_data_dir):
+    """A run or a pack that has ended leaves no TensorBoard writer open (a sweep of many runs in
+    one process would keep a thread and a file per run), and no event file of it is empty."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from test_pack import members_for
+
+    from actlab.pack.training import train_pack
+
+    before = _open_tensorboard_writers()
+    record, out = train_in_process(tmp_path, fake_data_dir, ["trainer.max_epochs=1", "callbacks=none"], "relu")
+    members, _ = members_for(tmp_path, fake_data_dir, [(1, "relu"), (2, "tanh")], ["callbacks=none"])
+    records = [record, *train_pack(members, "pack")]
+    assert all(r["status"] == "completed" for r in records)
+    assert _open_tensorboard_writers() <= before
+    for run_dir in (out, *(m.output_dir for m in members)):
+        files = sorted((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
+        assert files
+        for path in files:  # beyond the header every event file starts with, it holds summaries
+            assert sum(1 for _ in EventFileLoader(str(path)).Load()) > 1, path
+
+
 def test_tensorboard_gets_every_layer_at_init_and_each_epoch(tmp_path, fake_data_dir):
     record, out = train_in_process(
         tmp_path, fake_data_dir, ["trainer.max_epochs=2", "activation=staf", "model.depth=3"], "staf"

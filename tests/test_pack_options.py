@@ -96,7 +96,9 @@ def tensorboard_tags(run_dir):
     acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"histograms": 0, "scalars": 0})
     acc.Reload()
     tags = acc.Tags()
-    scalars = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in tags["scalars"]}
+    # by step: a run's stages write event files of their own, read in the order of their names, which within a
+    # second is a process-wide counter's (as text: "10" before "9"), so a short run's stages may be read out of order
+    scalars = {tag: sorted((e.step, e.value) for e in acc.Scalars(tag)) for tag in tags["scalars"]}
     return {"scalars": scalars, "histograms": sorted(tags["histograms"]), "images": sorted(tags["images"])}
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 
 def tensorboard_writers(loggers: Iterable[Logger]) -> list[SummaryWriter]:
@@ -67,11 +68,18 @@ def write_hparams(
     """The run's row in the HPARAMS tab, with its final ``metrics`` as columns
     ``hparams/<metric>`` (their own tags, so the training curves get no extra points;
     metrics the run lacks are left out, never filled with placeholders). Written beside the
-    run's own event files."""
+    run's own event files, by a writer of its own, closed at once: what SummaryWriter's
+    ``add_hparams`` writes, without reopening the logger's writer (after a run its loggers are
+    closed; a reopened writer would leave an event file of its own and a thread behind)."""
     finite = {f"hparams/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
-    for writer in tensorboard_writers(loggers):
-        writer.add_hparams(hparams, finite, run_name=".", global_step=step)
-        writer.flush()
+    summaries = hparams_summaries(hparams, finite)
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            with SummaryWriter(log_dir=logger.log_dir) as writer:
+                for summary in summaries:
+                    writer.file_writer.add_summary(summary, step)
+                for tag, value in finite.items():
+                    writer.add_scalar(tag, value, step)
 
 
 def confusion_matrix_image(counts: torch.Tensor, cell: int = 24) -> torch.Tensor:
