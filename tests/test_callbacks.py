@@ -158,6 +158,30 @@ def test_runs_and_packs_close_every_tensorboard_writer_they_open(tmp_path, fake_
             assert sum(1 for _ in EventFileLoader(str(path)).Load()) > 1, path
 
 
+def test_the_hparams_row_is_written_once_beside_the_loggers_events(tmp_path, monkeypatch):
+    """``write_hparams`` writes into the directory of the logger's writer, on the first process
+    only (as the logger's own writer does: under DDP every other rank writes nothing)."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
+
+    import actlab.tensorboard as tensorboard
+
+    logger = TensorBoardLogger(str(tmp_path), name="", version="")
+    logger.experiment.add_scalar("val/acc", 0.5, 0)
+    logger.finalize("success")
+    before = set(tmp_path.glob("events.out.tfevents.*"))
+    monkeypatch.setattr(tensorboard.rank_zero_only, "rank", 1)
+    tensorboard.write_hparams([logger], {"lr": 0.1}, {"test/acc": 0.8}, step=3)
+    assert set(tmp_path.glob("events.out.tfevents.*")) == before
+    monkeypatch.setattr(tensorboard.rank_zero_only, "rank", 0)
+    tensorboard.write_hparams([logger], {"lr": 0.1}, {"test/acc": 0.8}, step=3)
+    (written,) = set(tmp_path.glob("events.out.tfevents.*")) - before
+    events = LegacyEventFileLoader(str(written)).Load()
+    values = [(event.step, value.tag, value.simple_value) for event in events for value in event.summary.value]
+    assert (3, "hparams/test/acc", pytest.approx(0.8)) in values
+    assert {tag for _, tag, _ in values} >= {"_hparams_/experiment", "_hparams_/session_start_info"}
+
+
 def test_tensorboard_gets_every_layer_at_init_and_each_epoch(tmp_path, fake_data_dir):
     record, out = train_in_process(
         tmp_path, fake_data_dir, ["trainer.max_epochs=2", "activation=staf", "model.depth=3"], "staf"

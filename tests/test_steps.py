@@ -4,6 +4,7 @@ across epochs, a resume and a step limit."""
 
 import csv
 import logging
+import types
 from datetime import timedelta
 
 import lightning as L
@@ -275,6 +276,8 @@ class StepHooks(L.Callback):
         StepHooks.seen.setdefault("completed", []).append(progress)
         gradient = torch.cat([p.grad.flatten() for p in pl_module.parameters()])
         StepHooks.seen.setdefault("grad_norm", []).append(float(gradient.norm()))
+        # the weights as the hook sees them: before this step's update
+        StepHooks.seen.setdefault("weights", []).append(float(sum(p.double().sum() for p in pl_module.parameters())))
         self._saw("on_before_optimizer_step", trainer, pl_module)
         # a hook may log (grouped steps need batch_size, as any training_step(dataloader_iter) does)
         pl_module.log("train/hooked_step", float(trainer.global_step), reduce_fx="max", batch_size=1)
@@ -299,6 +302,7 @@ def test_every_step_runs_its_hooks_and_is_counted_as_it_completes(tmp_path, fake
                                      ("on_before_optimizer_step", "on_before_optimizer_step", 0)]  # fmt: skip
     assert len(seen[16]["order"]) == 4 * 2 * 24
     assert seen[1]["grad_norm"] == seen[16]["grad_norm"] and min(seen[16]["grad_norm"]) > 0
+    assert seen[1]["weights"] == seen[16]["weights"] and len(set(seen[16]["weights"])) == 2 * 24
     records = [read_record(tmp_path / f"g{group}") for group in (1, 16)]
     assert records[0]["history"]["train/hooked_step"] == records[1]["history"]["train/hooked_step"] == [23.0, 47.0]
 
@@ -557,3 +561,35 @@ def test_a_hook_a_profiler_or_a_replaced_step_keeps_torchs_step():
     scheduled = optimizer()
     torch.optim.lr_scheduler.StepLR(scheduled, 1)
     assert steps_plainly(scheduled)
+    replaced_then_scheduled = optimizer()  # the schedule's wrapper wraps the replacement, not the class's step
+    replaced_then_scheduled.step = types.MethodType(lambda self, closure=None: None, replaced_then_scheduled)
+    torch.optim.lr_scheduler.StepLR(replaced_then_scheduled, 1)
+    assert not steps_plainly(replaced_then_scheduled)
+
+
+def test_a_step_or_zero_grad_replaced_or_profiled_is_the_one_called(monkeypatch):
+    """A ``step`` replaced on an optimiser class after a plain step is the one the next plain step
+    calls; ``clear_gradients`` calls a ``zero_grad`` replaced on the optimiser, and torch's own
+    under a profiler (whose trace then shows it)."""
+    from actlab.steps import clear_gradients, plain_step
+
+    class Mine(torch.optim.SGD):
+        pass
+
+    parameter = torch.nn.Parameter(torch.zeros(2))
+    parameter.grad = torch.ones(2)
+    optimizer = Mine([parameter], lr=0.5)
+    plain_step(optimizer)
+    assert torch.equal(parameter.detach(), torch.full((2,), -0.5))
+    calls = []
+    monkeypatch.setattr(Mine, "step", lambda self, closure=None: calls.append("step"))
+    plain_step(optimizer)
+    assert calls == ["step"] and torch.equal(parameter.detach(), torch.full((2,), -0.5))
+    optimizer.zero_grad = lambda set_to_none=True: calls.append("zero_grad")
+    clear_gradients(optimizer)
+    assert calls == ["step", "zero_grad"] and parameter.grad is not None
+    del optimizer.zero_grad
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        clear_gradients(optimizer)
+    assert parameter.grad is None
+    assert any(event.name.startswith("Optimizer.zero_grad#") for event in profile.events())

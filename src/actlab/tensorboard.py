@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
@@ -71,11 +72,14 @@ def write_hparams(
     run's own event files, by a writer of its own, closed at once: what SummaryWriter's
     ``add_hparams`` writes, without reopening the logger's writer (after a run its loggers are
     closed; a reopened writer would leave an event file of its own and a thread behind)."""
+    if rank_zero_only.rank != 0:  # as the logger's own writer: on the first process alone
+        return
     finite = {f"hparams/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
     summaries = hparams_summaries(hparams, finite)
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
-            with SummaryWriter(log_dir=logger.log_dir) as writer:
+            opened = getattr(logger, "_experiment", None)  # its writer's directory (kept when closed), else its own
+            with SummaryWriter(log_dir=opened.log_dir if opened is not None else logger.log_dir) as writer:
                 for summary in summaries:
                     writer.file_writer.add_summary(summary, step)
                 for tag, value in finite.items():
