@@ -639,10 +639,8 @@ def import_seconds() -> float:
     return time.perf_counter() - start
 
 
-def pack_phases(log: str, wall: float, started: float) -> tuple[float, float, float]:
-    """Seconds of a packed sweep before its first step, inside its epochs and after its last
-    step, from the pack log's timestamped ``epoch k/N done in S s`` lines (``started``: the
-    process's start, on the same clock as the log's timestamps)."""
+def _epochs_done(log: str) -> list[tuple[float, float]]:
+    """The pack log's timestamped ``epoch k/N done in S s`` lines: (when, S) each."""
     import re
     from datetime import datetime
 
@@ -651,9 +649,28 @@ def pack_phases(log: str, wall: float, started: float) -> tuple[float, float, fl
             for m in re.findall(stamp + r".*epoch \d+/\d+ done in ([\d.]+) s", log)]  # fmt: skip
     if not done:
         raise RuntimeError("the packed sweep's log has no epoch lines")
+    return done
+
+
+def pack_phases(log: str, wall: float, started: float) -> tuple[float, float, float]:
+    """Seconds of a packed sweep before its first step, inside its epochs and after its last
+    step, from the pack log's timestamped ``epoch k/N done in S s`` lines (``started``: the
+    process's start, on the same clock as the log's timestamps)."""
+    done = _epochs_done(log)
     first_step = done[0][0] - done[0][1]
     epochs = done[-1][0] - first_step
     return first_step - started, epochs, started + wall - done[-1][0]
+
+
+def between_epochs(log: str, epoch_times: list[float]) -> float:
+    """Seconds a pack spends between one epoch's end and the next one's start (its members'
+    checkpoints and records: outside the epoch's clock, inside the sweep's wall), per epoch: from
+    the pack log's epoch lines (each logged as an epoch ends, to the millisecond) and the
+    epochs' own times in a member's record (to the microsecond)."""
+    done = _epochs_done(log)
+    if len(done) < 2:
+        return float("nan")
+    return (done[-1][0] - done[0][0] - sum(epoch_times[1 : len(done)])) / (len(done) - 1)
 
 
 def overhead_benchmark(device: str, members: int = 8, steps: int = 200, rounds: int = 3, epochs: int = 3,
@@ -700,6 +717,7 @@ def overhead_benchmark(device: str, members: int = 8, steps: int = 200, rounds: 
         paired.append(statistics.median(packed) / statistics.median(here.epoch_times))
         paired_metrics.append(statistics.median(packed) / statistics.median(here_metrics.epoch_times))
     before, inside, after = pack_phases(log, wall, started)
+    between = between_epochs(log, records[0]["epoch_times_s"])
     imports = import_seconds()
     median = {k: statistics.median(v) for k, v in ms.items()}
     return "\n".join([
@@ -727,7 +745,8 @@ def overhead_benchmark(device: str, members: int = 8, steps: int = 200, rounds: 
         f"packed sweep of {members} tiny runs x {epochs + 1} epochs (last round): {wall:.1f} s wall",
         f"{'  importing the libraries':<40} {imports:>8.1f} s  (a fresh interpreter, alone)",
         f"{'  before the first step':<40} {before:>8.1f} s  (imports included)",
-        f"{'  inside the epochs':<40} {inside:>8.1f} s",
+        f"{'  inside the epochs':<40} {inside:>8.1f} s  ({1e3 * between:.0f} ms between two epochs: the members' "
+        f"checkpoints and records)",
         f"{'  after the last step':<40} {after:>8.1f} s",
         f"{'  outside the epochs, beyond imports':<40} {before + after - imports:>8.1f} s",
     ])  # fmt: skip

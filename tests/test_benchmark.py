@@ -56,8 +56,20 @@ def test_the_overhead_report_names_every_floor_and_phase(tmp_path, benchmark, mo
                  "the same, one step per call",
                  "stacked hand loop (2 models)", "with the epoch metrics", "pack of 2 (Lightning)",
                  "paired in one process", "against the loop with the metrics", "packed sweep of 2 tiny runs",
-                 "before the first step", "after the last step", "outside the epochs, beyond imports"):  # fmt: skip
+                 "before the first step", "after the last step", "outside the epochs, beyond imports",
+                 "ms between two epochs"):  # fmt: skip
         assert line in out, out
+
+
+def test_the_time_between_a_packs_epochs_is_read_from_its_log_and_record(benchmark):
+    """A pack's seconds between two epochs: the epoch lines' timestamps apart, less the epochs'
+    own times (each line is logged as its epoch ends)."""
+    log = "\n".join(f"[2026-12-05 10:00:0{s},{ms:03d}][actlab.pack.callbacks][INFO] - pack 0: epoch {k}/3 done in "
+                    f"{t:.1f} s computing 2 of 2 members, 2 training on" for k, (s, ms, t) in enumerate(
+                        [(1, 0, 0.5), (1, 700, 0.6), (2, 500, 0.7)], start=1))  # fmt: skip
+    # 0.7 s between the first two lines, of which the second epoch took 0.6 s; 0.8 s, of which 0.75 s
+    assert benchmark.between_epochs(log, [0.5, 0.6, 0.75]) == pytest.approx((0.1 + 0.05) / 2)
+    assert benchmark.pack_phases(log, 3.0, 0.0)[1] == pytest.approx(2.5 - 0.5)
 
 
 def test_the_loss_layouts_table(benchmark, monkeypatch, capsys):
